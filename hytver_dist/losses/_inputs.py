@@ -1,0 +1,86 @@
+"""Argument and tensor validation shared by every loss (errors are ValueError naming it)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BACKENDS = ("auto", "fused", "reference")
+
+
+def check_range(name: str, value: float, low: float, high: float | None = None,
+                low_open: bool = False) -> float:
+    """Return ``value`` as float if ``low <=/< value <= high``, else raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    if math.isnan(value) or too_low or (high is not None and value > high):
+        bracket = "(" if low_open else "["
+        upper = f"{high}]" if high is not None else "inf)"
+        raise ValueError(f"{name} must be in {bracket}{low}, {upper}, got {value}")
+    return value
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def prepare_inputs(logits: torch.Tensor, target: torch.Tensor,
+                   check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``(logits, target)`` and return them as ``(B, 1, *spatial)`` tensors.
+
+    Dtypes are left as they are (the fused kernels read uint8/bool targets and half logits
+    directly); :func:`as_float_pair` gives the reference path its working dtypes.
+    """
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise ValueError("logits and target must be torch.Tensor objects, got "
+                         f"{type(logits).__name__} and {type(target).__name__}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if logits.dim() < 3 or logits.shape[1] != 1:
+        raise ValueError("logits must have shape (B, 1, *spatial) with at least one spatial "
+                         f"dimension, got {tuple(logits.shape)} (for a 2-channel softmax head, "
+                         "pass z1 - z0)")
+    if logits.numel() == 0:
+        raise ValueError(f"logits is empty (shape {tuple(logits.shape)})")
+    if target.is_complex():
+        raise ValueError(f"target must be real, got dtype {target.dtype}")
+    if target.dim() == logits.dim() - 1:
+        target = target.unsqueeze(1)
+    if target.shape != logits.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match logits shape "
+                         f"{tuple(logits.shape)} (accepted: the same, or without the channel axis)")
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
+    if check_values and target.dtype != torch.bool and not torch.compiler.is_compiling():
+        low, high = torch.aminmax(target.detach())
+        if not (bool(low >= 0) and bool(high <= 1)):
+            raise ValueError("target values must lie in [0, 1] (and not be NaN), found range "
+                             f"[{float(low)}, {float(high)}]")
+    return logits, target
+
+
+def as_float_pair(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Working dtypes of the reference path: fp16/bf16 logits upcast to float32 (losses are
+    computed in fp32 even under AMP, since half-precision sigmoids saturate early), the target
+    in the logits' dtype."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits, target.to(logits.dtype)
+
+
+def is_hard(target: torch.Tensor) -> bool:
+    """True when every target value is exactly 0 or 1 (bool/uint8 targets are hard by type).
+
+    Under torch.compile a float target counts as soft: the check is data-dependent and would
+    break the graph; the reference path computes the same loss.
+    """
+    if target.dtype in (torch.bool, torch.uint8):
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return bool(((target == 0) | (target == 1)).all())
