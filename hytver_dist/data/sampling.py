@@ -1,0 +1,206 @@
+"""Training patches as in HyTver/CoactSeg ``WeightCrop``, plus flip/rot90 augmentation.
+
+A case with new lesions gives a patch centred on a uniformly drawn lesion voxel (any of them,
+including the last, unlike CoactSeg's ``randint(0, n-1)``), shifted by U{-shift..shift} per
+axis; a case without gives a uniformly placed patch. Patches overhanging the volume are
+padded with the case's minimum intensity (air), the same value for both time points so the
+difference channel is 0 there. Channels: [baseline, follow-up, follow-up - baseline].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .preprocess import PreprocessedCase
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """``patch_size``: edge in voxels (or a 3-tuple). ``shift``: max centre offset in voxels,
+    capped at patch//2 - 1 so the chosen lesion voxel always lies inside the patch.
+    ``p_foreground``: probability of a lesion-centred patch when the case has lesions (1.0 in
+    the paper). ``flip_axes``: axes flipped independently with p 0.5. ``rot_axes``: plane of
+    random rot90; (1, 2) is the isotropic 0.75 x 0.75 mm plane of the default grid (CoactSeg
+    rotates the same plane), None disables; for non-cubic patches rot90 is skipped."""
+
+    patch_size: int | tuple[int, int, int] = 80
+    shift: int = 10
+    p_foreground: float = 1.0
+    augment: bool = True
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    rot_axes: tuple[int, int] | None = (1, 2)
+
+    @property
+    def size(self) -> np.ndarray:
+        s = self.patch_size
+        return np.asarray((s, s, s) if isinstance(s, int) else s, dtype=int)
+
+
+def _window(start: np.ndarray, size: np.ndarray, shape: tuple[int, ...]):
+    """Source and destination slices of a patch at ``start`` (may overhang the volume)."""
+    src, dst = [], []
+    for a, p, n in zip(start, size, shape, strict=True):
+        lo, hi = max(a, 0), min(a + p, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - a, hi - a))
+    return tuple(src), tuple(dst)
+
+
+def _bounds(size: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Allowed range of patch corners: inside the volume; an axis shorter than the patch is
+    centred in it (the padding split evenly)."""
+    shape = np.asarray(shape)
+    short = shape < size
+    lo = np.where(short, (shape - size) // 2, 0)
+    return lo, np.where(short, lo, shape - size)
+
+
+def _clamp_start(start: np.ndarray, size: np.ndarray, shape) -> np.ndarray:
+    lo, hi = _bounds(size, shape)
+    return np.clip(start, lo, hi)
+
+
+class PatchSampler:
+    """Draws patches from preprocessed cases; deterministic given the numpy Generator."""
+
+    def __init__(self, cases: Sequence[PreprocessedCase], config: PatchConfig | None = None):
+        if not cases:
+            raise ValueError("PatchSampler needs at least one case")
+        self.cases = list(cases)
+        self.config = config or PatchConfig()
+        # Flat lesion-voxel indices and pad values, computed once per case (a full scan of a
+        # 0.5 mm volume per patch would dominate sampling time).
+        self._fg = [
+            np.flatnonzero(c.mask) if c.mask is not None else np.empty(0, np.int64)
+            for c in self.cases
+        ]
+        self._pad = [float(min(np.min(c.baseline), np.min(c.followup))) for c in self.cases]
+
+    def patch_start(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        """Corner of the next patch of case ``index`` and whether it is lesion-centred."""
+        cfg, case = self.config, self.cases[index]
+        size, shape = cfg.size, np.asarray(case.shape)
+        fg = self._fg[index]
+        if fg.size and rng.random() < cfg.p_foreground:
+            centre = np.asarray(np.unravel_index(fg[rng.integers(fg.size)], case.shape))
+            shift = np.minimum(cfg.shift, size // 2 - 1)
+            centre = centre + rng.integers(-shift, shift + 1)
+            return _clamp_start(centre - size // 2, size, shape), True
+        lo, hi = _bounds(size, shape)
+        return lo + rng.integers(0, hi - lo + 1), False
+
+    def sample(
+        self, rng: np.random.Generator, index: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One (image (3, P, P, P) float32, mask (1, P, P, P) float32) pair; a random case if
+        ``index`` is None."""
+        if index is None:
+            index = int(rng.integers(len(self.cases)))
+        case, size = self.cases[index], self.config.size
+        start, _ = self.patch_start(index, rng)
+        src, dst = _window(start, size, case.shape)
+        image = np.full((3, *size), self._pad[index], dtype=np.float32)
+        image[(0, *dst)] = case.baseline[src]
+        image[(1, *dst)] = case.followup[src]
+        image[2] = image[1] - image[0]
+        mask = np.zeros((1, *size), dtype=np.float32)
+        if case.mask is not None:
+            mask[(0, *dst)] = case.mask[src]
+        if self.config.augment:
+            image, mask = augment(image, mask, rng, self.config)
+        return image, mask
+
+
+def augment(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: PatchConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and rot90 on (C, X, Y, Z) arrays, identical for image and mask."""
+    for ax in config.flip_axes:
+        if rng.random() < 0.5:
+            image, mask = np.flip(image, ax + 1), np.flip(mask, ax + 1)
+    if config.rot_axes is not None:
+        a, b = config.rot_axes
+        k = int(rng.integers(4))
+        if image.shape[a + 1] != image.shape[b + 1]:
+            k = 0 if k % 2 else k  # odd turns would change a non-cubic patch's shape
+        if k:
+            image = np.rot90(image, k, axes=(a + 1, b + 1))
+            mask = np.rot90(mask, k, axes=(a + 1, b + 1))
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def _default_rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class PatchDataset(IterableDataset):
+    """Infinite (or ``samples_per_epoch``-long) stream of (image, mask) float32 tensors.
+
+    Each (seed, epoch, rank, loader worker) gets its own independent numpy stream via
+    ``SeedSequence(seed, spawn_key=(epoch, rank, worker))``, so DDP ranks never duplicate
+    patches and a run is reproducible for a fixed world size and worker count. Cases are
+    visited in shuffled rounds (each case once per round), as CoactSeg's batch sampler does.
+    ``rank`` defaults to the torch.distributed rank when a process group is initialised.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[PreprocessedCase],
+        seed: int,
+        config: PatchConfig | None = None,
+        *,
+        rank: int | None = None,
+        samples_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.sampler = PatchSampler(cases, config)
+        self.seed = seed
+        self.rank = _default_rank()[0] if rank is None else rank
+        self.samples_per_epoch = samples_per_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        ss = np.random.SeedSequence(self.seed, spawn_key=(self.epoch, self.rank, worker))
+        rng = np.random.default_rng(ss)
+        n = self.samples_per_epoch
+        if n is not None:  # split the epoch's samples across loader workers
+            n = n // n_workers + (worker < n % n_workers)
+        count, order = 0, np.empty(0, dtype=int)
+        while n is None or count < n:
+            if order.size == 0:
+                order = rng.permutation(len(self.sampler.cases))
+            index, order = int(order[0]), order[1:]
+            image, mask = self.sampler.sample(rng, index)
+            yield torch.from_numpy(image), torch.from_numpy(mask)
+            count += 1
+
+
+def patch_loader(
+    cases: Sequence[PreprocessedCase],
+    batch_size: int,
+    seed: int,
+    config: PatchConfig | None = None,
+    *,
+    rank: int | None = None,
+    num_workers: int = 0,
+    samples_per_epoch: int | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """DataLoader yielding (image (B, 3, P, P, P), mask (B, 1, P, P, P)) float32 batches."""
+    ds = PatchDataset(cases, seed, config, rank=rank, samples_per_epoch=samples_per_epoch)
+    return DataLoader(
+        ds, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+        persistent_workers=False,
+    )  # fmt: skip
