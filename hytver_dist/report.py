@@ -1,0 +1,613 @@
+"""Sweep report: Table I with confidence intervals, Table II (CV), paired tests against HyTver,
+box plots like the paper's Figures 3-5, patients without new lesions, and failed trials.
+
+Usage: ``python -m hytver_dist.report RESULTS_DIR [--out DIR]`` or :func:`build_report`.
+
+Input contract
+--------------
+Every trial of a sweep writes ``<RESULTS_DIR>/trials/<trial_name>/cases.csv``, one row per
+evaluated (test) case, with exactly these columns (extra columns are kept but ignored):
+
+==================  =====================================================================
+trial               the trial name (unique per trial; the directory name)
+loss                registry name of the loss (``hytver``, ``dice``, ...)
+seed                training seed (int)
+params              JSON object of the loss hyperparameters, e.g. ``{"alpha": 0.7}``
+case                case ID (read as text, so ``013`` keeps its zero)
+has_lesions         bool (``True``/``False``, ``1``/``0``): the case has new lesions in its GT
+dice, jaccard,      voxel overlap
+precision, recall
+hd, hd95            Hausdorff distance and pooled HD95, mm
+asd, assd           directed pred->GT mean surface distance and symmetric ASSD, mm
+hd95_vox, asd_vox   CoactSeg-compatible HD95 / ASD in voxels (the paper's "HD" and "ASD")
+lesion_f1,          lesion-wise detection F1 / sensitivity / PPV (the paper's "F1")
+lesion_sensitivity,
+lesion_ppv
+n_gt_lesions,       lesion counts of GT and prediction; fp_lesions = predicted lesions that
+n_pred_lesions,     match no GT lesion
+fp_lesions
+fp_volume_mm3,      false-positive, GT and predicted volumes, mm^3
+gt_volume_mm3,
+pred_volume_mm3
+==================  =====================================================================
+
+Metrics may be NaN (empty CSV cell) where the metrics policy calls them undefined (e.g. Dice
+and distances when the GT is empty, precision when the prediction is empty). Optionally a trial
+also writes ``<RESULTS_DIR>/trials/<trial_name>/status.json``::
+
+    {"trial": "...", "loss": "...", "seed": 0, "status": "ok" | "failed", "error": "..."}
+
+A trial is *failed* when its status is ``failed`` (its cases are then ignored) or when it has
+no readable, non-empty ``cases.csv``.
+
+Output (``--out``, default ``RESULTS_DIR/report``)
+-------------------------------------------------
+``cases.csv`` (all rows, with a ``method`` column), ``table1.csv`` / ``table1.md``,
+``table2.csv``, ``paired_vs_<reference>.csv``, ``negatives.csv``, ``failed_trials.csv``,
+``box_dice.png``, ``box_precision.png``, ``box_lesion_f1.png``, ``box_hd95.png`` and
+``summary.md`` linking them.
+
+Statistics
+----------
+* Grouping: by *method* = the loss, or ``loss (k=v, ...)`` when a loss ran with several
+  hyperparameter sets (a search sweep).
+* Cases: Table I, Table II, the paired tests and the box plots use the cases **with new
+  lesions** only (MSSEG-2 ranks Dice and F1 on those); cases without new lesions are reported
+  apart in ``negatives.csv`` (false-positive lesion count and volume), as the challenge does.
+* NaN values are dropped per metric; Table I gives ``n`` (values used) and ``n_nan``.
+* Table I: ``mean`` = mean over seeds of the per-seed mean over cases (equal to the pooled
+  mean when every seed has the same cases); 95 % CI = **Student-t interval over the per-seed
+  means** (k seeds, k - 1 degrees of freedom). It measures the run-to-run (training)
+  variability the study can replicate; the test set is fixed (8 cases in the CoactSeg split),
+  so a bootstrap over cases would say little. With one seed the CI is NaN (noted).
+  ``median`` is pooled over all case x seed values.
+* Table II: coefficient of variation ``sd / mean`` (sample sd, ddof=1) across cases, computed
+  per seed and averaged over seeds, for Dice, precision and lesion F1 (the paper's Table II is
+  the per-patient CV of one run).
+* Paired test: per method vs the reference loss (default ``hytver``), per-case Dice matched on
+  (case, seed), two-sided ``scipy.stats.wilcoxon(method, reference)`` with its defaults;
+  ``median_diff`` = median(method - reference); Holm-corrected p over the methods tested.
+  Skipped with a note when the reference is absent or ran with several hyperparameter sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from hytver_dist.sweep_config import FALLBACK_LOSSES
+
+ID_COLUMNS = ["trial", "loss", "seed", "params", "case", "has_lesions"]
+METRICS = [
+    "dice", "jaccard", "precision", "recall", "hd", "hd95", "asd", "assd", "hd95_vox",
+    "asd_vox", "lesion_f1", "lesion_sensitivity", "lesion_ppv",
+]
+COUNTS = [
+    "n_gt_lesions", "n_pred_lesions", "fp_lesions", "fp_volume_mm3", "gt_volume_mm3",
+    "pred_volume_mm3",
+]
+CASE_COLUMNS = ID_COLUMNS + METRICS + COUNTS
+LOWER_IS_BETTER = {"hd", "hd95", "asd", "assd", "hd95_vox", "asd_vox"}
+# Table I's Markdown columns: the paper's DC, JC, HD, ASD, PR, F1 plus recall and mm distances.
+TABLE1_MD = [
+    ("dice", "Dice"), ("jaccard", "Jaccard"), ("precision", "Precision"), ("recall", "Recall"),
+    ("lesion_f1", "Lesion F1"), ("hd95", "HD95 mm"), ("asd", "ASD mm"),
+    ("hd95_vox", "HD95 vox"), ("asd_vox", "ASD vox"),
+]
+CV_METRICS = ["dice", "precision", "lesion_f1"]
+BOX_METRICS = [
+    ("dice", "Dice"), ("precision", "Precision"), ("lesion_f1", "Lesion F1"),
+    ("hd95", "HD95 (mm)"),
+]
+_TRUE = {"true", "1", "yes", "t", "y", "1.0"}
+_FALSE = {"false", "0", "no", "f", "n", "0.0"}
+
+
+@dataclass
+class Results:
+    """All readable case rows plus the per-trial bookkeeping."""
+
+    cases: pd.DataFrame  # CASE_COLUMNS + "method"
+    failed: pd.DataFrame  # trial, loss, seed, status, error
+    n_trials: int
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_status(path: Path) -> dict:
+    try:
+        status = json.loads(path.read_text())
+        if not isinstance(status, dict):
+            raise ValueError("not a JSON object")
+        return status
+    except (OSError, ValueError) as e:
+        return {"status": "failed", "error": f"unreadable status.json: {e}"}
+
+
+def _parse_bool(series: pd.Series, path: Path) -> pd.Series:
+    if series.dtype == bool:
+        return series
+    text = series.astype(str).str.strip().str.lower()
+    bad = ~text.isin(_TRUE | _FALSE)
+    if bad.any():
+        raise ValueError(f"{path}: has_lesions must be a bool; got {series[bad].iloc[0]!r}")
+    return text.isin(_TRUE)
+
+
+def _read_cases(path: Path) -> pd.DataFrame:
+    text_cols = {c: str for c in ("trial", "loss", "params", "case")}
+    df = pd.read_csv(path, dtype=text_cols, keep_default_na=True)
+    missing = [c for c in CASE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+    if df.empty:
+        return df
+    df["has_lesions"] = _parse_bool(df["has_lesions"], path)
+    for c in METRICS + COUNTS + ["seed"]:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    if df["seed"].isna().any():
+        raise ValueError(f"{path}: seed must be an integer in every row")
+    df["seed"] = df["seed"].astype(int)
+    df["params"] = [_canonical_params(p, path) for p in df["params"]]
+    dup = df.duplicated(["trial", "case"])
+    if dup.any():
+        raise ValueError(f"{path}: duplicate rows for case {df.loc[dup, 'case'].iloc[0]!r}")
+    return df
+
+
+def _canonical_params(text: object, path: Path) -> str:
+    if not isinstance(text, str) or not text.strip():
+        return "{}"
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path}: params is not JSON: {text!r} ({e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: params must be a JSON object; got {text!r}")
+    return json.dumps(obj, sort_keys=True)
+
+
+def load_results(results_dir: str | Path) -> Results:
+    """Read every ``trials/*/cases.csv`` (and ``status.json``) under ``results_dir``.
+
+    Raises FileNotFoundError naming the directory when no case rows are found, ValueError for a
+    malformed ``cases.csv``.
+    """
+    root = Path(results_dir)
+    trials_dir = root / "trials"
+    if not trials_dir.is_dir():
+        raise FileNotFoundError(
+            f"no results found in {root}: {trials_dir} does not exist "
+            "(expected trials/<trial_name>/cases.csv)"
+        )
+    frames, failed = [], []
+    trial_dirs = sorted(p for p in trials_dir.iterdir() if p.is_dir())
+    for tdir in trial_dirs:
+        status = _read_status(tdir / "status.json") if (tdir / "status.json").exists() else {}
+        row = {
+            "trial": status.get("trial", tdir.name),
+            "loss": status.get("loss"),
+            "seed": status.get("seed"),
+            "status": status.get("status", "ok"),
+            "error": status.get("error", ""),
+        }
+        cases_path = tdir / "cases.csv"
+        if row["status"] != "ok":
+            failed.append(row)  # a failed trial's partial cases are not trusted
+            continue
+        if not cases_path.is_file():
+            failed.append({**row, "status": "missing", "error": "no cases.csv"})
+            continue
+        df = _read_cases(cases_path)
+        if df.empty:
+            failed.append({**row, "status": "missing", "error": "cases.csv has no rows"})
+            continue
+        frames.append(df)
+    if not frames:
+        raise FileNotFoundError(
+            f"no results found in {root}: no trials/<trial_name>/cases.csv with rows "
+            f"({len(trial_dirs)} trial directories, {len(failed)} failed or empty)"
+        )
+    cases = pd.concat(frames, ignore_index=True)
+    if cases.duplicated(["trial", "case"]).any():
+        raise ValueError(f"{trials_dir}: the same trial name appears in several cases.csv")
+    cases["method"] = _method_labels(cases)
+    failed_df = pd.DataFrame(failed, columns=["trial", "loss", "seed", "status", "error"])
+    failed_df["seed"] = pd.to_numeric(failed_df["seed"], errors="coerce").astype("Int64")
+    return Results(cases=cases, failed=failed_df, n_trials=len(trial_dirs))
+
+
+def _method_labels(cases: pd.DataFrame) -> pd.Series:
+    """The loss name, or ``loss (k=v, ...)`` when the loss ran with several params sets."""
+    n_sets = cases.groupby("loss")["params"].nunique()
+
+    def label(loss: str, params: str) -> str:
+        if n_sets[loss] == 1:
+            return loss
+        kv = ", ".join(f"{k}={_fmt_param(v)}" for k, v in json.loads(params).items())
+        return f"{loss} ({kv})"
+
+    return pd.Series([label(lo, p) for lo, p in zip(cases["loss"], cases["params"], strict=True)],
+                     index=cases.index)
+
+
+def _fmt_param(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _method_order(cases: pd.DataFrame) -> list[str]:
+    rank = {name: i for i, name in enumerate(FALLBACK_LOSSES)}
+    first = cases.drop_duplicates("method")[["method", "loss"]]
+    key = [(rank.get(lo, len(rank)), lo, m) for m, lo in zip(first["method"], first["loss"],
+                                                            strict=True)]
+    return [m for _, _, m in sorted(key)]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(mean, low, high) of a Student-t interval; NaN bounds for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    k = len(values)
+    if k == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if k < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf((1 + confidence) / 2, k - 1) * values.std(ddof=1) / math.sqrt(k)
+    return mean, mean - half, mean + half
+
+
+def positives(cases: pd.DataFrame) -> pd.DataFrame:
+    return cases[cases["has_lesions"]]
+
+
+def table1(cases: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Long table: one row per (method, metric) over the cases with new lesions."""
+    pos, rows = positives(cases), []
+    for method in _method_order(cases):
+        sub = pos[pos["method"] == method]
+        loss = cases.loc[cases["method"] == method, "loss"].iloc[0]
+        for metric in METRICS:
+            vals = sub[["seed", metric]]
+            per_seed = vals.groupby("seed")[metric].mean().dropna()
+            mean, lo, hi = t_interval(per_seed.to_numpy(), confidence)
+            rows.append({
+                "method": method, "loss": loss, "metric": metric,
+                "n_seeds": len(per_seed), "n": int(vals[metric].notna().sum()),
+                "n_nan": int(vals[metric].isna().sum()), "mean": mean,
+                "ci_low": lo, "ci_high": hi,
+                "sd_seeds": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else math.nan,
+                "median": float(vals[metric].median()) if vals[metric].notna().any() else math.nan,
+            })
+    return pd.DataFrame(rows)
+
+
+def cv(values: np.ndarray) -> float:
+    """Sample coefficient of variation sd/mean (ddof=1); NaN below two values or at mean 0."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2 or values.mean() == 0:
+        return math.nan
+    return float(values.std(ddof=1) / values.mean())
+
+
+def table2(cases: pd.DataFrame) -> pd.DataFrame:
+    """CV across cases with new lesions, per seed, averaged over seeds (the paper's Table II)."""
+    pos, rows = positives(cases), []
+    for method in _method_order(cases):
+        sub = pos[pos["method"] == method]
+        row: dict[str, object] = {"method": method, "n_seeds": sub["seed"].nunique()}
+        for metric in CV_METRICS:
+            per_seed = [cv(g[metric].to_numpy()) for _, g in sub.groupby("seed")]
+            per_seed = [v for v in per_seed if not math.isnan(v)]
+            row[f"cv_{metric}"] = float(np.mean(per_seed)) if per_seed else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", "n_seeds"] + [f"cv_{m}" for m in CV_METRICS])
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm step-down adjusted p-values; NaN entries stay NaN and do not count."""
+    idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    m, out, running = len(order), [math.nan] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+PAIRED_COLUMNS = [
+    "method", "reference", "n_pairs", "n_unpaired", "median_diff", "mean_diff", "statistic",
+    "p_value", "p_holm",
+]
+
+
+def paired_tests(
+    cases: pd.DataFrame, reference_loss: str = "hytver", metric: str = "dice"
+) -> tuple[pd.DataFrame, str | None]:
+    """Wilcoxon signed-rank of each method vs the reference on per-case ``metric`` matched on
+    (case, seed). Returns (table, note); the note says why the section was skipped, if it was."""
+    pos = positives(cases)
+    ref_methods = sorted(cases.loc[cases["loss"] == reference_loss, "method"].unique())
+    empty = pd.DataFrame(columns=PAIRED_COLUMNS)
+    if not ref_methods:
+        return empty, f"reference loss '{reference_loss}' is absent: paired tests skipped"
+    if len(ref_methods) > 1:
+        return empty, (f"reference loss '{reference_loss}' ran with {len(ref_methods)} "
+                       "hyperparameter sets: paired tests skipped (ambiguous reference)")
+    ref = ref_methods[0]
+    # Mean over duplicates so each (case, seed) is one pair.
+    wide = pos.pivot_table(index=["case", "seed"], columns="method", values=metric,
+                           aggfunc="mean", dropna=False)
+    rows = []
+    for method in _method_order(cases):
+        if method == ref:
+            continue
+        if method in wide.columns and ref in wide.columns:
+            both = wide[[method, ref]]
+        else:
+            both = pd.DataFrame(columns=[method, ref], dtype=float)
+        n_any = int(both.notna().any(axis=1).sum())
+        both = both.dropna()
+        x, y = both[method].to_numpy(float), both[ref].to_numpy(float)
+        row = {"method": method, "reference": ref, "n_pairs": len(both),
+               "n_unpaired": n_any - len(both), "median_diff": math.nan,
+               "mean_diff": math.nan, "statistic": math.nan, "p_value": math.nan}
+        if len(both):
+            d = x - y
+            row.update(median_diff=float(np.median(d)), mean_diff=float(d.mean()))
+            with warnings.catch_warnings():  # all-zero differences warn and give p = 1
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = stats.wilcoxon(x, y)
+            row.update(statistic=float(res.statistic), p_value=float(res.pvalue))
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    table["p_holm"] = holm(table["p_value"].astype(float).tolist())
+    return table, None
+
+
+NEG_COLUMNS = [
+    "method", "n_cases", "n_seeds", "n_rows", "frac_with_fp", "fp_lesions_mean",
+    "fp_lesions_median", "fp_lesions_max", "fp_volume_mm3_mean", "fp_volume_mm3_median",
+    "fp_volume_mm3_max",
+]
+
+
+def negatives(cases: pd.DataFrame) -> pd.DataFrame:
+    """False positives on cases without new lesions, per method over case x seed rows."""
+    neg, rows = cases[~cases["has_lesions"]], []
+    for method in _method_order(cases):
+        sub = neg[neg["method"] == method]
+        if sub.empty:
+            continue
+        fp, vol = sub["fp_lesions"].dropna(), sub["fp_volume_mm3"].dropna()
+        rows.append({
+            "method": method, "n_cases": sub["case"].nunique(), "n_seeds": sub["seed"].nunique(),
+            "n_rows": len(sub), "frac_with_fp": float((fp > 0).mean()) if len(fp) else math.nan,
+            "fp_lesions_mean": fp.mean(), "fp_lesions_median": fp.median(),
+            "fp_lesions_max": fp.max(), "fp_volume_mm3_mean": vol.mean(),
+            "fp_volume_mm3_median": vol.median(), "fp_volume_mm3_max": vol.max(),
+        })
+    return pd.DataFrame(rows, columns=NEG_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def box_plot(cases: pd.DataFrame, metric: str, label: str, path: Path) -> int:
+    """Box plot of ``metric`` per method (cases with new lesions, case x seed values).
+
+    Returns the number of methods drawn. Uses the Agg canvas directly, so importing this module
+    never switches the process's pyplot backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pos = positives(cases)
+    methods = [m for m in _method_order(cases) if pos.loc[pos["method"] == m, metric].notna().any()]
+    data = [pos.loc[pos["method"] == m, metric].dropna().to_numpy() for m in methods]
+    fig = Figure(figsize=(max(6.0, 0.55 * len(methods) + 2), 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if data:
+        ax.boxplot(data, positions=range(1, len(data) + 1), widths=0.6)
+        ax.set_xticks(range(1, len(data) + 1))
+        ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel(label)
+    ax.set_title(f"{label} per loss (cases with new lesions)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return len(methods)
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _fmt(v: object) -> str:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2e}" if 0 < abs(v) < 1e-3 else f"{v:.3f}"  # small p-values stay visible
+    return str(v)
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs the optional tabulate)."""
+    if df.empty:
+        return "_(none)_\n"
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |"
+            for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body]) + "\n"
+
+
+def table1_markdown(t1: pd.DataFrame, confidence: float) -> str:
+    rows = []
+    for method, g in t1.groupby("method", sort=False):
+        g = g.set_index("metric")
+        row = {"Loss": method, "seeds": int(g["n_seeds"].max())}
+        for metric, title in TABLE1_MD:
+            m, lo, hi = g.loc[metric, ["mean", "ci_low", "ci_high"]]
+            row[title] = _fmt(m) if math.isnan(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+        rows.append(row)
+    arrows = ", ".join(f"{t} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m, t in TABLE1_MD)
+    head = (f"Mean over seeds of the per-seed mean over cases with new lesions, "
+            f"[{confidence:.0%} t-interval over per-seed means]. {arrows}.\n\n")
+    return head + md_table(pd.DataFrame(rows))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def build_report(
+    results_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    reference_loss: str = "hytver",
+    confidence: float = 0.95,
+) -> Path:
+    """Write every report file into ``out_dir`` (default ``results_dir/report``) and return the
+    path of ``summary.md``. Raises FileNotFoundError when ``results_dir`` holds no results."""
+    res = load_results(results_dir)
+    out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    cases, notes = res.cases, list(res.notes)
+
+    ordered = ["method"] + CASE_COLUMNS + [c for c in cases.columns
+                                           if c not in CASE_COLUMNS and c != "method"]
+    cases[ordered].to_csv(out / "cases.csv", index=False)
+
+    t1 = table1(cases, confidence)
+    t1.to_csv(out / "table1.csv", index=False)
+    t1_md = table1_markdown(t1, confidence)
+    (out / "table1.md").write_text(f"# Table I\n\n{t1_md}")
+    t2 = table2(cases)
+    t2.to_csv(out / "table2.csv", index=False)
+    paired, paired_note = paired_tests(cases, reference_loss)
+    paired_name = f"paired_vs_{reference_loss}.csv"
+    paired.to_csv(out / paired_name, index=False)
+    neg = negatives(cases)
+    neg.to_csv(out / "negatives.csv", index=False)
+    res.failed.to_csv(out / "failed_trials.csv", index=False)
+    figures = []
+    for metric, label in BOX_METRICS:
+        name = f"box_{metric}.png"
+        box_plot(cases, metric, label, out / name)
+        figures.append((label, name))
+
+    # Notes for the edge cases.
+    pos = positives(cases)
+    seeds = sorted(cases["seed"].unique())
+    if (t1["n_seeds"] == 1).any():
+        one = list(t1.loc[t1["n_seeds"] == 1, "method"].unique())  # Table I's order
+        notes.append(f"single seed for {', '.join(one)}: confidence intervals are not "
+                     "computable (n/a in Table I, NaN in table1.csv)")
+    for metric in METRICS:
+        n_nan, n = int(pos[metric].isna().sum()), len(pos)
+        if n_nan:
+            notes.append(f"{metric}: {n_nan} of {n} values on cases with new lesions are NaN "
+                         "and excluded (per-method counts: table1.csv n / n_nan)")
+    if pos.empty:
+        notes.append("no case with new lesions: Tables I-II, paired tests and box plots are empty")
+    if paired_note:
+        notes.append(paired_note)
+    if neg.empty:
+        notes.append("no case without new lesions: negatives.csv is empty")
+    if len(res.failed):
+        notes.append(f"{len(res.failed)} trial(s) failed or wrote no cases (listed below)")
+
+    n_trials_ok = cases["trial"].nunique()
+    lines = [
+        f"# Sweep report: {Path(results_dir)}",
+        "",
+        f"- Trials: {n_trials_ok} with results, {len(res.failed)} failed or empty "
+        f"(of {res.n_trials} trial directories)",
+        f"- Methods: {cases['method'].nunique()}; seeds: {', '.join(map(str, seeds))}",
+        f"- Cases: {pos['case'].nunique()} with new lesions, "
+        f"{cases.loc[~cases['has_lesions'], 'case'].nunique()} without",
+        f"- Files: [cases.csv](cases.csv), [table1.csv](table1.csv), [table2.csv](table2.csv), "
+        f"[{paired_name}]({paired_name}), [negatives.csv](negatives.csv), "
+        f"[failed_trials.csv](failed_trials.csv)",
+        "",
+        "## Notes",
+        "",
+        *([f"- {n}" for n in notes] or ["- none"]),
+        "",
+        "## Table I: metrics per loss",
+        "",
+        t1_md,
+        "## Table II: coefficient of variation across cases",
+        "",
+        "Sample sd / mean over cases with new lesions, per seed, averaged over seeds.",
+        "",
+        md_table(t2.rename(columns={"method": "Loss"})),
+        f"## Paired Wilcoxon signed-rank vs {reference_loss} (Dice)",
+        "",
+    ]
+    if paired_note:
+        lines += [f"_{paired_note}._", ""]
+    else:
+        lines += [
+            "Per-case Dice matched on (case, seed), two-sided, Holm-corrected over losses; "
+            "median_diff = median(loss - reference).",
+            "",
+            md_table(paired),
+        ]
+    lines += [
+        "## Patients without new lesions",
+        "",
+        "False-positive lesions and volume per case x seed (challenge nFP / VFP).",
+        "",
+        md_table(neg),
+        "## Figures",
+        "",
+        *[f"![{label}]({name})" for label, name in figures],
+        "",
+        "## Failed trials",
+        "",
+        md_table(res.failed),
+    ]
+    summary = out / "summary.md"
+    summary.write_text("\n".join(lines))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hytver_dist.report", description=__doc__
+                                 .split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("results_dir", help="directory holding trials/<trial>/cases.csv")
+    ap.add_argument("--out", default=None, help="output directory (default RESULTS_DIR/report)")
+    ap.add_argument("--reference", default="hytver", help="loss for the paired tests")
+    ap.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+    args = ap.parse_args(argv)
+    try:
+        summary = build_report(args.results_dir, args.out, reference_loss=args.reference,
+                               confidence=args.confidence)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

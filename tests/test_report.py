@@ -1,0 +1,240 @@
+"""Sweep report on a synthetic results directory with known numbers, checked independently."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from hytver_dist.report import CASE_COLUMNS, build_report, holm, main
+
+LOSSES = ["dice", "ce", "hytver"]
+SEEDS = [0, 1, 2]
+POS = ["001", "002", "003", "004", "005", "006"]
+NEG = ["015", "019"]
+
+
+def dice_value(loss: str, seed: int, case: str) -> float:
+    """Deterministic, distinct per (loss, seed, case); hytver best on average."""
+    shift = {"dice": 0.0, "ce": -0.08, "hytver": 0.05}[loss]
+    return round(0.45 + 0.04 * int(case) + 0.013 * seed + shift + 0.007 * ((int(case) * 7 + seed
+                 * 3 + len(loss)) % 5), 6)
+
+
+def make_rows(loss: str, seed: int, trial: str, params: dict | None = None) -> list[dict]:
+    rows = []
+    for case in POS + NEG:
+        pos = case in POS
+        d = dice_value(loss, seed, case) if pos else math.nan
+        fp = (int(case) + seed + len(loss)) % 3 if not pos else 1
+        rows.append({
+            "trial": trial, "loss": loss, "seed": seed, "params": json.dumps(params or {}),
+            "case": case, "has_lesions": pos, "dice": d,
+            "jaccard": d / (2 - d) if pos else math.nan,
+            "precision": d + 0.02 if pos else (0.0 if fp else math.nan),
+            "recall": d - 0.01 if pos else math.nan,
+            "hd": 20.0 + int(case) + seed if pos else math.nan,
+            # one NaN HD95 per trial: case 003 (e.g. an empty prediction)
+            "hd95": (10.0 + int(case) * 0.5 + seed if case != "003" else math.nan)
+            if pos else math.nan,
+            "asd": 2.0 + seed * 0.1 if pos else math.nan,
+            "assd": 1.5 if pos else math.nan, "hd95_vox": 15.0 if pos else math.nan,
+            "asd_vox": 3.0 if pos else math.nan,
+            "lesion_f1": d + 0.05 if pos else math.nan,
+            "lesion_sensitivity": d if pos else math.nan,
+            "lesion_ppv": d + 0.1 if pos else math.nan,
+            "n_gt_lesions": 3 if pos else 0, "n_pred_lesions": 3 if pos else fp,
+            "fp_lesions": fp, "fp_volume_mm3": 12.5 * fp,
+            "gt_volume_mm3": 300.0 if pos else 0.0, "pred_volume_mm3": 290.0 + 12.5 * fp,
+        })
+    return rows
+
+
+def write_trial(root: Path, trial: str, rows: list[dict] | None, status: dict | None = None):
+    tdir = root / "trials" / trial
+    tdir.mkdir(parents=True)
+    if rows is not None:
+        pd.DataFrame(rows, columns=CASE_COLUMNS).to_csv(tdir / "cases.csv", index=False)
+    if status is not None:
+        (tdir / "status.json").write_text(json.dumps(status))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("results")
+    for loss in LOSSES:
+        for seed in SEEDS:
+            name = f"{loss}_s{seed}"
+            write_trial(root, name, make_rows(loss, seed, name),
+                        {"trial": name, "loss": loss, "seed": seed, "status": "ok"})
+    write_trial(root, "focal_s0", None, {"trial": "focal_s0", "loss": "focal", "seed": 0,
+                                         "status": "failed", "error": "CUDA out of memory"})
+    write_trial(root, "tversky_s0", None)  # crashed before writing anything
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(results) -> Path:
+    return build_report(results)
+
+
+def expected_rows(metric: str, loss: str) -> pd.DataFrame:
+    rows = [r for s in SEEDS for r in make_rows(loss, s, "x") if r["has_lesions"]]
+    return pd.DataFrame(rows)[["seed", "case", metric]]
+
+
+def test_outputs_written(report, results):
+    out = results / "report"
+    assert report == out / "summary.md"
+    for name in ["cases.csv", "table1.csv", "table1.md", "table2.csv", "paired_vs_hytver.csv",
+                 "negatives.csv", "failed_trials.csv", "summary.md"]:
+        assert (out / name).is_file(), name
+    for metric in ["dice", "precision", "lesion_f1", "hd95"]:
+        png = out / f"box_{metric}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    cases = pd.read_csv(out / "cases.csv", dtype={"case": str})
+    assert len(cases) == len(LOSSES) * len(SEEDS) * (len(POS) + len(NEG))
+    assert set(cases["case"]) == set(POS + NEG)  # zero-padded IDs survive
+
+
+@pytest.mark.parametrize("metric", ["dice", "hd95", "precision"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_table1_mean_and_t_interval(report, loss, metric):
+    t1 = pd.read_csv(report.parent / "table1.csv")
+    row = t1[(t1["method"] == loss) & (t1["metric"] == metric)].iloc[0]
+    df = expected_rows(metric, loss)
+    per_seed = np.array([np.nanmean(df.loc[df["seed"] == s, metric]) for s in SEEDS])
+    m = per_seed.mean()
+    lo, hi = stats.t.interval(0.95, len(SEEDS) - 1, loc=m, scale=stats.sem(per_seed))
+    assert row["mean"] == pytest.approx(m, rel=1e-12)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi), rel=1e-10)
+    assert row["n_seeds"] == 3
+    n_nan = 3 if metric == "hd95" else 0  # case 003 of each seed
+    assert (row["n"], row["n_nan"]) == (len(df) - n_nan, n_nan)
+    assert row["median"] == pytest.approx(np.nanmedian(df[metric]))
+
+
+def test_table2_cv(report):
+    t2 = pd.read_csv(report.parent / "table2.csv").set_index("method")
+    for loss in LOSSES:
+        for metric in ["dice", "precision", "lesion_f1"]:
+            df = expected_rows(metric, loss)
+            cvs = [np.std(g, ddof=1) / np.mean(g) for g in
+                   (df.loc[df["seed"] == s, metric].to_numpy() for s in SEEDS)]
+            assert t2.loc[loss, f"cv_{metric}"] == pytest.approx(np.mean(cvs), rel=1e-10)
+
+
+def test_paired_wilcoxon_vs_hytver(report):
+    paired = pd.read_csv(report.parent / "paired_vs_hytver.csv").set_index("method")
+    assert set(paired.index) == {"dice", "ce"}
+    ps = {}
+    for loss in ["dice", "ce"]:
+        keys = [(c, s) for s in SEEDS for c in POS]
+        x = np.array([dice_value(loss, s, c) for c, s in keys])
+        y = np.array([dice_value("hytver", s, c) for c, s in keys])
+        res = stats.wilcoxon(x, y)
+        row = paired.loc[loss]
+        assert row["n_pairs"] == len(keys) == 18 and row["reference"] == "hytver"
+        assert row["p_value"] == pytest.approx(res.pvalue, rel=1e-12)
+        assert row["statistic"] == pytest.approx(res.statistic)
+        assert row["median_diff"] == pytest.approx(np.median(x - y))
+        ps[loss] = res.pvalue
+    lo, hi = sorted(ps, key=ps.get)
+    assert paired.loc[lo, "p_holm"] == pytest.approx(min(1, 2 * ps[lo]))
+    assert paired.loc[hi, "p_holm"] == pytest.approx(max(min(1, 2 * ps[lo]), ps[hi]))
+
+
+def test_holm():
+    assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan],
+                                                               nan_ok=True)
+
+
+def test_negatives_reported_apart(report):
+    neg = pd.read_csv(report.parent / "negatives.csv").set_index("method")
+    for loss in LOSSES:
+        fps = np.array([(int(c) + s + len(loss)) % 3 for s in SEEDS for c in NEG])
+        row = neg.loc[loss]
+        assert (row["n_cases"], row["n_seeds"], row["n_rows"]) == (2, 3, 6)
+        assert row["fp_lesions_mean"] == pytest.approx(fps.mean())
+        assert row["fp_volume_mm3_mean"] == pytest.approx(12.5 * fps.mean())
+        assert row["frac_with_fp"] == pytest.approx((fps > 0).mean())
+    # Negative cases never enter Table I: precision of 0.0 on them would drag the mean down.
+    t1 = pd.read_csv(report.parent / "table1.csv")
+    prec = t1[(t1["method"] == "dice") & (t1["metric"] == "precision")].iloc[0]
+    assert prec["n"] == len(POS) * len(SEEDS)
+
+
+def test_summary_and_failed_trials(report):
+    text = report.read_text()
+    for heading in ["## Table I", "## Table II", "## Paired Wilcoxon", "## Patients without new",
+                    "## Figures", "## Failed trials", "## Notes"]:
+        assert heading in text
+    table1_md = (report.parent / "table1.md").read_text().split("\n\n", 2)[-1]
+    assert table1_md.strip() in text  # Table I's Markdown is embedded as is
+    t1 = pd.read_csv(report.parent / "table1.csv")
+    row = t1[(t1["method"] == "hytver") & (t1["metric"] == "dice")].iloc[0]
+    assert f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" in text
+    assert "| Loss | n_seeds | cv_dice |" in text
+    assert "![Dice](box_dice.png)" in text and "![HD95 (mm)](box_hd95.png)" in text
+    assert "| focal_s0 | focal | 0 | failed | CUDA out of memory |" in text
+    assert "| tversky_s0 |" in text and "no cases.csv" in text
+    assert "hd95: 9 of 54 values on cases with new lesions are NaN" in text
+    failed = pd.read_csv(report.parent / "failed_trials.csv")
+    assert sorted(failed["trial"]) == ["focal_s0", "tversky_s0"]
+
+
+def test_single_seed_and_no_reference(tmp_path):
+    for loss in ["dice", "ce"]:
+        write_trial(tmp_path, f"{loss}_s0", make_rows(loss, 0, f"{loss}_s0"))
+    summary = build_report(tmp_path, tmp_path / "out")
+    t1 = pd.read_csv(tmp_path / "out" / "table1.csv")
+    assert t1["ci_low"].isna().all() and t1["ci_high"].isna().all()
+    assert (t1["n_seeds"] == 1).all() and t1["mean"].notna().any()
+    text = summary.read_text()
+    assert "single seed for dice, ce: confidence intervals are not computable" in text
+    assert "reference loss 'hytver' is absent: paired tests skipped" in text
+    assert pd.read_csv(tmp_path / "out" / "paired_vs_hytver.csv").empty
+
+
+def test_search_sweep_methods_and_ambiguous_reference(tmp_path):
+    for i, alpha in enumerate([0.3, 0.7]):
+        name = f"hytver_{i}"
+        write_trial(tmp_path, name, make_rows("hytver", 0, name, {"alpha": alpha}))
+    write_trial(tmp_path, "dice_0", make_rows("dice", 0, "dice_0"))
+    summary = build_report(tmp_path)
+    methods = pd.read_csv(tmp_path / "report" / "table2.csv")["method"].tolist()
+    assert methods == ["dice", "hytver (alpha=0.3)", "hytver (alpha=0.7)"]
+    assert "ran with 2 hyperparameter sets: paired tests skipped" in summary.read_text()
+
+
+def test_errors(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match=f"no results found in {tmp_path}"):
+        build_report(tmp_path)
+    (tmp_path / "trials" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"no results found .*1 trial directories"):
+        build_report(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    assert "error: no results found" in capsys.readouterr().err
+    rows = make_rows("dice", 0, "b")
+    write_trial(tmp_path, "b", None)
+    pd.DataFrame(rows).drop(columns="hd95").to_csv(tmp_path / "trials/b/cases.csv", index=False)
+    with pytest.raises(ValueError, match=r"b/cases\.csv: missing columns hd95"):
+        build_report(tmp_path)
+
+
+def test_cli(results, tmp_path, capsys):
+    assert main([str(results), "--out", str(tmp_path / "r")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "r" / "summary.md")
+
+
+def test_only_negative_cases(tmp_path):
+    for loss in ["dice", "hytver"]:
+        write_trial(tmp_path, loss, [r for r in make_rows(loss, 0, loss) if not r["has_lesions"]])
+    text = build_report(tmp_path).read_text()
+    assert "no case with new lesions" in text
+    assert len(pd.read_csv(tmp_path / "report" / "negatives.csv")) == 2
