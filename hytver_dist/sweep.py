@@ -1,0 +1,354 @@
+"""The study as a Ray Tune sweep: one trial per (loss, hyperparameters, seed), each a Ray Train
+``TorchTrainer`` run (data-parallel workers, checkpoints, restarts), then the report.
+
+``python -m hytver_dist.sweep [--config sweeps/NAME.yaml] [--address auto] [--storage PATH_OR_URI]
+[--resume] [--data DIR]``. With no ``--address`` it joins a running cluster when there is one
+(``ray up`` then this command on the head) and otherwise starts an embedded local Ray. With no
+data it generates the config's synthetic dataset once into the cache and reuses it.
+
+Per trial (Train V2 inside Tune, see ../shared/research/ray.md): the trial function holds only
+the custom driver resource (``TRAIN_DRIVER``, no CPU), so trial drivers can never starve their
+own worker groups; it builds a ``TorchTrainer`` named ``train-<trial id>`` (a stable name is what
+lets a restarted or resumed trial find its checkpoints), whose workers run
+:func:`hytver_dist.train.train_loop`, report validation metrics with a checkpoint every
+``checkpoint_every`` iterations, and finally evaluate the best model on the test cases. The
+per-case rows come back to the driver in the trial's last result and are written to
+``<results_dir>/trials/<trial>/cases.csv`` (plus ``status.json``), which ``hytver_dist.report``
+turns into tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .sweep_config import (
+    SweepConfig,
+    count_trials,
+    load_sweep_config,
+    trial_spec,
+    tune_config_kwargs,
+)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+# Quieter, faster Train runs in the embedded local Ray (ray.md section 8); setdefault only.
+LOCAL_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+# --------------------------------------------------------------------------- worker side
+def train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: train, report + checkpoint, then evaluate the test cases."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from .evaluate import evaluate_model
+    from .experiment import prepare_data
+    from .model import build_model
+    from .train import RunSpec, train_loop
+
+    cfg = load_sweep_config(config["sweep"])
+    spec = RunSpec.from_config(cfg, config["loss"], config["seed"], config["loss_params"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
+                        cache_dir=config.get("cache_dir"))
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu",
+                                weights_only=False)
+
+    last: dict[str, float] = {}
+
+    def report(row: dict[str, float], payload: dict[str, Any] | None) -> None:
+        last.clear()
+        last.update(row)
+        if payload is None:
+            ray.train.report(row)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(payload, Path(d) / CHECKPOINT_FILE)
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    result = train_loop(spec, data, device, resume=resume, report=report,
+                        wrap_model=ray.train.torch.prepare_model)
+    # Test evaluation, sharded over the ranks; rank 0 reports every case to Tune.
+    model = build_model(spec.model).to(device)
+    model.load_state_dict(result.best_state)
+    test = data.part("test")
+    world = ctx.get_world_size()
+    mine = [c.id for c in test[rank::world]]
+    subset = type(data)(data.root, type(data.split)(data.split.train, data.split.val,
+                                                    tuple(mine), data.split.meta),
+                        data.files, data.cases, data.preprocess)
+    rows = evaluate_model(model, subset, spec.training).to_dict("records")
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[list[dict[str, Any]]] = [[] for _ in range(world)]
+        dist.all_gather_object(gathered, rows)
+        rows = [r for part in gathered for r in part]
+    final = {**last, "iteration": result.iterations, "best_val_dice": result.best_metric,
+             "best_iteration": result.best_iteration, "done_training": 1,
+             "test_cases": json.dumps(rows, default=float)}
+    ray.train.report(final)
+
+
+# ---------------------------------------------------------------------------- trial side
+def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
+              data_dir: str | None, cache_dir: str | None) -> None:
+    """One Tune trial = one Train run (the driver of its worker group)."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = load_sweep_config(sweep)
+    spec = trial_spec(config)
+    r = cfg.resources
+    per_worker = {"CPU": r.cpus_per_worker}
+    if r.use_gpu:
+        per_worker["GPU"] = r.gpus_per_worker
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"sweep": sweep, "loss": spec.loss, "seed": spec.seed,
+                           "loss_params": spec.params, "data_dir": data_dir,
+                           "cache_dir": cache_dir},
+        scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}", storage_path=storage,
+            failure_config=ray.train.FailureConfig(
+                max_failures=r.max_failures,
+                controller_failure_limit=r.controller_failure_limit),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def trial_name(trial: Any) -> str:
+    """Readable, unique trial names: ``<arm>-seed<k>-<trial id>``."""
+    spec = trial_spec(trial.config)
+    return f"{spec.arm_id}-seed{spec.seed}-{trial.trial_id}"
+
+
+# ---------------------------------------------------------------------------- driver side
+def storage_root(cfg: SweepConfig, override: str | None) -> str:
+    """Absolute local path or URI where Tune and Train keep experiment state."""
+    path = override or cfg.storage.path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def connect(address: str | None, cfg: SweepConfig, num_cpus: int | None) -> dict[str, Any]:
+    """Join ``address`` (or a running cluster), else start an embedded local Ray that declares
+    the driver resource. Returns info for the user (mode, dashboard URL)."""
+    import ray
+
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+    if address is None:
+        try:
+            ctx = ray.init(address="auto", logging_level="WARNING")
+            return {"mode": "existing cluster", "dashboard": ctx.dashboard_url}
+        except ConnectionError:
+            pass
+    if address is not None:
+        ctx = ray.init(address=address, logging_level="WARNING")
+        return {"mode": f"cluster at {address}", "dashboard": ctx.dashboard_url}
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    cpus = num_cpus or os.cpu_count() or 1
+    # Early stopping needs the dashboard (State API), or stopped trials leak placement groups.
+    dashboard = cfg.search.scheduler.type != "none"
+    ctx = ray.init(num_cpus=cpus, resources={cfg.resources.driver_resource: cpus},
+                   include_dashboard=dashboard, logging_level="WARNING")
+    return {"mode": f"embedded local Ray ({cpus} CPUs)", "dashboard": ctx.dashboard_url}
+
+
+def cluster_resources() -> dict[str, float]:
+    """Resources to size concurrency by: the running cluster's, or, on a ``ray up`` head, the
+    autoscaler's full-scale capacity when larger."""
+    import ray
+
+    from .sweep_config import cluster_capacity
+
+    have = {k: float(v) for k, v in ray.cluster_resources().items()}
+    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
+    if bootstrap.is_file():
+        try:
+            full = cluster_capacity(bootstrap)
+        except ValueError:  # local provider: resources come from `ray start` flags
+            return have
+        return {k: max(have.get(k, 0.0), full.get(k, 0.0)) for k in set(have) | set(full)}
+    return have
+
+
+def collect_results(grid: Any, results_dir: Path) -> tuple[int, int]:
+    """Write ``trials/<trial>/cases.csv`` and ``status.json`` from Tune's results; returns
+    (ok, failed) counts."""
+    import pandas as pd
+
+    ok = failed = 0
+    for result in grid:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        name = Path(result.path).name if result.path else metrics.get("trial_id", "unknown")
+        spec = trial_spec(config) if config else None
+        out = results_dir / "trials" / name
+        out.mkdir(parents=True, exist_ok=True)
+        status: dict[str, Any] = {"trial": name, "loss": spec.loss if spec else None,
+                                  "seed": spec.seed if spec else None}
+        cases = metrics.get("test_cases")
+        if result.error is None and cases:
+            frame = pd.DataFrame(json.loads(cases))
+            frame.insert(0, "params", json.dumps(spec.params, sort_keys=True))
+            frame.insert(0, "seed", spec.seed)
+            frame.insert(0, "loss", spec.loss)
+            frame.insert(0, "trial", name)
+            frame.to_csv(out / "cases.csv", index=False)
+            status.update(status="ok", best_val_dice=metrics.get("best_val_dice"),
+                          best_iteration=metrics.get("best_iteration"))
+            ok += 1
+        else:
+            error = result.error or "trial ended without test results"
+            status.update(status="failed", error=_short_error(error))
+            failed += 1
+        (out / "status.json").write_text(json.dumps(status, indent=1, default=str))
+    return ok, failed
+
+
+def _short_error(error: BaseException | str) -> str:
+    """The innermost line that says what went wrong (Ray wraps worker errors several times)."""
+    text = str(error)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if any(k in ln for k in ("DataError", "Error:", "Error(", "Exception:")):
+            return ln[:500]
+    return (lines[-1] if lines else repr(error))[:500]
+
+
+def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | None = None,
+              resume: bool = False, retry_errored: bool = False, data_dir: str | None = None,
+              cache_dir: str | None = None, num_cpus: int | None = None,
+              callbacks: Sequence[Any] = (), verbose: int = 1) -> Path | None:
+    """Run (or resume) the sweep ``cfg``; returns the report's summary path (None if disabled).
+
+    ``callbacks``: extra ``ray.tune.Callback`` objects (progress hooks, tests).
+    """
+    import ray
+    from ray import tune
+
+    from .sweep_config import build_param_space
+
+    if storage is not None:
+        cfg.storage.path = storage
+    root = storage_root(cfg, None)
+    experiment = f"{root.rstrip('/')}/{cfg.name}"
+    # Per-case CSVs are written by this driver, so they need a local (or mounted) path.
+    results_dir = Path(cfg.results_dir if "://" not in cfg.results_dir
+                       else Path("results") / cfg.name / "results").resolve()
+    info = connect(address, cfg, num_cpus)
+    try:
+        print(f"sweep {cfg.name!r}: {count_trials(cfg)} trials on {info['mode']}")
+        if info.get("dashboard"):
+            print(f"Ray dashboard: http://{info['dashboard']}")
+        kwargs = tune_config_kwargs(cfg, cluster_resources())
+        print(f"up to {kwargs['max_concurrent_trials']} trials at a time; experiment state in "
+              f"{experiment}")
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, sweep=cfg.to_dict(), storage=root,
+                                 data_dir=None if data_dir is None else str(Path(data_dir)
+                                                                            .resolve()),
+                                 cache_dir=None if cache_dir is None else str(Path(cache_dir)
+                                                                              .resolve())),
+            {cfg.resources.driver_resource: 1})
+        exists = tune.Tuner.can_restore(experiment)
+        if resume and exists:
+            print(f"resuming {experiment}: finished trials are kept, unfinished ones continue "
+                  "from their last checkpoint")
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=retry_errored)
+        else:
+            if exists:
+                raise FileExistsError(f"sweep {cfg.name!r} already exists at {experiment}: "
+                                      "pass --resume to continue it, or change name/storage")
+            tuner = tune.Tuner(
+                trainable, param_space=build_param_space(cfg),
+                tune_config=tune.TuneConfig(**kwargs, trial_name_creator=trial_name,
+                                            trial_dirname_creator=trial_name),
+                run_config=tune.RunConfig(
+                    name=cfg.name, storage_path=root, verbose=verbose,
+                    failure_config=tune.FailureConfig(
+                        max_failures=cfg.resources.trial_max_failures),
+                    callbacks=list(callbacks)))
+        start = time.perf_counter()
+        grid = tuner.fit()
+        ok, failed = collect_results(grid, results_dir)
+        print(f"{ok} trials finished, {failed} failed in {time.perf_counter() - start:.0f} s; "
+              f"per-case results in {results_dir / 'trials'}")
+    finally:
+        ray.shutdown()
+    if not cfg.report.enabled:
+        return None
+    if ok == 0:
+        print("no trial finished: no report")
+        return None
+    from .report import build_report
+
+    report_dir = cfg.report.out_dir or results_dir / "report"
+    summary = build_report(results_dir, report_dir,
+                           reference_loss=cfg.report.reference_loss,
+                           confidence=cfg.report.confidence)
+    print(f"report: {summary}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hytver_dist.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "--sweep", default="default", dest="config",
+                        help="sweep YAML: a path or a name under sweeps/ (default: default)")
+    parser.add_argument("--address", help="Ray cluster address (e.g. auto); default: a running "
+                        "cluster if any, else an embedded local Ray")
+    parser.add_argument("--storage", help="experiment storage: local dir, shared mount or "
+                        "s3://... (overrides storage.path)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted sweep (finished trials are not rerun)")
+    parser.add_argument("--retry-errored", action="store_true",
+                        help="with --resume: also restart trials that failed")
+    parser.add_argument("--data", help="MSSEG-2 directory (overrides data.path)")
+    parser.add_argument("--cache", help="cache for synthetic data and preprocessed cases "
+                        "(default $HYTVER_CACHE or ~/.cache/hytver_dist)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_sweep_config(args.config)
+        run_sweep(cfg, address=args.address, storage=args.storage, resume=args.resume,
+                  retry_errored=args.retry_errored, data_dir=args.data, cache_dir=args.cache,
+                  num_cpus=args.num_cpus)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

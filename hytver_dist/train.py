@@ -1,0 +1,334 @@
+"""One training run: a V-Net trained with one loss and one seed, validated on held-out cases.
+
+``python -m hytver_dist.train --config sweeps/default.yaml --loss hytver --seed 0`` trains on
+the config's data (``data``, ``model`` and ``training`` sections of the sweep schema, see
+``sweeps/README.md``), writes ``checkpoint.pt`` (resumable, every ``checkpoint_every``
+iterations), ``metrics.csv`` and ``best_model.pt`` (chosen on the validation cases, never the
+test cases) into the run directory; ``--resume`` continues from the checkpoint.
+
+:func:`train_loop` is a plain function of (run spec, data, device), used as is by each Ray Train
+worker of a sweep: under an initialised ``torch.distributed`` process group it trains with
+distributed data parallel (each rank samples its own patches) and shards validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import metrics
+from .data import PatchConfig, PatchSampler, PreprocessedCase
+from .experiment import PreparedData, prepare_data
+from .inference import sliding_window_probabilities
+from .losses import get_loss
+from .model import build_model
+from .sweep_config import ModelConfig, SweepConfig, TrainingConfig, load_sweep_config
+
+# (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
+Reporter = Callable[[dict[str, float], dict[str, Any] | None], None]
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines one training run."""
+
+    loss: str
+    seed: int
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @classmethod
+    def from_config(cls, cfg: SweepConfig, loss: str, seed: int,
+                    loss_params: dict[str, Any] | None = None) -> RunSpec:
+        return cls(loss, int(seed), dict(loss_params or {}), cfg.model, cfg.training)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    best_metric: float
+    best_iteration: int
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    # Deterministic kernels where cuDNN offers a choice (same seed -> same run on one GPU).
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def case_image(case: PreprocessedCase) -> torch.Tensor:
+    """The network input of a whole case: [baseline, follow-up, follow-up - baseline]."""
+    base = torch.tensor(np.asarray(case.baseline), dtype=torch.float32)
+    follow = torch.tensor(np.asarray(case.followup), dtype=torch.float32)
+    return torch.stack([base, follow, follow - base])
+
+
+def patch_edge(training: TrainingConfig) -> int:
+    sizes = set(training.patch_size)
+    if len(sizes) != 1:
+        raise ValueError(f"training.patch_size must be a cube for sliding-window inference, "
+                         f"got {training.patch_size}")
+    return sizes.pop()
+
+
+def validation_scores(pred: np.ndarray, case: PreprocessedCase) -> dict[str, float]:
+    """Per-case validation numbers on the preprocessed grid.
+
+    ``dice`` counts an empty prediction of an empty ground truth as 1 (a perfect answer), so
+    the selection metric stays defined on patients without new lesions.
+    """
+    gt = np.asarray(case.mask, dtype=bool)
+    if not gt.any() and not pred.any():
+        dice = 1.0
+    else:
+        dice = metrics.dice(pred, gt)
+    f1 = metrics.lesion_f1(pred, gt, spacing=case.meta.spacing).f1 if gt.any() else math.nan
+    return {"dice": dice, "lesion_f1": f1, "pred_voxels": float(pred.sum())}
+
+
+@torch.no_grad()
+def validate(model: nn.Module, cases: list[PreprocessedCase], training: TrainingConfig,
+             device: torch.device) -> dict[str, float]:
+    """Mean validation scores over ``cases`` (sharded over ranks when distributed)."""
+    rank, world = _world()
+    patch = patch_edge(training)
+    mine = []
+    for case in cases[rank::world]:
+        probs = sliding_window_probabilities(model, case_image(case), patch=patch,
+                                             overlap=training.val_patch_overlap)
+        mine.append(validation_scores(probs.numpy() > 0.5, case))
+    rows = mine
+    if world > 1:
+        gathered: list[list[dict[str, float]]] = [[] for _ in range(world)]
+        dist.all_gather_object(gathered, mine)
+        rows = [r for part in gathered for r in part]
+    with np.errstate(all="ignore"):
+        dice = float(np.mean([r["dice"] for r in rows]))
+        f1s = [r["lesion_f1"] for r in rows if not math.isnan(r["lesion_f1"])]
+    return {"val_dice": dice, "val_lesion_f1": float(np.mean(f1s)) if f1s else math.nan,
+            "val_pred_voxels": float(np.mean([r["pred_voxels"] for r in rows]))}
+
+
+def _state_to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
+               resume: dict[str, Any] | None = None, report: Reporter | None = None,
+               wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+               progress: bool = False) -> TrainResult:
+    """Train ``spec`` on ``data.part("train")``, validating on ``data.part("val")``.
+
+    Adam, a fixed number of iterations of ``batch_size`` patches (lesion-centred when the case
+    has new lesions, as in the paper). Patches of iteration ``i`` on rank ``r`` come from a
+    generator seeded with ``(seed, r, i)``, so a resumed run draws what the uninterrupted run
+    would have. Every ``eval_every`` iterations (and at the end) validation metrics go to
+    ``report`` with, every ``checkpoint_every`` iterations, a checkpoint payload (for rank 0;
+    other ranks get None). ``resume``: a payload from an earlier report. ``wrap_model``: e.g.
+    ``ray.train.torch.prepare_model``; default DDP when a process group is initialised.
+    """
+    device = torch.device(device)
+    training = spec.training
+    rank, world = _world()
+    seed_everything(spec.seed)
+    model = build_model(spec.model).to(device)  # same seed -> same initial weights on all ranks
+    loss_fn = get_loss(spec.loss, backend=training.backend, **spec.loss_params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
+    start, best_metric, best_iteration, best_state, history = 0, -math.inf, 0, None, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start, history = int(resume["iteration"]), list(resume["history"])
+        best_metric, best_iteration = float(resume["best_metric"]), int(resume["best_iteration"])
+        best_state = resume["best_state"]
+        torch.set_rng_state(resume["torch_rng"])
+    if wrap_model is not None:
+        net = wrap_model(model)
+    elif world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    else:
+        net = model
+    train_cases, val_cases = data.part("train"), data.part("val")
+    sampler = PatchSampler(train_cases, PatchConfig(patch_size=training.patch_size))
+    amp = training.amp and device.type in ("cuda", "cpu")
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=training.iterations, initial=start, desc=f"{spec.loss} s{spec.seed}",
+                   unit="it", dynamic_ncols=True)
+    losses: list[float] = []
+    for it in range(start, training.iterations):
+        net.train()
+        rng = np.random.default_rng([spec.seed, rank, it])
+        pairs = [sampler.sample(rng) for _ in range(training.batch_size)]
+        image = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
+        mask = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(image)
+        loss = loss_fn(logits.float(), mask)  # losses in fp32 even under AMP
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss {spec.loss!r} is {loss.item()} at iteration "
+                                     f"{it + 1} (seed {spec.seed}); stopping this run")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        done = it + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if done % training.eval_every and done != training.iterations:
+            continue
+        scores = validate(model, val_cases, training, device)
+        row = {"iteration": done, "train_loss": float(np.mean(losses)), **scores}
+        losses = []
+        if scores["val_dice"] > best_metric or best_state is None:
+            best_metric, best_iteration = scores["val_dice"], done
+            best_state = _state_to_cpu(model.state_dict())
+        row["best_val_dice"] = best_metric
+        history.append(row)
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_dice=f"{row['val_dice']:.3f}")
+        payload = None
+        if rank == 0 and (done % training.checkpoint_every == 0 or done == training.iterations):
+            payload = {"model": _state_to_cpu(model.state_dict()),
+                       "optimizer": copy.deepcopy(optimizer.state_dict()),
+                       "iteration": done, "best_state": best_state, "best_metric": best_metric,
+                       "best_iteration": best_iteration, "history": history,
+                       "torch_rng": torch.get_rng_state(), "spec": spec.to_dict()}
+        if report is not None:
+            report(row, payload)
+    if bar is not None:
+        bar.close()
+    if best_state is None:  # resumed from a finished run
+        best_state = _state_to_cpu(model.state_dict())
+    return TrainResult(training.iterations, best_metric, best_iteration, best_state, history)
+
+
+# ---------------------------------------------------------------------------------- the CLI
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file renamed into place: a kill never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hytver_dist.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="default",
+                        help="sweep YAML (path, or a name under sweeps/); default: default")
+    parser.add_argument("--loss", default="hytver", help="registry name (default hytver)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="loss hyperparameter, e.g. --param alpha=0.7 (repeatable)")
+    parser.add_argument("--data", help="MSSEG-2 directory (overrides data.path)")
+    parser.add_argument("--out", help="run directory (default <storage>/<name>/train/<loss>-"
+                        "seed<seed>)")
+    parser.add_argument("--iterations", type=int, help="override training.iterations")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
+    parser.add_argument("--cache", help="cache directory (default $HYTVER_CACHE or "
+                        "~/.cache/hytver_dist)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    cfg = load_sweep_config(args.config)
+    if args.iterations is not None:
+        cfg.training.iterations = args.iterations
+        cfg.training.eval_every = min(cfg.training.eval_every, args.iterations)
+        cfg.training.checkpoint_every = cfg.training.eval_every
+    spec = RunSpec.from_config(cfg, args.loss, args.seed, _parse_params(args.param))
+    get_loss(spec.loss, **spec.loss_params)  # fail now on a bad name or hyperparameter
+    out = Path(args.out or Path(cfg.storage.path) / cfg.name / "train" /
+               f"{spec.loss}-seed{spec.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.csv"
+    resume = None
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+        resume = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if resume["spec"] != spec.to_dict():
+            raise SystemExit(f"--resume: {ckpt_path} was written for another run spec:\n"
+                             f"{resume['spec']}")
+        print(f"resuming {out} from iteration {resume['iteration']}")
+    elif ckpt_path.exists():
+        raise SystemExit(f"{out} already holds a run: pass --resume or another --out")
+
+    data = prepare_data(cfg.data, data_dir=args.data, cache_dir=args.cache)
+    print(f"data: {data.root} (train {len(data.split.train)}, val {len(data.split.val)}, "
+          f"test {len(data.split.test)} cases)")
+    (out / "run.json").write_text(json.dumps({"spec": spec.to_dict(), "config": cfg.to_dict(),
+                                              "split": data.split.as_dict()}, indent=1,
+                                             default=str))
+
+    def report(row: dict[str, float], payload: dict[str, Any] | None) -> None:
+        new = not metrics_path.exists()
+        with metrics_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if payload is not None:
+            save_atomic(payload, ckpt_path)
+
+    start = time.perf_counter()
+    result = train_loop(spec, data, args.device, resume=resume, report=report,
+                        progress=not args.no_progress)
+    save_atomic({"model": result.best_state, "spec": spec.to_dict(),
+                 "best_val_dice": result.best_metric, "best_iteration": result.best_iteration,
+                 "split": data.split.as_dict()}, out / "best_model.pt")
+    print(f"done in {time.perf_counter() - start:.1f} s: best val_dice {result.best_metric:.4f} "
+          f"at iteration {result.best_iteration}; {out / 'best_model.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
