@@ -227,7 +227,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
             payload = {"model": _state_to_cpu(model.state_dict()),
                        "optimizer": copy.deepcopy(optimizer.state_dict()),
                        "iteration": done, "best_state": best_state, "best_metric": best_metric,
-                       "best_iteration": best_iteration, "history": history,
+                       "best_iteration": best_iteration, "history": list(history),
                        "torch_rng": torch.get_rng_state(), "spec": spec.to_dict()}
         if report is not None:
             report(row, payload)
