@@ -40,8 +40,12 @@ STEP_ROUNDS, LOSS_ROUNDS = 10, 30
 SEED = 0
 BACKENDS = [
     "reference",
-    pytest.param("fused", marks=pytest.mark.skipif(
-        not ops.is_available(), reason=f"C++ extension not built: {ops.extension_error()}")),
+    pytest.param(
+        "fused",
+        marks=pytest.mark.skipif(
+            not ops.is_available(), reason=f"C++ extension not built: {ops.extension_error()}"
+        ),
+    ),
 ]
 NAMES = ["none", *LOSSES]  # "none": logits.mean(), the baseline
 
@@ -69,12 +73,19 @@ def _loss_fn(name: str, backend: str) -> Callable[[torch.Tensor, torch.Tensor], 
 
 def _describe(benchmark, kind: str, name: str, backend: str, rounds: int) -> None:
     benchmark.group = f"{kind} [{backend}]"
-    benchmark.extra_info.update({
-        "kind": kind, "loss": name, "backend": backend, "rounds": rounds,
-        "shape": [BATCH, CHANNELS, SIZE, SIZE, SIZE], "n_filters": N_FILTERS,
-        "threads": torch.get_num_threads(), "fused_available": ops.is_available(),
-        "cpu_isa": ops.cpu_isa() if ops.is_available() else None,
-    })
+    benchmark.extra_info.update(
+        {
+            "kind": kind,
+            "loss": name,
+            "backend": backend,
+            "rounds": rounds,
+            "shape": [BATCH, CHANNELS, SIZE, SIZE, SIZE],
+            "n_filters": N_FILTERS,
+            "threads": torch.get_num_threads(),
+            "fused_available": ops.is_available(),
+            "cpu_isa": ops.cpu_isa() if ops.is_available() else None,
+        }
+    )
 
 
 def _run(benchmark, fn: Callable[[], torch.Tensor], rounds: int) -> torch.Tensor:

@@ -104,8 +104,11 @@ def train_worker(config: dict[str, Any]) -> None:
         gathered: list[list[dict[str, Any]]] = [[] for _ in range(world)]
         dist.all_gather_object(gathered, rows)
         rows = [r for part in gathered for r in part]
+    # node_id / worker_pid: where rank 0 finished (Tune's own node_ip / pid are the trial
+    # driver's, and every node of a one-host test cluster shares one IP).
     final = {**last, "iteration": result.iterations, "best_val_dice": result.best_metric,
              "best_iteration": result.best_iteration, "done_training": 1,
+             "node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(),
              "test_cases": json.dumps(rows, default=float)}
     ray.train.report(final)
 
@@ -157,6 +160,21 @@ def storage_root(cfg: SweepConfig, override: str | None) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
+def _started_cluster_address() -> str | None:
+    """Address of the cluster that ``ray start`` (or ``ray up``) recorded on this machine
+    (``<RAY_TMPDIR or /tmp>/ray/ray_current_cluster``), else None.
+
+    ``ray.init(address="auto")`` alone would also join any other Ray instance it finds in ``ps``
+    (e.g. another user's or another test's embedded Ray, whose lifetime and resources are not
+    ours), so it is only tried when such a recorded address exists.
+    """
+    try:
+        from ray._private.utils import read_ray_address
+    except ImportError:  # private API moved: keep the old "auto" behaviour
+        return "auto"
+    return read_ray_address() or None
+
+
 def connect(address: str | None, cfg: SweepConfig, num_cpus: int | None) -> dict[str, Any]:
     """Join ``address`` (or a running cluster), else start an embedded local Ray that declares
     the driver resource. Returns info for the user (mode, dashboard URL)."""
@@ -164,7 +182,7 @@ def connect(address: str | None, cfg: SweepConfig, num_cpus: int | None) -> dict
 
     if address is None and os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
-    if address is None:
+    if address is None and _started_cluster_address() is not None:
         try:
             ctx = ray.init(address="auto", logging_level="WARNING")
             return {"mode": "existing cluster", "dashboard": ctx.dashboard_url}
@@ -201,9 +219,36 @@ def cluster_resources() -> dict[str, float]:
     return have
 
 
-def collect_results(grid: Any, results_dir: Path) -> tuple[int, int]:
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep was stopped (SIGINT/Ctrl-C, SIGUSR1) before every trial ended; its state is
+    saved and ``--resume`` (``run_sweep(resume=True)``) continues it. ``main`` exits 130."""
+
+
+def unfinished_trials(cfg: SweepConfig, experiment: str, grid: Any) -> int:
+    """Trials that an interrupt (SIGINT/Ctrl-C, SIGUSR1) left unfinished, 0 for a complete run.
+
+    Tune returns normally after an interrupt and, cleaning up, marks its live trials
+    TERMINATED in memory, so the grid cannot tell; the experiment state it saved just before
+    can. Trials the searcher had not generated yet count too.
+    """
+    done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done_training")]
+    if len(done) >= count_trials(cfg):
+        return 0
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(experiment).trials
+    except Exception:  # unreadable state: judge by the grid alone
+        return max(0, count_trials(cfg) - len(grid))
+    live = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    return live + max(0, count_trials(cfg) - len(trials))
+
+
+def collect_results(grid: Any, results_dir: Path, *,
+                    interrupted: bool = False) -> tuple[int, int]:
     """Write ``trials/<trial>/cases.csv`` and ``status.json`` from Tune's results; returns
-    (ok, failed) counts."""
+    (ok, failed) counts. ``interrupted``: skip trials with neither results nor an error (they
+    continue on resume) instead of marking them failed."""
     import pandas as pd
 
     ok = failed = 0
@@ -217,6 +262,8 @@ def collect_results(grid: Any, results_dir: Path) -> tuple[int, int]:
         status: dict[str, Any] = {"trial": name, "loss": spec.loss if spec else None,
                                   "seed": spec.seed if spec else None}
         cases = metrics.get("test_cases")
+        if interrupted and result.error is None and not cases:
+            continue
         if result.error is None and cases:
             frame = pd.DataFrame(json.loads(cases))
             frame.insert(0, "params", json.dumps(spec.params, sort_keys=True))
@@ -251,7 +298,9 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
               callbacks: Sequence[Any] = (), verbose: int = 1) -> Path | None:
     """Run (or resume) the sweep ``cfg``; returns the report's summary path (None if disabled).
 
-    ``callbacks``: extra ``ray.tune.Callback`` objects (progress hooks, tests).
+    ``callbacks``: extra ``ray.tune.Callback`` objects (progress hooks, tests). Raises
+    :class:`SweepInterrupted` when Tune stopped early on SIGINT (finished trials' results are
+    written, nothing else; resume continues).
     """
     import ray
     from ray import tune
@@ -301,11 +350,16 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
                     callbacks=list(callbacks)))
         start = time.perf_counter()
         grid = tuner.fit()
-        ok, failed = collect_results(grid, results_dir)
+        unfinished = unfinished_trials(cfg, experiment, grid)
+        ok, failed = collect_results(grid, results_dir, interrupted=unfinished > 0)
         print(f"{ok} trials finished, {failed} failed in {time.perf_counter() - start:.0f} s; "
               f"per-case results in {results_dir / 'trials'}")
     finally:
         ray.shutdown()
+    if unfinished:
+        raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of {len(grid)} "
+                               "trials unfinished; its state is saved: rerun the same command "
+                               "with --resume to continue it")
     if not cfg.report.enabled:
         return None
     if ok == 0:
@@ -347,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     return 0
 
 

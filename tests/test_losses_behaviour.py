@@ -108,9 +108,11 @@ def test_extreme_logits_float32_are_finite(name, how):
     value.backward()
     assert torch.isfinite(value), value
     assert torch.isfinite(x.grad).all()
-    if name not in CLAMPED:  # logs come from the logits: float32 agrees with float64
-        ref = get_loss(name, backend="reference")(x.detach().double(), y.double())
-        torch.testing.assert_close(value.double(), ref, rtol=1e-5, atol=1e-6)
+    # Logs come from the logits: float32 agrees with float64. The clamped losses agree up to
+    # float32's resolution of 1 - 1e-7 (spacing 6e-8 near 1: log(1 - eps) is off by ~20 %).
+    ref = get_loss(name, backend="reference")(x.detach().double(), y.double())
+    atol = 1e-4 if name in CLAMPED else 1e-6
+    torch.testing.assert_close(value.double(), ref, rtol=1e-5, atol=atol)
     if how == "wrong" and name not in CLAMPED | {"dice", "tversky", "focal_tversky",
                                                  "logcosh_dice"}:
         # A CE term on logits keeps a gradient on confidently wrong voxels (a clamp would not).

@@ -26,6 +26,12 @@ def _safe_pow(base: torch.Tensor, exponent: float) -> torch.Tensor:
     return torch.where(positive, torch.where(positive, base, 1).pow(exponent), 0)
 
 
+def clamped_probabilities(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p~ = clamp(p, eps, 1-eps) and q~ = 1 - p~, the latter as clamp(sigmoid(-x), eps, 1-eps):
+    equal in exact arithmetic, but 1 - p~ in float32 rounds q~ = 1e-7 up to 1.19e-7."""
+    return torch.sigmoid(x).clamp(EPS, 1 - EPS), torch.sigmoid(-x).clamp(EPS, 1 - EPS)
+
+
 def modified_tversky(tp: torch.Tensor, fn: torch.Tensor, fp: torch.Tensor,
                      delta: float) -> torch.Tensor:
     """mTI = (TP + eps) / (TP + delta*FN + (1-delta)*FP + eps)."""
@@ -34,8 +40,7 @@ def modified_tversky(tp: torch.Tensor, fn: torch.Tensor, fp: torch.Tensor,
 
 def _class_sums(x: torch.Tensor, y: torch.Tensor):
     """Clamped p, q = 1 - p and the per-sample (TP, FN, FP) of the foreground and background."""
-    p = torch.sigmoid(x).clamp(EPS, 1 - EPS)
-    q = 1 - p
+    p, q = clamped_probabilities(x)
     tp_fg, fn_fg, fp_fg = _spatial_sum(y * p), _spatial_sum(y * q), _spatial_sum((1 - y) * p)
     tp_bg = _spatial_sum((1 - y) * q)
     # The background's FN is the foreground's FP and vice versa.
@@ -150,8 +155,7 @@ class DicePPLoss(ExponentLoss):
         return 1 - torch.cat([dscpp(tp_bg, fp_fg, fn_fg), dscpp(tp_fg, fn_fg, fp_fg)]).mean()
 
     def reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(x).clamp(EPS, 1 - EPS)
-        q = 1 - p
+        p, q = clamped_probabilities(x)
         fn = _spatial_sum(_safe_pow(y * q, self.gamma))
         fp = _spatial_sum(_safe_pow((1 - y) * p, self.gamma))
         return self._loss_from(_spatial_sum(y * p), fn, fp, _spatial_sum((1 - y) * q))

@@ -1,0 +1,163 @@
+"""Shared benchmark options and fixtures (pytest-benchmark).
+
+Options:
+  --bench-sizes    small (default) | all | comma list of shapes like 4x1x80x80x80,2x1x64x64x64.
+                   small: 4x1x80x80x80 on the CPU; on CUDA also 2x1x160x192x160.
+                   all: both sizes on every device.
+  --bench-devices  auto (default: cpu, plus cuda when available) | cpu | cuda | cpu,cuda
+  --bench-dtypes   comma list of logits dtypes (default float32): float32,bfloat16,float16
+  --bench-rounds   timed rounds per benchmark (default: 10 on the CPU, 50 on CUDA)
+
+A test that takes the ``bench_case`` fixture is parametrised over device x shape x dtype (ids
+like ``cpu-4x1x80x80x80-float32``). Use :func:`make_batch` for inputs and :func:`run_bench` to
+time a step (it warms up untimed, synchronises CUDA and sets group / extra_info).
+
+Run: ``pytest benchmarks --benchmark-enable --benchmark-only`` (the project's addopts disable
+benchmarks by default), add ``--benchmark-json=PATH`` to save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+import torch
+
+SMALL = (4, 1, 80, 80, 80)
+LARGE = (2, 1, 160, 192, 160)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchCase:
+    device: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    target_dtype: torch.dtype = torch.uint8
+    rounds: int = 10
+
+    @property
+    def shape_str(self) -> str:
+        return "x".join(str(s) for s in self.shape)
+
+    @property
+    def dtype_str(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def id(self) -> str:
+        return f"{self.device}-{self.shape_str}-{self.dtype_str}"
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("hytver benchmarks")
+    group.addoption("--bench-sizes", default="small", help="small | all | 4x1x80x80x80,...")
+    group.addoption("--bench-devices", default="auto", help="auto | cpu | cuda | cpu,cuda")
+    group.addoption("--bench-dtypes", default="float32", help="float32,bfloat16,float16")
+    group.addoption("--bench-rounds", default=0, type=int, help="timed rounds (0: per device)")
+
+
+def _devices(spec: str) -> list[str]:
+    if spec == "auto":
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    for d in devices:
+        if d not in ("cpu", "cuda"):
+            raise pytest.UsageError(f"--bench-devices: unknown device {d!r}")
+    return devices
+
+
+def _shapes(spec: str, device: str) -> list[tuple[int, ...]]:
+    if spec == "small":
+        return [SMALL, LARGE] if device == "cuda" else [SMALL]
+    if spec == "all":
+        return [SMALL, LARGE]
+    try:
+        return [tuple(int(v) for v in s.strip().split("x")) for s in spec.split(",") if s.strip()]
+    except ValueError as exc:
+        raise pytest.UsageError(f"--bench-sizes: cannot parse {spec!r}") from exc
+
+
+def bench_cases(config) -> list[BenchCase]:
+    rounds = config.getoption("--bench-rounds")
+    dtypes = []
+    for name in config.getoption("--bench-dtypes").split(","):
+        name = name.strip()
+        if name not in _DTYPES:
+            raise pytest.UsageError(f"--bench-dtypes: unknown dtype {name!r}")
+        dtypes.append(_DTYPES[name])
+    cases = []
+    for device in _devices(config.getoption("--bench-devices")):
+        for shape in _shapes(config.getoption("--bench-sizes"), device):
+            for dtype in dtypes:
+                r = rounds or (50 if device == "cuda" else 10)
+                cases.append(BenchCase(device, shape, dtype, rounds=r))
+    return cases
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_case" in metafunc.fixturenames:
+        cases = bench_cases(metafunc.config)
+        metafunc.parametrize("bench_case", cases, ids=[c.id for c in cases])
+
+
+def pytest_collection_modifyitems(config, items):
+    if "cuda" in _devices(config.getoption("--bench-devices")) and not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA device")
+        for item in items:
+            case = getattr(item, "callspec", None)
+            if case is not None and getattr(case.params.get("bench_case"), "device", "") == "cuda":
+                item.add_marker(skip)
+
+
+def make_batch(case: BenchCase, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ~ N(0, 3^2) in the case's dtype and a ~10 % foreground target."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(case.shape, generator=g) * 3).to(case.dtype)
+    y = (torch.rand(case.shape, generator=g) < 0.1).to(case.target_dtype)
+    return x.to(case.device), y.to(case.device)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_bench(
+    benchmark,
+    case: BenchCase,
+    step: Callable[..., object],
+    *,
+    group: str,
+    setup: Callable[[], tuple] | None = None,
+    extra_info: dict | None = None,
+    warmup_calls: int = 2,
+):
+    """Time ``step`` (optionally fed by an untimed ``setup`` returning its args)."""
+
+    def timed(*args):
+        out = step(*args)
+        sync(case.device)
+        return out
+
+    for _ in range(warmup_calls):  # keeps compilation and first-touch allocation out
+        timed(*(setup() if setup else ()))
+    benchmark.group = f"{group} {case.shape_str} {case.dtype_str} {case.device}"
+    benchmark.extra_info.update({"voxels": case.numel, "device": case.device, **(extra_info or {})})
+    if setup is not None:
+
+        def setup_args():
+            args = setup()
+            sync(case.device)
+            return args, {}
+
+        return benchmark.pedantic(timed, setup=setup_args, rounds=case.rounds, iterations=1)
+    return benchmark.pedantic(timed, rounds=case.rounds, iterations=1, warmup_rounds=1)

@@ -1,0 +1,54 @@
+// Interface between the torch glue (csrc/cpu/hytver_cpu.cpp) and the per-ISA kernel
+// translation units (csrc/cpu/isa_*.cpp). Framework-free: no torch, no std templates, so that
+// nothing compiled for AVX2/AVX-512 can be merged into a baseline caller by the linker.
+#pragma once
+#include <stdint.h>
+
+namespace hytver {
+namespace cpu {
+
+// Element types the kernels read. Bool targets are passed as U8 (0/1 bytes).
+enum DType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3, kU8 = 4 };
+
+// Number of sums per sample.
+constexpr int kStatsK = 5;
+constexpr int kExpK = 9;
+
+// Fixed work unit: chunk boundaries depend only on the sample size, so the chunk partials (and
+// the per-sample sums, added in chunk order) are the same for any number of threads.
+constexpr int64_t kChunk = 16384;
+
+struct Args {
+  const void* x = nullptr;   // logits, B * n elements of type xt, contiguous
+  const void* y = nullptr;   // target, B * n elements of type yt, contiguous
+  void* gx = nullptr;        // backward output, B * n elements of type xt
+  const double* g = nullptr; // backward input, B * K doubles (grad of the sums)
+  int xt = kF32;
+  int yt = kF32;
+  int64_t n = 0;             // elements per sample
+  int64_t chunks_per_sample = 0;
+  double gamma = 0.0;        // exp_stats only
+  double eps = 0.0;          // exp_stats only
+};
+
+// Forward kernels process chunks [c0, c1) (chunk c = sample c / chunks_per_sample) and write K
+// doubles per chunk to partials[c * K ...]. Backward kernels write gx for the same elements.
+typedef void (*FwdFn)(const Args&, int64_t c0, int64_t c1, double* partials);
+typedef void (*BwdFn)(const Args&, int64_t c0, int64_t c1);
+
+struct Table {
+  const char* name;
+  FwdFn stats_fwd;
+  BwdFn stats_bwd;
+  FwdFn exp_fwd;
+  BwdFn exp_bwd;
+};
+
+// Defined in isa_base.cpp / isa_avx2.cpp / isa_avx512.cpp. The AVX ones return nullptr when the
+// build target is not x86-64.
+const Table* table_base();
+const Table* table_avx2();
+const Table* table_avx512();
+
+}  // namespace cpu
+}  // namespace hytver

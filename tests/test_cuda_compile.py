@@ -1,0 +1,98 @@
+"""Compile the framework-free CUDA kernels with nvcc (no GPU and no CUDA torch needed).
+
+tests/cuda_standalone/check.cu instantiates every kernel of csrc/kernels/hytver_cuda_kernels.cuh;
+on a machine with a GPU the compiled program also runs its self-test against a double host
+reference. Every other .cu under csrc/ that includes no torch header is compiled too (the torch
+glue, csrc/cuda/hytver_cuda.cu, is built by setup.py with HYTVER_CUDA=1 instead). Skipped when
+nvcc is not found (CUDA_HOME/bin, PATH, /usr/local/cuda/bin).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK = ROOT / "tests" / "cuda_standalone" / "check.cu"
+ARCH = os.environ.get("HYTVER_NVCC_ARCH", "sm_90")
+_TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](torch|ATen|c10|caffe2)/', re.M)
+
+
+def _nvcc() -> str | None:
+    candidates = []
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
+    found = shutil.which("nvcc")
+    if found:
+        candidates.append(found)
+    candidates.append("/usr/local/cuda/bin/nvcc")
+    for c in candidates:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+NVCC = _nvcc()
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+
+
+def _gpu_present() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - any failure means: do not run on a GPU
+        return False
+
+
+def _compile(args: list[str], timeout: int = 600) -> None:
+    cmd = [NVCC, "-std=c++17", "-O3", f"-arch={ARCH}", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
+    warnings = [ln for ln in res.stderr.splitlines() if "warning" in ln.lower()]
+    assert not warnings, "nvcc warnings:\n" + "\n".join(warnings)
+
+
+def framework_free_cu_files() -> list[Path]:
+    return sorted(
+        p for p in (ROOT / "csrc").rglob("*.cu") if not _TORCH_INCLUDE.search(p.read_text())
+    )
+
+
+@pytest.fixture(scope="module")
+def check_exe(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("cuda") / "hytver_check"
+    _compile([str(CHECK), "-o", str(exe)])
+    return exe
+
+
+def test_check_program_compiles(check_exe):
+    assert check_exe.is_file()
+
+
+def test_check_program_runs_on_gpu(check_exe):
+    if not _gpu_present():
+        pytest.skip("no GPU to run the self-test on (compiling it is the check here)")
+    res = subprocess.run([str(check_exe)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-2000:]
+    assert " 0 failures" in res.stdout
+
+
+def test_framework_free_cu_files_compile(tmp_path):
+    for path in framework_free_cu_files():
+        _compile(["-c", str(path), "-o", str(tmp_path / (path.stem + ".o"))])
+
+
+def test_torch_glue_is_the_only_torch_dependent_cu():
+    """The framework-free kernels must not include torch headers (the CUDA check relies on it)."""
+    header = ROOT / "csrc" / "kernels" / "hytver_cuda_kernels.cuh"
+    assert not _TORCH_INCLUDE.search(header.read_text())
+    torch_cu = sorted(
+        p.name for p in (ROOT / "csrc").rglob("*.cu") if _TORCH_INCLUDE.search(p.read_text())
+    )
+    assert torch_cu == ["hytver_cuda.cu"]
