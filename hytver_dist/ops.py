@@ -214,7 +214,8 @@ def stats(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def exp_stats(
     logits: torch.Tensor, target: torch.Tensor, gamma: float, eps: float = 0.0
 ) -> torch.Tensor:
-    """Per-sample sums ``(B, 9)``: [TP, FP, FN, C1, C0, Eq, Ep, F1, F0] for hard labels.
+    """Per-sample sums ``(B, 9)``: [TP, FP, FN, C1, C0, Eq, Ep, F1, F0] for HARD labels (the kernels
+    take q^gamma where y = 1 and p^gamma where y = 0: soft labels give meaningless sums).
 
     See the module docstring. Differentiable w.r.t. ``logits``. Uses the fused kernel when
     :func:`supports` the device, else :func:`reference_exp_stats`.

@@ -333,17 +333,18 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
         const C qt = qlo ? lo : (plo ? hi : q);
         const C nlpt = plo ? -log_lo : (qlo ? -log_hi : nlp);
         const C nlqt = qlo ? -log_lo : (plo ? -log_hi : nlq);
-        const C qg = hexp(-gam * nlqt);  // qt^gamma
-        const C pg = hexp(-gam * nlpt);  // pt^gamma
+        // Hard labels: only qt^gamma matters where y = 1 and only pt^gamma where y = 0, so one
+        // exp per voxel serves both sums (exp_stats is defined for hard labels only).
+        const C pw = hexp(-gam * (y > C(0.5) ? nlqt : nlpt));
         s0 += y * pt;
         s1 += ny * pt;
         s2 += y * qt;
         s3 += y * nlpt;
         s4 += ny * nlqt;
-        s5 += y * qg;
-        s6 += ny * pg;
-        s7 += y * qg * nlpt;
-        s8 += ny * pg * nlqt;
+        s5 += y * pw;
+        s6 += ny * pw;
+        s7 += y * pw * nlpt;
+        s8 += ny * pw * nlqt;
       }
       acc[0] += s0;
       acc[1] += s1;
@@ -399,8 +400,9 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
       const C nlq = sp + max0(x);
       // Inside [eps, 1 - eps] (all of it when eps == 0) the clamp is the identity; outside,
       // torch.clamp passes no gradient.
-      const C qg = hexp(-gam * nlq);
-      const C pg = hexp(-gam * nlp);
+      // Hard labels: q^gamma where y = 1, p^gamma where y = 0 (one exp, see exp_fwd).
+      const C qg = hexp(-gam * (y > C(0.5) ? nlq : nlp));
+      const C pg = qg;
       const C gp = gam * p;
       const C gq = gam * q;
       const C v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) +

@@ -166,8 +166,9 @@ __device__ __forceinline__ void accumulate(C x, C y, const ExpParams<C>& k, C (&
   const C qt = qlo ? k.lo : (plo ? k.hi : q);
   const C nlpt = plo ? k.nlog_lo : (qlo ? k.nlog_hi : nlp);
   const C nlqt = qlo ? k.nlog_lo : (plo ? k.nlog_hi : nlq);
-  const C qg = dexp(-k.gamma * nlqt);
-  const C pg = dexp(-k.gamma * nlpt);
+  // Hard labels: qt^gamma matters only where y = 1, pt^gamma only where y = 0: one exp.
+  const C qg = dexp(-k.gamma * (y > C(0.5) ? nlqt : nlpt));
+  const C pg = qg;
   s[0] += y * pt;
   s[1] += ny * pt;
   s[2] += y * qt;
@@ -194,8 +195,8 @@ __device__ __forceinline__ C grad_elem(C x, C y, const ExpParams<C>& k, const C 
   const C ny = C(1) - y;
   const C nlp = sp + relu(-x);
   const C nlq = sp + relu(x);
-  const C qg = dexp(-k.gamma * nlq);
-  const C pg = dexp(-k.gamma * nlp);
+  const C qg = dexp(-k.gamma * (y > C(0.5) ? nlq : nlp));  // hard labels: one exp
+  const C pg = qg;
   const C gp = k.gamma * p;
   const C gq = k.gamma * q;
   const C v = p * q * (y * (g[0] - g[2]) + ny * g[1]) + (g[4] * ny * p - g[3] * y * q) +
