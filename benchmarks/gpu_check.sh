@@ -11,9 +11,11 @@
 #   2. run the self-test against a double host reference, plus raw kernel timings (--bench);
 #   3. pytest tests/test_ops.py (CUDA tests included; also every CPU ISA path of this host);
 #   4. compute-sanitizer memcheck on the self-test (small cases);
-#   5. op benchmarks, fused vs eager reference -> $OUT/bench_gpu.json;
+#   5. op benchmarks, fused vs eager reference -> $OUT/bench_gpu.json; loss benchmarks on CUDA
+#      -> $OUT/bench_losses_gpu.json;
 #   6. compute-sanitizer memcheck on a small torch case, racecheck on the self-test;
 #   7. benchmarks of torch.compile(reference) on CUDA -> $OUT/bench_gpu_compiled.json.
+# Logs end up packed in $OUT/logs.tgz.
 # $OUT/summary.txt lists each step's exit code and time. Without a GPU (nvidia-smi fails) the
 # script still builds (CPU-only unless HYTVER_CUDA=1), compiles the self-test and runs the CPU
 # tests, skipping the GPU-only steps: that is how its logic is checked on CPU machines.
@@ -119,7 +121,8 @@ fi
 
 # --- 3. tests ----------------------------------------------------------------------------------
 if [ "$BUILT" = 0 ]; then
-  step pytest 240 "$PY" -m pytest tests/test_ops.py -q -rs -p no:cacheprovider -o addopts="" \
+  step pytest 240 "$PY" -m pytest tests/test_ops.py tests/test_losses_fused.py -q -rs \
+    -p no:cacheprovider -o addopts="" \
     --junitxml="$OUT/pytest.xml" --durations=15
 else
   skip pytest "extension not importable"
@@ -141,6 +144,13 @@ if [ "$BUILT" = 0 ]; then
     --benchmark-json="$OUT/bench_gpu.json"
 else
   skip bench "extension not importable"
+fi
+
+if [ "$HAVE_GPU" = 1 ] && [ "$BUILT" = 0 ]; then
+  step bench_losses 120 "$PY" -m pytest benchmarks/test_bench_losses.py "${BENCH_ARGS[@]}" \
+    -k "not compiled and not monai" --bench-devices=cuda --benchmark-json="$OUT/bench_losses_gpu.json"
+else
+  skip bench_losses "needs a GPU and the extension"
 fi
 
 # --- 6. memcheck on a small torch case, racecheck on the self-test ------------------------------
@@ -168,19 +178,22 @@ fi
 
 # --- 7. torch.compile(reference) on CUDA (slow to compile: last) -------------------------------
 if [ "$HAVE_GPU" = 1 ] && [ "$BUILT" = 0 ]; then
-  step bench_compiled 240 "$PY" -m pytest benchmarks/test_bench_ops.py "${BENCH_ARGS[@]}" \
-    -k "compiled" --bench-devices=cuda --benchmark-json="$OUT/bench_gpu_compiled.json"
+  step bench_compiled 240 "$PY" -m pytest benchmarks/test_bench_ops.py \
+    benchmarks/test_bench_losses.py "${BENCH_ARGS[@]}" -k "compiled and not all_losses" \
+    --bench-devices=cuda --benchmark-json="$OUT/bench_gpu_compiled.json"
 else
   skip bench_compiled "needs a GPU and the extension"
 fi
 
 echo "total $((SECONDS - START))s of ${BUDGET}s" | tee -a "$SUMMARY"
-for f in check pytest bench; do
+for f in check pytest bench bench_losses; do
   if [ -f "$OUT/$f.log" ]; then
     echo "===== tail $f.log"
     tail -n 40 "$OUT/$f.log"
   fi
 done
 rm -rf "$WORK"
+# The device tool brings back at most 8 files: pack the logs into one archive.
+(cd "$OUT" && tar czf logs.tgz --remove-files ./*.log ./*.xml 2> /dev/null)
 grep -q '^FAIL' "$SUMMARY" && exit 1
 exit 0
