@@ -57,10 +57,11 @@ def prepare_inputs(logits: torch.Tensor, target: torch.Tensor,
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
     if check_values and target.dtype != torch.bool and not torch.compiler.is_compiling():
-        low, high = torch.aminmax(target.detach())
-        if not (bool(low >= 0) and bool(high <= 1)):
+        # One device-to-host copy (one sync on GPU) for both bounds.
+        low, high = torch.stack(torch.aminmax(target.detach())).tolist()
+        if not (low >= 0 and high <= 1):  # NaN fails both comparisons
             raise ValueError("target values must lie in [0, 1] (and not be NaN), found range "
-                             f"[{float(low)}, {float(high)}]")
+                             f"[{low}, {high}]")
     return logits, target
 
 
