@@ -87,18 +87,12 @@ class FocalTverskyLoss(SumLoss):
         return base.clamp_min(torch.finfo(base.dtype).tiny).pow(self.gamma).mean()
 
 
-class LogCoshDiceLoss(SumLoss):
+class LogCoshDiceLoss(DiceLoss):
     """Log-cosh Dice loss: ``L = log(cosh(L_dice))`` with ``L_dice`` of :class:`DiceLoss`.
 
     Defaults: ``smooth=1``, ``per_sample=False`` (per sample: log-cosh of each sample's Dice
     loss, then the mean). Source: Jadon 2020 (Semantic-Segmentation-Loss-Functions).
     """
-
-    def __init__(self, smooth: float = 1.0, per_sample: bool = False,
-                 backend: str = "auto") -> None:
-        super().__init__(backend)
-        self.smooth = check_range("smooth", smooth, 0.0)
-        self.per_sample = bool(per_sample)
 
     def from_sums(self, s: RegionSums) -> torch.Tensor:
         return torch.log(torch.cosh(1 - dice_coefficient(s.tp, s.fp, s.fn, self.smooth))).mean()
