@@ -286,8 +286,11 @@ def _short_error(error: BaseException | str) -> str:
     """The innermost line that says what went wrong (Ray wraps worker errors several times)."""
     text = str(error)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
+    for i in range(len(lines) - 1, -1, -1):
+        ln = lines[i]
         if any(k in ln for k in ("DataError", "Error:", "Error(", "Exception:")):
+            if ln.endswith(":") and i + 1 < len(lines):  # "ControllerError: ... error:" + why
+                ln = f"{ln} {lines[i + 1]}"
             return ln[:500]
     return (lines[-1] if lines else repr(error))[:500]
 
@@ -357,9 +360,9 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
     finally:
         ray.shutdown()
     if unfinished:
-        raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of {len(grid)} "
-                               "trials unfinished; its state is saved: rerun the same command "
-                               "with --resume to continue it")
+        raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of "
+                               f"{count_trials(cfg)} trials unfinished; its state is saved: "
+                               "rerun the same command with --resume to continue it")
     if not cfg.report.enabled:
         return None
     if ok == 0:

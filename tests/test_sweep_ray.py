@@ -4,7 +4,9 @@ interrupted and resumed driver, bad data and impossible requests.
 One ``ray.cluster_utils.Cluster`` per module (head: drivers only, ``num_cpus=0`` and
 ``TRAIN_DRIVER``; two 1-CPU worker nodes); the interrupt/resume test runs the CLI in
 subprocesses on their own embedded Ray (own ``RAY_TMPDIR``). Everything is polled with
-deadlines and every test has a hard ``pytest-timeout``. Linux only (``/proc``, signals).
+deadlines and every test has a hard ``pytest-timeout``; leftover Ray processes are killed
+by process group / session, never by name. Linux only (``/proc``, signals). About 3.5-4 min
+on 2 loaded cores, most of it Ray and torch start-up per trial (training itself is ~2 s).
 """
 
 from __future__ import annotations
@@ -113,18 +115,21 @@ def assert_report(results_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ processes
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command: state, ppid, pgrp, session, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _pids_by(field: int) -> dict[int, list[int]]:
+    """PIDs grouped by a stat field (1: parent, 2: process group, 3: session)."""
+    out: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
+        if entry.isdigit() and (st := _stat(int(entry))):
+            out.setdefault(int(st[field]), []).append(int(entry))
+    return out
 
 
 def _cmdline(pid: int) -> str:
@@ -136,36 +141,28 @@ def _cmdline(pid: int) -> str:
 
 
 def descendants(roots: list[int]) -> list[int]:
-    children, out, todo = _proc_children(), [], list(roots)
+    children, out, todo = _pids_by(1), [], list(roots)
     while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
+        for child in children.get(todo.pop(), []):
             out.append(child)
             todo.append(child)
     return out
 
 
-def processes_with_env(key: str, value: str) -> list[int]:
-    """PIDs whose environment has ``key=value`` (here: our own RAY_TMPDIR)."""
-    needle = f"{key}={value}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if needle in env:
-                found.append(int(entry))
-    return found
-
-
 def kill_pids(pids: list[int]) -> None:
     for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL what is left of a CLI run started with ``start_new_session``. (Ray's processes
+    rewrite their environment with setproctitle, so the session, which they keep even when
+    orphaned, is what identifies them.)"""
+    kill_pids(_pids_by(3).get(session, []))
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -173,13 +170,18 @@ def kill_pids(pids: list[int]) -> None:
 def ray_env() -> Iterator[str]:
     """Environment for every Ray process of this module; yields the short RAY_TMPDIR."""
     tmp = tempfile.mkdtemp(prefix="hr", dir="/tmp")  # unix socket paths must stay < 107 chars
+    # Members of a process group led by this process that are not ours (e.g. `| tail`).
+    others = set(_pids_by(2).get(os.getpid(), []))
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RAY_ADDRESS", raising=False)
         mp.setenv("RAY_TMPDIR", tmp)
         for key, value in RAY_ENV.items():
             mp.setenv(key, value)
         yield tmp
-    kill_pids(processes_with_env("RAY_TMPDIR", tmp))  # nothing of ours outlives the module
+    # Ray's reaper made this process a group leader: newcomers to its group are what this
+    # module started (orphans included), and nothing of that may outlive the module.
+    if os.getpgrp() == os.getpid():
+        kill_pids([p for p in _pids_by(2).get(os.getpid(), []) if p not in others])
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -203,8 +205,8 @@ def cluster(ray_env: str) -> Iterator[Any]:
         "num_cpus": 0, "resources": {"TRAIN_DRIVER": 2}, "include_dashboard": False,
         "object_store_memory": 150 * 2**20})
     try:
-        for i in range(2):
-            c.add_node(num_cpus=1, resources={f"worker_node_{i}": 1})
+        for _ in range(2):
+            c.add_node(num_cpus=1)
         c.wait_for_nodes()
         yield c
     finally:
@@ -316,9 +318,11 @@ def _stop_group(proc: subprocess.Popen, sig: int, timeout: float) -> int | None:
 def test_interrupted_cli_sweep_resumes_without_rerunning_finished_trials(
         cluster, ray_env, cache_dir, tmp_path, capsys):
     name = "interrupt"
+    storage = tmp_path / "storage"
+    experiment = storage / name
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(sweep_dict(
-        name, tmp_path / "storage", search={"losses": ["hytver", "dice", "tversky"]},
+        name, storage, search={"losses": ["hytver", "dice", "tversky"]},
         resources={"max_concurrent_trials": 1})))
     # Own embedded Ray: a RAY_TMPDIR of its own, so it neither joins this module's cluster
     # (which recorded its address under ray_env) nor is joined by it.
@@ -326,36 +330,41 @@ def test_interrupted_cli_sweep_resumes_without_rerunning_finished_trials(
     env = {**os.environ, "RAY_TMPDIR": sub_tmp}
     log = tmp_path / "cli.log"
     args = ["--config", str(config), "--cache", str(cache_dir), "--num-cpus", "2"]
-    experiment = tmp_path / "storage" / name
     proc = _run_cli(args, env, log)
     try:
         def first_finished() -> tuple[str, Path] | None:
+            """The finished trial, once the next one runs (its Train run dir exists): with
+            max_concurrent_trials 1 Tune generates it only after the first completed, so the
+            interrupt finds one trial TERMINATED and one RUNNING."""
             if proc.poll() is not None:
                 pytest.fail(f"sweep exited early ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            if not experiment.is_dir():
+            if not experiment.is_dir() or len(list(storage.glob("train-*"))) < 2:
                 return None
             for tid, d in tune_trials(experiment).items():
                 if any(r.get("done_training") for r in results(d)):
                     return tid, d
             return None
 
-        done_id, done_dir = wait_for("the first trial to finish", first_finished, 240, 0.2)
+        done_id, done_dir = wait_for("the second trial to start", first_finished, 240, 0.2)
         rc = _stop_group(proc, signal.SIGINT, 90)
         if rc is None:
             rc = _stop_group(proc, signal.SIGKILL, 30)
             pytest.fail(f"the sweep ignored SIGINT for 90 s:\n{log.read_text()[-3000:]}")
-        kill_pids(processes_with_env("RAY_TMPDIR", sub_tmp))  # leftovers of a hard exit
+        kill_session(proc.pid)  # leftovers of a hard exit
         text = log.read_text()
         assert rc == 130, f"exit code {rc} after SIGINT:\n{text[-3000:]}"
         assert "--resume" in text
+        assert "interrupted with 2 of 3 trials unfinished" in text
         results_dir = experiment / "results"
         assert not (results_dir / "report").exists(), "an interrupted sweep wrote a report"
+        # Only the finished trial has results; the others are not marked failed.
+        assert [s["status"] for s in trial_statuses(results_dir).values()] == ["ok"]
 
         def snapshot(d: Path) -> dict[str, tuple[int, int]]:
             return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in d.iterdir()}
 
         before_tune = snapshot(done_dir)
-        before_train = snapshot(tmp_path / "storage" / f"train-{done_id}")
+        before_train = snapshot(storage / f"train-{done_id}")
 
         # Without --resume the existing sweep is refused (exit 2) before anything runs.
         assert main(["--config", str(config), "--address", cluster.address]) == 2
@@ -371,7 +380,7 @@ def test_interrupted_cli_sweep_resumes_without_rerunning_finished_trials(
     finally:
         if proc.poll() is None:
             _stop_group(proc, signal.SIGKILL, 30)
-        kill_pids(processes_with_env("RAY_TMPDIR", sub_tmp))
+        kill_session(proc.pid)
         shutil.rmtree(sub_tmp, ignore_errors=True)
 
     statuses = trial_statuses(results_dir)
@@ -381,7 +390,7 @@ def test_interrupted_cli_sweep_resumes_without_rerunning_finished_trials(
     # The trial finished before the interrupt was restored, not rerun: Tune appended no
     # result and Train wrote no checkpoint.
     assert snapshot(done_dir) == before_tune
-    assert snapshot(tmp_path / "storage" / f"train-{done_id}") == before_train
+    assert snapshot(storage / f"train-{done_id}") == before_train
     for tid, d in tune_trials(experiment).items():
         rows = results(d)
         assert sum(bool(r.get("done_training")) for r in rows) == 1, (tid, rows)
