@@ -35,7 +35,10 @@ Metrics may be NaN (empty CSV cell) where the metrics policy calls them undefine
 and distances when the GT is empty, precision when the prediction is empty). Optionally a trial
 also writes ``<RESULTS_DIR>/trials/<trial_name>/status.json``::
 
-    {"trial": "...", "loss": "...", "seed": 0, "status": "ok" | "failed", "error": "..."}
+    {"trial": "...", "loss": "...", "seed": 0, "status": "ok" | "failed" | "stopped",
+     "error": "..."}
+
+(``stopped``: ended early by the scheduler, e.g. ASHA, so never evaluated on the test cases.)
 
 A trial is *failed* when its status is ``failed`` (its cases are then ignored) or when it has
 no readable, non-empty ``cases.csv``.
@@ -533,13 +536,15 @@ def build_report(
     if neg.empty:
         notes.append("no case without new lesions: negatives.csv is empty")
     if len(res.failed):
-        notes.append(f"{len(res.failed)} trial(s) failed or wrote no cases (listed below)")
+        n_stopped = int((res.failed["status"] == "stopped").sum())
+        notes.append(f"{len(res.failed) - n_stopped} trial(s) failed or wrote no cases, "
+                     f"{n_stopped} stopped early by the scheduler (listed below)")
 
     n_trials_ok = cases["trial"].nunique()
     lines = [
         f"# Sweep report: {Path(results_dir)}",
         "",
-        f"- Trials: {n_trials_ok} with results, {len(res.failed)} failed or empty "
+        f"- Trials: {n_trials_ok} with results, {len(res.failed)} failed, stopped or empty "
         f"(of {res.n_trials} trial directories)",
         f"- Methods: {cases['method'].nunique()}; seeds: {', '.join(map(str, seeds))}",
         f"- Cases: {pos['case'].nunique()} with new lesions, "

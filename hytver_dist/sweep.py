@@ -247,8 +247,9 @@ def unfinished_trials(cfg: SweepConfig, experiment: str, grid: Any) -> int:
 def collect_results(grid: Any, results_dir: Path, *,
                     interrupted: bool = False) -> tuple[int, int]:
     """Write ``trials/<trial>/cases.csv`` and ``status.json`` from Tune's results; returns
-    (ok, failed) counts. ``interrupted``: skip trials with neither results nor an error (they
-    continue on resume) instead of marking them failed."""
+    (ok, not ok) counts: trials that failed or were stopped early (status ``stopped``).
+    ``interrupted``: skip trials with neither results nor an error (they continue on resume)
+    instead of marking them failed."""
     import pandas as pd
 
     ok = failed = 0
@@ -274,9 +275,14 @@ def collect_results(grid: Any, results_dir: Path, *,
             status.update(status="ok", best_val_dice=metrics.get("best_val_dice"),
                           best_iteration=metrics.get("best_iteration"))
             ok += 1
+        elif result.error is None:
+            # Ended cleanly before its test evaluation: stopped early by the scheduler (ASHA).
+            status.update(status="stopped", error="stopped early by the scheduler at iteration "
+                          f"{metrics.get('iteration')} (val_dice {metrics.get('val_dice')}); "
+                          "not evaluated on the test cases")
+            failed += 1
         else:
-            error = result.error or "trial ended without test results"
-            status.update(status="failed", error=_short_error(error))
+            status.update(status="failed", error=_short_error(result.error))
             failed += 1
         (out / "status.json").write_text(json.dumps(status, indent=1, default=str))
     return ok, failed

@@ -1,0 +1,76 @@
+"""collect_results: Tune results -> per-trial cases.csv / status.json (no Ray needed)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from hytver_dist.report import build_report
+from hytver_dist.sweep import collect_results
+
+
+@dataclass
+class FakeResult:
+    path: str
+    config: dict
+    metrics: dict = field(default_factory=dict)
+    error: Exception | None = None
+
+
+def config(loss, seed, **params):
+    return {"seed": seed, "arm": {"id": loss, "loss": loss, "loss_params": params}}
+
+
+def rows(dice):
+    return json.dumps([
+        {"case": "013", "has_lesions": True, "dice": dice, "jaccard": dice / 2,
+         "precision": 0.5, "recall": 0.5, "hd": 9.0, "hd95": 5.0, "asd": 1.0, "assd": 1.0,
+         "hd95_vox": 7.0, "asd_vox": 1.5, "lesion_f1": 0.5, "lesion_sensitivity": 0.5,
+         "lesion_ppv": 0.5, "n_gt_lesions": 2, "n_pred_lesions": 2, "fp_lesions": float("nan"),
+         "fp_volume_mm3": float("nan"), "gt_volume_mm3": 100.0, "pred_volume_mm3": 90.0},
+        {"case": "015", "has_lesions": False, "dice": 0.0, "jaccard": 0.0, "precision": 0.0,
+         "recall": float("nan"), "hd": float("nan"), "hd95": float("nan"),
+         "asd": float("nan"), "assd": float("nan"), "hd95_vox": float("nan"),
+         "asd_vox": float("nan"), "lesion_f1": float("nan"),
+         "lesion_sensitivity": float("nan"), "lesion_ppv": 0.0, "n_gt_lesions": 0,
+         "n_pred_lesions": 1, "fp_lesions": 1, "fp_volume_mm3": 12.0, "gt_volume_mm3": 0.0,
+         "pred_volume_mm3": 12.0}])
+
+
+def test_ok_failed_and_stopped_trials(tmp_path: Path):
+    grid = [
+        FakeResult("/x/hytver-seed0-a_00000", config("hytver", 0, alpha=0.7),
+                   {"test_cases": rows(0.8), "best_val_dice": 0.7, "best_iteration": 20}),
+        FakeResult("/x/dice-seed0-a_00001", config("dice", 0),
+                   {"test_cases": rows(0.6), "best_val_dice": 0.6, "best_iteration": 10}),
+        FakeResult("/x/ce-seed0-a_00002", config("ce", 0),
+                   error=RuntimeError("Training failed:\nDataError: /d/syn005/flair.nii.gz: "
+                                      "truncated gzip")),
+        FakeResult("/x/focal-seed0-a_00003", config("focal", 0),
+                   {"iteration": 6, "val_dice": 0.1}),
+    ]
+    ok, not_ok = collect_results(grid, tmp_path)
+    assert (ok, not_ok) == (2, 2)
+    trials = tmp_path / "trials"
+    cases = pd.read_csv(trials / "hytver-seed0-a_00000" / "cases.csv", dtype={"case": str})
+    assert list(cases.columns[:5]) == ["trial", "loss", "seed", "params", "case"]
+    assert json.loads(cases["params"][0]) == {"alpha": 0.7}
+    failed = json.loads((trials / "ce-seed0-a_00002" / "status.json").read_text())
+    assert failed["status"] == "failed" and "syn005/flair.nii.gz" in failed["error"]
+    stopped = json.loads((trials / "focal-seed0-a_00003" / "status.json").read_text())
+    assert stopped["status"] == "stopped" and "iteration 6" in stopped["error"]
+    assert not (trials / "focal-seed0-a_00003" / "cases.csv").exists()
+
+    summary = build_report(tmp_path).read_text()
+    assert "1 trial(s) failed or wrote no cases, 1 stopped early" in summary
+    listed = pd.read_csv(tmp_path / "report" / "failed_trials.csv")
+    assert sorted(listed["status"]) == ["failed", "stopped"]
+
+
+def test_interrupted_skips_unfinished_trials(tmp_path: Path):
+    grid = [FakeResult("/x/dice-seed1-b_00000", config("dice", 1), {"iteration": 3})]
+    assert collect_results(grid, tmp_path, interrupted=True) == (0, 0)
+    assert not (tmp_path / "trials" / "dice-seed1-b_00000" / "status.json").exists()
