@@ -219,6 +219,27 @@ def cluster_resources() -> dict[str, float]:
     return have
 
 
+def check_worker_fits(cfg: SweepConfig) -> None:
+    """Fail fast when no single node (running, or a ``ray up`` node type) can host one Train
+    worker: totals alone miss e.g. ``cpus_per_worker: 2`` on 1-CPU nodes, which would otherwise
+    wait out Train's worker-group start timeout on every retry."""
+    import ray
+    import yaml
+
+    r = cfg.resources
+    need = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
+    if bootstrap.is_file():
+        types_ = (yaml.safe_load(bootstrap.read_text()) or {}).get("available_node_types") or {}
+        nodes += [t.get("resources") or {} for t in types_.values()]
+    if not any(all(float(n.get(k, 0.0)) + 1e-9 >= v for k, v in need.items()) for n in nodes):
+        largest = {k: max((float(n.get(k, 0.0)) for n in nodes), default=0.0) for k in need}
+        raise ValueError(f"{cfg.source}: sweep {cfg.name!r}: one Train worker needs {need} on a "
+                         f"single node, but no node has that much (largest per resource: "
+                         f"{largest}); lower resources.cpus_per_worker/gpus_per_worker")
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """The sweep was stopped (SIGINT/Ctrl-C, SIGUSR1) before every trial ended; its state is
     saved and ``--resume`` (``run_sweep(resume=True)``) continues it. ``main`` exits 130."""
@@ -329,6 +350,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
         if info.get("dashboard"):
             print(f"Ray dashboard: http://{info['dashboard']}")
         kwargs = tune_config_kwargs(cfg, cluster_resources())
+        check_worker_fits(cfg)
         print(f"up to {kwargs['max_concurrent_trials']} trials at a time; experiment state in "
               f"{experiment}")
         trainable = tune.with_resources(

@@ -449,16 +449,19 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path, capsys):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("resources", "short"), [
-    ({"num_workers": 8}, "CPU"),
-    ({"use_gpu": True}, "GPU"),
+@pytest.mark.parametrize(("resources", "message"), [
+    ({"num_workers": 8}, "can never fit"),
+    ({"use_gpu": True}, "can never fit"),
+    # Fits the cluster's totals (2 CPUs) but no single 1-CPU node.
+    ({"num_workers": 1, "cpus_per_worker": 2}, "no node has that much"),
 ])
-def test_impossible_resources_fail_fast(cluster, tmp_path, capsys, resources, short):
+def test_impossible_resources_fail_fast(cluster, tmp_path, capsys, resources, message):
     config = tmp_path / "big.yaml"
     config.write_text(yaml.safe_dump(sweep_dict("big", tmp_path, resources=resources)))
     start = time.monotonic()
     assert main(["--config", str(config), "--address", cluster.address]) == 2
     err = capsys.readouterr().err
-    assert "can never fit" in err and short in err, err
+    short = "GPU" if resources.get("use_gpu") else "CPU"
+    assert message in err and short in err, err
     assert time.monotonic() - start < 60
     assert not (tmp_path / "big").exists()  # nothing was started
