@@ -3,9 +3,9 @@ input's affine, a per-case metrics CSV and a summary.
 
 ``python -m hytver_dist.evaluate --run results/<name>/train/hytver-seed0`` evaluates that run's
 ``best_model.pt`` on its test cases (the split recorded at training time). Metrics are computed
-on each case's native grid in mm (hytver_dist.metrics); ``hd95_vox`` and ``asd_vox`` are computed
-on the preprocessed grid in voxels, the paper's Table I units (its HD and ASD columns on the
-0.5 x 0.75 x 0.75 mm grid).
+on each case's native grid in mm (hytver_dist.metrics); the ``*_vox`` distances are computed on
+the preprocessed grid in voxels, the paper's Table I units (its HD and ASD columns) when that
+grid is the paper's 0.5 x 0.75 x 0.75 mm.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from . import metrics
 from .data import load_case, save_mask, to_original_grid
 from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
+from .metrics import surface
 from .model import build_model
 from .sweep_config import ModelConfig, TrainingConfig, load_sweep_config
 from .train import case_image, patch_edge
@@ -51,10 +52,10 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
         pred_native = to_original_grid(pred.astype(np.uint8), case.meta, is_mask=True) > 0
         gt_native = np.asarray(native.mask) > 0
         scores = metrics.evaluate_case(pred_native, gt_native, spacing=native.spacing)
-        gt_pp = np.asarray(case.mask) > 0
-        if pred.any() and gt_pp.any():  # the paper's voxel units, on the resampled grid
-            scores["hd95_vox"] = metrics.hd95(pred, gt_pp, spacing=(1.0, 1.0, 1.0))
-            scores["asd_vox"] = metrics.asd(pred, gt_pp, spacing=(1.0, 1.0, 1.0))
+        # Voxel units on the preprocessed grid (the paper's Table I units when that grid is
+        # 0.5 x 0.75 x 0.75 mm), all four together so one row never mixes grids.
+        vox = surface.summarize(pred, np.asarray(case.mask) > 0, (1.0, 1.0, 1.0))
+        scores.update({f"{k}_vox": v for k, v in vox.items()})
         if predictions_dir is not None:
             predictions_dir.mkdir(parents=True, exist_ok=True)
             save_mask(pred_native.astype(np.uint8), case.meta.original_affine,
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the split of {args.run} differs from the data's split now; "
                          "evaluate with the data the run was trained on")
     out = args.out or args.run / f"eval-{args.part}"
+    if not data.part(args.part):
+        raise SystemExit(f"the run's split has no {args.part} cases")
+    out.mkdir(parents=True, exist_ok=True)
     spec = payload["spec"]
     extra = {"loss": spec["loss"], "seed": spec["seed"],
              "params": json.dumps(spec["loss_params"], sort_keys=True)}

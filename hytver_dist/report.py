@@ -23,8 +23,8 @@ hd95_vox, asd_vox   CoactSeg-compatible HD95 / ASD in voxels (the paper's "HD" a
 lesion_f1,          lesion-wise detection F1 / sensitivity / PPV (the paper's "F1")
 lesion_sensitivity,
 lesion_ppv
-n_gt_lesions,       lesion counts of GT and prediction; fp_lesions = predicted lesions that
-n_pred_lesions,     match no GT lesion
+n_gt_lesions,       lesion counts of GT and prediction; fp_lesions = predicted lesions
+n_pred_lesions,     (> 3 mm^3) on cases WITHOUT new lesions, NaN on cases with lesions
 fp_lesions
 fp_volume_mm3,      false-positive, GT and predicted volumes, mm^3
 gt_volume_mm3,
@@ -67,8 +67,9 @@ Statistics
 * Table II: coefficient of variation ``sd / mean`` (sample sd, ddof=1) across cases, computed
   per seed and averaged over seeds, for Dice, precision and lesion F1 (the paper's Table II is
   the per-patient CV of one run).
-* Paired test: per method vs the reference loss (default ``hytver``), per-case Dice matched on
-  (case, seed), two-sided ``scipy.stats.wilcoxon(method, reference)`` with its defaults;
+* Paired test: per method vs the reference loss (default ``hytver``), per-case Dice averaged
+  over seeds and paired by case (cases are the independent units), two-sided
+  ``scipy.stats.wilcoxon(method, reference)`` with its defaults;
   ``median_diff`` = median(method - reference); Holm-corrected p over the methods tested.
   Skipped with a note when the reference is absent or ran with several hyperparameter sets.
 """
@@ -99,13 +100,17 @@ COUNTS = [
     "pred_volume_mm3",
 ]
 CASE_COLUMNS = ID_COLUMNS + METRICS + COUNTS
+# Reported when present (hytver_dist.evaluate writes it): CoactSeg's lesion F1 (26-connectivity,
+# lesions >= 3.09 mm^3), the "F1" of the paper's Table I; lesion_f1 is the MSSEG-2/Anima one.
+OPTIONAL_METRICS = ["f1_lesion_26conn"]
 LOWER_IS_BETTER = {"hd", "hd95", "asd", "assd", "hd95_vox", "asd_vox"}
 # Table I's Markdown columns: the paper's DC, JC, HD, ASD, PR, F1 plus recall and mm distances.
 TABLE1_MD = [
     ("dice", "Dice"), ("jaccard", "Jaccard"), ("precision", "Precision"), ("recall", "Recall"),
-    ("lesion_f1", "Lesion F1"), ("hd95", "HD95 mm"), ("asd", "ASD mm"),
+    ("lesion_f1", "Lesion F1 (MSSEG-2)"), ("hd95", "HD95 mm"), ("asd", "ASD mm"),
     ("hd95_vox", "HD95 vox"), ("asd_vox", "ASD vox"),
 ]
+OPTIONAL_MD = [("f1_lesion_26conn", "Lesion F1 (CoactSeg)")]
 CV_METRICS = ["dice", "precision", "lesion_f1"]
 BOX_METRICS = [
     ("dice", "Dice"), ("precision", "Precision"), ("lesion_f1", "Lesion F1"),
@@ -283,7 +288,7 @@ def table1(cases: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     for method in _method_order(cases):
         sub = pos[pos["method"] == method]
         loss = cases.loc[cases["method"] == method, "loss"].iloc[0]
-        for metric in METRICS:
+        for metric in METRICS + [m for m in OPTIONAL_METRICS if m in cases.columns]:
             vals = sub[["seed", metric]]
             per_seed = vals.groupby("seed")[metric].mean().dropna()
             mean, lo, hi = t_interval(per_seed.to_numpy(), confidence)
@@ -341,8 +346,9 @@ PAIRED_COLUMNS = [
 def paired_tests(
     cases: pd.DataFrame, reference_loss: str = "hytver", metric: str = "dice"
 ) -> tuple[pd.DataFrame, str | None]:
-    """Wilcoxon signed-rank of each method vs the reference on per-case ``metric`` matched on
-    (case, seed). Returns (table, note); the note says why the section was skipped, if it was."""
+    """Wilcoxon signed-rank of each method vs the reference on per-case ``metric`` (each case's
+    mean over seeds, paired by case). Returns (table, note); the note says why the section was
+    skipped, if it was."""
     pos = positives(cases)
     ref_methods = sorted(cases.loc[cases["loss"] == reference_loss, "method"].unique())
     empty = pd.DataFrame(columns=PAIRED_COLUMNS)
@@ -352,9 +358,10 @@ def paired_tests(
         return empty, (f"reference loss '{reference_loss}' ran with {len(ref_methods)} "
                        "hyperparameter sets: paired tests skipped (ambiguous reference)")
     ref = ref_methods[0]
-    # Mean over duplicates so each (case, seed) is one pair.
-    wide = pos.pivot_table(index=["case", "seed"], columns="method", values=metric,
-                           aggfunc="mean", dropna=False)
+    # Cases are the independent units: average each method over its seeds per case first
+    # (pairing (case, seed) rows would count every case once per seed and overstate p).
+    wide = pos.pivot_table(index="case", columns="method", values=metric, aggfunc="mean",
+                           dropna=False)
     rows = []
     for method in _method_order(cases):
         if method == ref:
@@ -468,7 +475,7 @@ def table1_markdown(t1: pd.DataFrame, confidence: float) -> str:
     for method, g in t1.groupby("method", sort=False):
         g = g.set_index("metric")
         row = {"Loss": method, "seeds": int(g["n_seeds"].max())}
-        for metric, title in TABLE1_MD:
+        for metric, title in TABLE1_MD + [(m, t) for m, t in OPTIONAL_MD if m in g.index]:
             m, lo, hi = g.loc[metric, ["mean", "ci_low", "ci_high"]]
             row[title] = _fmt(m) if math.isnan(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
         rows.append(row)
@@ -572,8 +579,8 @@ def build_report(
         lines += [f"_{paired_note}._", ""]
     else:
         lines += [
-            "Per-case Dice matched on (case, seed), two-sided, Holm-corrected over losses; "
-            "median_diff = median(loss - reference).",
+            "Per-case Dice (mean over seeds) paired by case, two-sided, Holm-corrected over "
+            "losses; median_diff = median(loss - reference).",
             "",
             md_table(paired),
         ]

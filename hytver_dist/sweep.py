@@ -339,6 +339,9 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
 
     if storage is not None:
         cfg.storage.path = storage
+    if cfg.data.path is not None and "://" not in cfg.data.path:
+        # Workers run in other directories (and on other nodes): resolve here, once.
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
     root = storage_root(cfg, None)
     experiment = f"{root.rstrip('/')}/{cfg.name}"
     # Per-case CSVs are written by this driver, so they need a local (or mounted) path.

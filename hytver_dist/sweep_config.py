@@ -910,7 +910,10 @@ def build_scheduler(cfg: SweepConfig) -> Any:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
+    # stop_last_trials=False: otherwise ASHA stops every trial at max_t, i.e. at its last
+    # validation report, before the workers' final report carrying the test results.
     return ASHAScheduler(
+        stop_last_trials=False,
         time_attr=sch.time_attr,
         max_t=cfg.scheduler_max_t,
         grace_period=sch.grace_period,

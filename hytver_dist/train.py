@@ -14,7 +14,6 @@ distributed data parallel (each rank samples its own patches) and shards validat
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import math
@@ -140,6 +139,26 @@ def validate(model: nn.Module, cases: list[PreprocessedCase], training: Training
             "val_pred_voxels": float(np.mean([r["pred_voxels"] for r in rows]))}
 
 
+def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every rank: all ranks must stop together, or the others
+    would wait forever in the backward's all-reduce."""
+    ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if world > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Tensors of a nested state (e.g. Adam's) copied to the CPU for a checkpoint."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def _state_to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
@@ -163,6 +182,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     rank, world = _world()
     seed_everything(spec.seed)
     model = build_model(spec.model).to(device)  # same seed -> same initial weights on all ranks
+    torch.manual_seed(spec.seed + 7919 * rank)  # then per-rank streams (dropout masks)
     loss_fn = get_loss(spec.loss, backend=training.backend, **spec.loss_params)
     optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
     start, best_metric, best_iteration, best_state, history = 0, -math.inf, 0, None, []
@@ -173,6 +193,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         best_metric, best_iteration = float(resume["best_metric"]), int(resume["best_iteration"])
         best_state = resume["best_state"]
         torch.set_rng_state(resume["torch_rng"])
+        if device.type == "cuda" and resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
     if wrap_model is not None:
         net = wrap_model(model)
     elif world > 1:
@@ -199,7 +221,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(image)
         loss = loss_fn(logits.float(), mask)  # losses in fp32 even under AMP
-        if not torch.isfinite(loss):
+        if not _finite_everywhere(loss, world):
             raise FloatingPointError(f"loss {spec.loss!r} is {loss.item()} at iteration "
                                      f"{it + 1} (seed {spec.seed}); stopping this run")
         optimizer.zero_grad(set_to_none=True)
@@ -225,10 +247,13 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         payload = None
         if rank == 0 and (done % training.checkpoint_every == 0 or done == training.iterations):
             payload = {"model": _state_to_cpu(model.state_dict()),
-                       "optimizer": copy.deepcopy(optimizer.state_dict()),
+                       "optimizer": _to_cpu(optimizer.state_dict()),
                        "iteration": done, "best_state": best_state, "best_metric": best_metric,
                        "best_iteration": best_iteration, "history": list(history),
-                       "torch_rng": torch.get_rng_state(), "spec": spec.to_dict()}
+                       "torch_rng": torch.get_rng_state(),
+                       "cuda_rng": (torch.cuda.get_rng_state(device)
+                                    if device.type == "cuda" else None),
+                       "spec": spec.to_dict()}
         if report is not None:
             report(row, payload)
     if bar is not None:
@@ -245,11 +270,23 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--param expects KEY=VALUE, got {item!r}")
+        if key == "backend":
+            raise SystemExit("--param backend=...: the loss backend is training.backend in the "
+                             "config, not a loss hyperparameter")
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
     return params
+
+
+def _append_row(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -299,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--resume: {ckpt_path} was written for another run spec:\n"
                              f"{resume['spec']}")
         print(f"resuming {out} from iteration {resume['iteration']}")
+        # Rows written after the last checkpoint will be written again: restart the CSV from
+        # the checkpoint's history.
+        metrics_path.unlink(missing_ok=True)
+        for row in resume["history"]:
+            _append_row(metrics_path, row)
     elif ckpt_path.exists():
         raise SystemExit(f"{out} already holds a run: pass --resume or another --out")
 
@@ -310,12 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                                              default=str))
 
     def report(row: dict[str, float], payload: dict[str, Any] | None) -> None:
-        new = not metrics_path.exists()
-        with metrics_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        _append_row(metrics_path, row)
         if payload is not None:
             save_atomic(payload, ckpt_path)
 

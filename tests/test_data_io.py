@@ -111,17 +111,28 @@ CORRUPTIONS = {
                                     1.0).astype(np.float32)),  # fmt: skip
         "non-finite",
     ),
-    "non_binary_mask": (
+    "label_map_mask": (
         MASK_NAME,
         lambda p: _save(p, np.full(SHAPE, 2, np.uint8)),
-        "not binary",
+        "label map",
     ),
-    "probability_mask": (
+    "negative_mask": (
         MASK_NAME,
-        lambda p: _save(p, np.full(SHAPE, 0.4, np.float32)),
-        "not binary",
+        lambda p: _save(p, np.full(SHAPE, -1.0, np.float32)),
+        "[0, 1]",
     ),
 }
+
+
+def test_fractional_mask_is_binarised_above_half(tmp_path: Path) -> None:
+    """MSSEG-2 ground truth is binarised with > 0.5, never == 1 (research note)."""
+    d = _write_case(tmp_path / "005")
+    values = np.zeros(SHAPE, np.float32)
+    values[1, 1, 1], values[2, 2, 2], values[3, 3, 3] = 0.4, 0.6, 1.0
+    _save(d / MASK_NAME, values)
+    mask = load_case(d).mask
+    assert mask.dtype == np.uint8
+    assert mask.sum() == 2 and mask[2, 2, 2] == 1 and mask[1, 1, 1] == 0
 
 
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))

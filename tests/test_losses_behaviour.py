@@ -184,3 +184,15 @@ def test_unknown_hyperparameter_lists_valid_ones():
 def test_out_of_range_hyperparameters(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         get_loss(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["symmetric_unified_focal", "asymmetric_unified_focal"])
+@pytest.mark.parametrize("delta", [0.0, 1.0])
+def test_unified_focal_gradients_finite_at_delta_extremes(name, delta):
+    # A sample without lesions gives mTI = 1 exactly at delta 0 or 1 (power at 0).
+    x, _ = inputs(shape=(2, 1, 4, 4, 4))
+    y = torch.zeros_like(x)
+    y[0, 0, 1, 1, 1] = 1
+    x.requires_grad_()
+    get_loss(name, delta=delta, backend="reference")(x, y).backward()
+    assert torch.isfinite(x.grad).all()

@@ -346,7 +346,13 @@ def test_evaluate_case_keys_and_values(case) -> None:
     les = M.lesion_f1(pred, gt, SPACING)
     assert (r["f1_lesion"], r["n_gt_lesions"], r["n_pred_lesions"]) == (les.f1, les.n_gt,
                                                                         les.n_pred)
-    les26 = M.lesion_f1(pred, gt, SPACING, connectivity=26, min_size_voxels=11)
+    # CoactSeg's 11-voxel minimum is a volume (3.09 mm^3 on its 0.5 x 0.75 x 0.75 grid).
+    from hytver_dist.metrics.case import coactseg_min_size_voxels
+
+    assert coactseg_min_size_voxels((0.5, 0.75, 0.75)) == 11
+    assert coactseg_min_size_voxels((1.0, 1.0, 1.0)) == 4
+    les26 = M.lesion_f1(pred, gt, SPACING, connectivity=26,
+                        min_size_voxels=coactseg_min_size_voxels(SPACING))
     assert r["f1_lesion_26conn"] == les26.f1
     assert r["dice"] == M.dice(pred, gt) and r["asd"] == M.asd(pred, gt, SPACING)
 

@@ -19,7 +19,7 @@ from .msseg2 import CaseFiles
 
 # What nibabel/gzip raise on corrupt files (research note, section 5). gzip.BadGzipFile is an
 # OSError; nibabel raises ValueError/HeaderDataError for impossible headers.
-_READ_ERRORS = (ImageFileError, EOFError, OSError, zlib.error, ValueError, MemoryError)
+_READ_ERRORS = (ImageFileError, EOFError, OSError, zlib.error, ValueError)
 _AFFINE_ATOL = 1e-3  # mm; t1/t2/GT share one grid in MSSEG-2, so any real mismatch is large
 _BINARY_ATOL = 1e-3  # float masks saved via scl_slope=1/255 read as 1.00000006
 
@@ -71,11 +71,13 @@ def read_volume(path: str | Path, *, binary: bool = False) -> tuple[np.ndarray, 
     if bad:
         raise DataError(f"{bad} non-finite voxel values (NaN/Inf)", path)
     if binary:
-        off = np.abs(data - np.round(data)) > _BINARY_ATOL
-        rounded = np.round(data)
-        if off.any() or rounded.min() < 0 or rounded.max() > 1:
-            vals = np.unique(data[off | (rounded < 0) | (rounded > 1)])[:5]
-            raise DataError(f"mask is not binary 0/1 (e.g. values {vals.tolist()})", path)
+        # Masks are binarised with > 0.5 (MSSEG-2's consensus may hold interpolated or scaled
+        # values); only values outside [0, 1] mean a label map or a wrong file.
+        outside = (data < -_BINARY_ATOL) | (data > 1 + _BINARY_ATOL)
+        if outside.any():
+            vals = np.unique(data[outside])[:5]
+            raise DataError(f"mask values must lie in [0, 1] (e.g. values {vals.tolist()}); "
+                            "is this a label map rather than a binary mask?", path)
         data = (data > 0.5).astype(np.uint8)
     return data, affine
 

@@ -32,6 +32,12 @@ def clamped_probabilities(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.sigmoid(x).clamp(EPS, 1 - EPS), torch.sigmoid(-x).clamp(EPS, 1 - EPS)
 
 
+def _focal_power(base: torch.Tensor, exponent: float) -> torch.Tensor:
+    """base**exponent with base kept off 0: at delta = 0 or 1 a class absent from a sample gives
+    mTI = 1 exactly, where the power's infinite derivative would turn the gradient into NaN."""
+    return base.clamp_min(torch.finfo(base.dtype).tiny).pow(exponent)
+
+
 def modified_tversky(tp: torch.Tensor, fn: torch.Tensor, fp: torch.Tensor,
                      delta: float) -> torch.Tensor:
     """mTI = (TP + eps) / (TP + delta*FN + (1-delta)*FP + eps)."""
@@ -103,7 +109,7 @@ class SymmetricUnifiedFocalLoss(_UnifiedFocal):
     """
 
     def _region(self, mti_fg: torch.Tensor, mti_bg: torch.Tensor) -> torch.Tensor:
-        return torch.cat([1 - mti_bg, 1 - mti_fg]).pow(1 - self.gamma).mean()
+        return _focal_power(torch.cat([1 - mti_bg, 1 - mti_fg]), 1 - self.gamma).mean()
 
     def _focal_sums(self, f1: torch.Tensor, f0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         return (1 - self.delta) * f0 + self.delta * f1
@@ -120,7 +126,7 @@ class AsymmetricUnifiedFocalLoss(_UnifiedFocal):
     """
 
     def _region(self, mti_fg: torch.Tensor, mti_bg: torch.Tensor) -> torch.Tensor:
-        return ((1 - mti_bg) + (1 - mti_fg).pow(1 - self.gamma)).mean() / 2
+        return ((1 - mti_bg) + _focal_power(1 - mti_fg, 1 - self.gamma)).mean() / 2
 
     def _focal_sums(self, f1: torch.Tensor, f0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         return (1 - self.delta) * f0 + self.delta * c1

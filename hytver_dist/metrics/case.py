@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,8 +22,16 @@ CASE_METRICS: tuple[str, ...] = (
     "fp_lesions", "fp_volume_mm3",
 )
 
-#: CoactSeg's lesion F1: ``skimage.measure.label`` (26-connectivity), components < 11 voxels out.
+#: CoactSeg's lesion F1: ``skimage.measure.label`` (26-connectivity), components < 11 voxels out,
+#: on its 0.5 x 0.75 x 0.75 mm grid, i.e. lesions of at least 11 * 0.28125 = 3.09375 mm^3.
 COACTSEG_MIN_SIZE_VOXELS = 11
+COACTSEG_MIN_VOLUME_MM3 = COACTSEG_MIN_SIZE_VOXELS * 0.5 * 0.75 * 0.75
+
+
+def coactseg_min_size_voxels(spacing: Sequence[float]) -> int:
+    """CoactSeg's minimum lesion size in voxels of a grid with ``spacing`` (11 on its own grid)."""
+    return max(1, math.ceil(COACTSEG_MIN_VOLUME_MM3 / (spacing[0] * spacing[1] * spacing[2])
+                            - 1e-9))
 
 
 def evaluate_case(
@@ -36,12 +45,13 @@ def evaluate_case(
 
     * ``dice``, ``jaccard``, ``precision``, ``recall``: voxel-wise (:mod:`.overlap`).
     * ``hd``, ``hd95`` (pooled), ``asd`` (directed pred→gt), ``assd`` (pooled): mm, with
-      ``spacing`` (:mod:`.surface`); ``*_vox``: the same with unit spacing, the paper's Table I
-      units (its "HD" = ``hd95_vox``, "ASD" = ``asd_vox``, on the 0.5 x 0.75 x 0.75 mm grid).
+      ``spacing`` (:mod:`.surface`); ``*_vox``: the same with unit spacing, i.e. in voxels of
+      the grid given: the paper's Table I units (its "HD" = ``hd95_vox``, "ASD" = ``asd_vox``)
+      only when that grid is 0.5 x 0.75 x 0.75 mm.
       Empty masks follow ``empty`` (default NaN).
     * ``f1_lesion``, ``sens_lesion``, ``ppv_lesion``, lesion counts: MSSEG-2/Anima detection
-      (6-connectivity, > 3 mm³); ``*_26conn``: CoactSeg-compatible (26-connectivity, >= 11
-      voxels), the paper's "F1" (:mod:`.detection`).
+      (6-connectivity, > 3 mm³); ``*_26conn``: CoactSeg-compatible (26-connectivity, lesions of
+      >= 3.09 mm³ = 11 voxels of its grid), the paper's "F1" (:mod:`.detection`).
     * ``gt_volume_mm3``, ``pred_volume_mm3``: all foreground voxels; ``gt_empty``: 1.0 or 0.0.
     * ``fp_lesions``, ``fp_volume_mm3``: predicted lesions (> 3 mm³, 6-connectivity) and their
       volume, ONLY for empty-GT cases (MSSEG-2's nFP/VFP); NaN when the case has new lesions.
@@ -66,7 +76,8 @@ def evaluate_case(
         n_gt_lesions=float(les.n_gt), n_pred_lesions=float(les.n_pred),
         tp_gt_lesions=float(les.tp_gt), tp_pred_lesions=float(les.tp_pred),
     )
-    les26 = detection.lesion_f1(p, g, sp, connectivity=26, min_size_voxels=COACTSEG_MIN_SIZE_VOXELS)
+    les26 = detection.lesion_f1(p, g, sp, connectivity=26,
+                                min_size_voxels=coactseg_min_size_voxels(sp))
     out.update(
         f1_lesion_26conn=les26.f1, sens_lesion_26conn=les26.sensitivity,
         ppv_lesion_26conn=les26.ppv,
