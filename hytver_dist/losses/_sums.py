@@ -32,17 +32,9 @@ class RegionSums:
     n_voxels: int
 
 
-def _fused_device_types() -> frozenset[str]:
-    """Device types with a compiled kernel, read once (the dispatcher query is not traceable
-    by torch.compile, a frozenset lookup is)."""
-    if not ops.is_available():
-        return frozenset()
-    keys = {"cpu": "CPU", "cuda": "CUDA"}
-    return frozenset(d for d, k in keys.items()
-                     if torch._C._dispatch_has_kernel_for_dispatch_key("hytver::stats", k))
-
-
-FUSED_DEVICE_TYPES = _fused_device_types()
+# Device types with a compiled kernel, fixed at import (a frozenset lookup is traceable by
+# torch.compile).
+FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if ops.supports(d))
 
 
 def fused_supported(logits: torch.Tensor) -> bool:
