@@ -8,8 +8,6 @@ cache (``hytver_dist.data.load_preprocessed``), and the split is a pure function
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from .data import (
     load_preprocessed,
     split_cases,
 )
+from .data.atomic import publish_dir
 from .sweep_config import DataConfig
 
 
@@ -41,18 +40,8 @@ def synthetic_root(data: DataConfig, cache_dir: Path) -> Path:
     assert syn is not None
     neg = "p" if syn.n_negative is None else syn.n_negative
     root = cache_dir / f"synth-{syn.size}-n{syn.n_cases}-s{syn.seed}-neg{neg}"
-    if (root / "manifest.json").is_file():
-        return root
-    tmp = cache_dir / f".tmp-{root.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        generate_dataset(tmp, syn.n_cases, syn.seed, size=syn.size, n_negative=syn.n_negative)
-        os.rename(tmp, root)
-    except OSError:
-        if not (root / "manifest.json").is_file():  # not a race lost to another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return publish_dir(root, lambda tmp: generate_dataset(
+        tmp, syn.n_cases, syn.seed, size=syn.size, n_negative=syn.n_negative), "manifest.json")
 
 
 @dataclass

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
+from .atomic import publish_dir
 from .errors import DataError
 from .io import Case, load_case
 from .msseg2 import CaseFiles
@@ -430,21 +428,16 @@ def load_preprocessed(
     if (entry / "meta.json").is_file():
         return _read_entry(entry, mmap)
     pre = preprocess_case(load_case(files), cfg)
-    tmp = cache_dir / f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+
+    def write(tmp: Path) -> None:
         for name in ("baseline", "followup", "brain", "mask"):
             arr = getattr(pre, name)
             if arr is not None:
                 np.save(tmp / f"{name}.npy", arr)
         meta = {"id": pre.id, "grid": pre.meta.to_dict(), "config": asdict(cfg)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.rename(tmp, entry)
-    except OSError:
-        if not (entry / "meta.json").is_file():  # not a lost race with another rank
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_dir(entry, write, "meta.json")
     return _read_entry(entry, mmap) if mmap else pre
 
 
