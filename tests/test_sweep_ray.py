@@ -465,3 +465,34 @@ def test_impossible_resources_fail_fast(cluster, tmp_path, capsys, resources, me
     assert message in err and short in err, err
     assert time.monotonic() - start < 60
     assert not (tmp_path / "big").exists()  # nothing was started
+
+
+@pytest.mark.timeout(300)
+def test_asha_sweep_reports_finished_and_stopped_trials(ray_env, cache_dir, tmp_path):
+    """ASHA through the CLI (own embedded Ray with the dashboard, which early stopping needs):
+    trials that reach the end report test results; pruned ones are 'stopped', never 'failed'."""
+    name = "asha"
+    storage = tmp_path / "storage"
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(sweep_dict(
+        name, storage, training={"iterations": 8, "eval_every": 2, "checkpoint_every": 2},
+        search={"losses": ["hytver"], "num_samples": 4,
+                "hyperparameters": {"hytver": {"alpha": {"uniform": [0.3, 0.9]}}},
+                "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
+        resources={"max_concurrent_trials": 2})))
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ha", dir="/tmp")}
+    log = tmp_path / "cli.log"
+    proc = _run_cli(["--config", str(config), "--cache", str(cache_dir), "--num-cpus", "2"],
+                    env, log)
+    try:
+        assert proc.wait(timeout=270) == 0, log.read_text()[-3000:]
+    finally:
+        _stop_group(proc, signal.SIGKILL, 10)
+    statuses = trial_statuses(storage / name / "results")
+    assert len(statuses) == 4
+    kinds = sorted(s["status"] for s in statuses.values())
+    assert set(kinds) <= {"ok", "stopped"} and "ok" in kinds, statuses
+    for trial, status in statuses.items():
+        has_cases = (storage / name / "results" / "trials" / trial / "cases.csv").is_file()
+        assert has_cases == (status["status"] == "ok")
+    assert_report(storage / name / "results")
