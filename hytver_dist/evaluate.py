@@ -51,7 +51,8 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
         native = load_case(data.files[case.id], require_mask=True)
         pred_native = to_original_grid(pred.astype(np.uint8), case.meta, is_mask=True) > 0
         gt_native = np.asarray(native.mask) > 0
-        scores = metrics.evaluate_case(pred_native, gt_native, spacing=native.spacing)
+        scores = metrics.evaluate_case(pred_native, gt_native, spacing=native.spacing,
+                                       voxel_units=False)  # *_vox: preprocessed grid, below
         # Voxel units on the preprocessed grid (the paper's Table I units when that grid is
         # 0.5 x 0.75 x 0.75 mm), all four together so one row never mixes grids.
         vox = surface.summarize(pred, np.asarray(case.mask) > 0, (1.0, 1.0, 1.0))

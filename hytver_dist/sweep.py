@@ -154,9 +154,9 @@ def trial_name(trial: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- driver side
-def storage_root(cfg: SweepConfig, override: str | None) -> str:
+def storage_root(cfg: SweepConfig) -> str:
     """Absolute local path or URI where Tune and Train keep experiment state."""
-    path = override or cfg.storage.path
+    path = cfg.storage.path
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
@@ -342,7 +342,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
     if cfg.data.path is not None and "://" not in cfg.data.path:
         # Workers run in other directories (and on other nodes): resolve here, once.
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
-    root = storage_root(cfg, None)
+    root = storage_root(cfg)
     experiment = f"{root.rstrip('/')}/{cfg.name}"
     # Per-case CSVs are written by this driver, so they need a local (or mounted) path.
     results_dir = Path(cfg.results_dir if "://" not in cfg.results_dir

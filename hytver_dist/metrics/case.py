@@ -40,6 +40,7 @@ def evaluate_case(
     spacing: Sequence[float],
     *,
     empty: surface.EmptyPolicy = "nan",
+    voxel_units: bool = True,
 ) -> dict[str, float]:
     """Every metric of one case, as floats (keys: :data:`CASE_METRICS`).
 
@@ -47,7 +48,7 @@ def evaluate_case(
     * ``hd``, ``hd95`` (pooled), ``asd`` (directed pred→gt), ``assd`` (pooled): mm, with
       ``spacing`` (:mod:`.surface`); ``*_vox``: the same with unit spacing, i.e. in voxels of
       the grid given: the paper's Table I units (its "HD" = ``hd95_vox``, "ASD" = ``asd_vox``)
-      only when that grid is 0.5 x 0.75 x 0.75 mm.
+      only when that grid is 0.5 x 0.75 x 0.75 mm (``voxel_units=False``: NaN, skipped).
       Empty masks follow ``empty`` (default NaN).
     * ``f1_lesion``, ``sens_lesion``, ``ppv_lesion``, lesion counts: MSSEG-2/Anima detection
       (6-connectivity, > 3 mm³); ``*_26conn``: CoactSeg-compatible (26-connectivity, lesions of
@@ -67,7 +68,10 @@ def evaluate_case(
         "recall": overlap.recall(p, g),
     }
     out.update(surface.summarize(p, g, sp, empty=empty))
-    vox = surface.summarize(p, g, (1.0, 1.0, 1.0), empty=empty)
+    if voxel_units:
+        vox = surface.summarize(p, g, (1.0, 1.0, 1.0), empty=empty)
+    else:  # the caller computes them on another grid (hytver_dist.evaluate)
+        vox = dict.fromkeys(("hd", "hd95", "asd", "assd"), float("nan"))
     out.update({f"{k}_vox": v for k, v in vox.items()})
 
     les = detection.lesion_f1(p, g, sp)
