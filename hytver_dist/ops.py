@@ -195,6 +195,19 @@ def _sums_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _save_for_backward(logits: torch.Tensor) -> bool:
+    """Use the CPU saving variants (``*_save`` / ``*_backward_saved``): when a backward will
+    follow, the forward keeps 4 bytes per voxel (12 for exp_stats) so that the backward is a
+    cheap pass instead of a second round of exp / log. CPU only (a GPU recomputes faster than
+    it reads), and not for float64 logits (gradcheck: the plain ops recompute in float64)."""
+    return (
+        logits.device.type == "cpu"
+        and logits.dtype != torch.float64
+        and logits.requires_grad
+        and torch.is_grad_enabled()
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # public API
 
@@ -207,6 +220,8 @@ def stats(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     _check_inputs(logits, target, "stats")
     if _supports_type(logits.device.type):
+        if _save_for_backward(logits):
+            return torch.ops.hytver.stats_save(logits.contiguous(), target.contiguous())[0]
         return torch.ops.hytver.stats(logits.contiguous(), target.contiguous())
     return reference_stats(logits, target)
 
@@ -225,7 +240,10 @@ def exp_stats(
     eps = float(eps)
     _check_hyper(gamma, eps, "exp_stats")
     if _supports_type(logits.device.type):
-        return torch.ops.hytver.exp_stats(logits.contiguous(), target.contiguous(), gamma, eps)
+        x, y = logits.contiguous(), target.contiguous()
+        if _save_for_backward(logits):
+            return torch.ops.hytver.exp_stats_save(x, y, gamma, eps)[0]
+        return torch.ops.hytver.exp_stats(x, y, gamma, eps)
     return reference_exp_stats(logits, target, gamma, eps)
 
 
@@ -325,6 +343,25 @@ def _register() -> None:
     def _exp_stats_backward_fake(grad, logits, target, gamma, eps):
         return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
+    def _saved_fake(logits, planes):
+        return logits.new_empty((planes, logits.numel()), dtype=torch.float32)
+
+    @torch.library.register_fake("hytver::stats_save")
+    def _stats_save_fake(logits, target):
+        return _stats_fake(logits, target), _saved_fake(logits, 1)
+
+    @torch.library.register_fake("hytver::stats_backward_saved")
+    def _stats_backward_saved_fake(grad_stats, saved, logits, target):
+        return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+    @torch.library.register_fake("hytver::exp_stats_save")
+    def _exp_stats_save_fake(logits, target, gamma, eps):
+        return _exp_stats_fake(logits, target, gamma, eps), _saved_fake(logits, 3)
+
+    @torch.library.register_fake("hytver::exp_stats_backward_saved")
+    def _exp_stats_backward_saved_fake(grad, saved, logits, target, gamma, eps):
+        return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
     def _stats_setup(ctx, inputs, output):
         logits, target = inputs
         ctx.save_for_backward(logits, target)
@@ -351,7 +388,36 @@ def _register() -> None:
             )
         return grad_logits, None, None, None
 
+    # The saving variants: the second output (the saved values) takes no gradient.
+    def _save_setup(ctx, inputs, output):
+        logits, target = inputs[:2]
+        ctx.save_for_backward(output[1], logits, target)
+        ctx.hyper = tuple(inputs[2:])  # (gamma, eps) for exp_stats_save, () for stats_save
+        ctx.mark_non_differentiable(output[1])
+
+    def _stats_save_backward(ctx, grad, _grad_saved):
+        saved, logits, target = ctx.saved_tensors
+        grad_logits = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = torch.ops.hytver.stats_backward_saved(grad, saved, logits, target)
+        return grad_logits, None
+
+    def _exp_stats_save_backward(ctx, grad, _grad_saved):
+        saved, logits, target = ctx.saved_tensors
+        grad_logits = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = torch.ops.hytver.exp_stats_backward_saved(
+                grad, saved, logits, target, *ctx.hyper
+            )
+        return grad_logits, None, None, None
+
     torch.library.register_autograd("hytver::stats", _stats_backward, setup_context=_stats_setup)
+    torch.library.register_autograd(
+        "hytver::stats_save", _stats_save_backward, setup_context=_save_setup
+    )
+    torch.library.register_autograd(
+        "hytver::exp_stats_save", _exp_stats_save_backward, setup_context=_save_setup
+    )
     torch.library.register_autograd(
         "hytver::exp_stats", _exp_stats_backward, setup_context=_exp_stats_setup
     )

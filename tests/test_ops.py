@@ -342,6 +342,13 @@ def test_errors_name_the_problem():
         torch.ops.hytver.stats_backward(torch.ones(2, 9), x, y)
     with pytest.raises(ValueError, match="grad must have shape"):
         torch.ops.hytver.exp_stats_backward(torch.ones(2, 5), x, y, 2.0, 0.0)
+    with pytest.raises(ValueError, match="float64 logits have no saving variant"):
+        torch.ops.hytver.stats_save(x.double(), y)
+    _, saved = torch.ops.hytver.stats_save(x, y)
+    with pytest.raises(ValueError, match="saved must be the float32"):
+        torch.ops.hytver.exp_stats_backward_saved(torch.ones(2, 9), saved, x, y, 2.0, 0.0)
+    with pytest.raises(ValueError, match="saved must be the float32"):
+        torch.ops.hytver.stats_backward_saved(torch.ones(2, 5), saved[:, :5], x, y)
 
 
 # ------------------------------------------------------------------------------------------
@@ -367,6 +374,26 @@ def opcheck_cases(device="cpu"):
     ]
 
 
+def opcheck_saving_cases():
+    """The CPU saving variants (float32 / half logits)."""
+    x, y = make_inputs((2, 1, 5, 7))
+    x32 = x.float()
+    xb = x32.to(torch.bfloat16)
+    _, saved = torch.ops.hytver.stats_save(x32, y)
+    _, esaved = torch.ops.hytver.exp_stats_save(xb, y.bool(), 2.5, 1e-7)
+    return [
+        (torch.ops.hytver.stats_save.default, (x32, y)),
+        (torch.ops.hytver.stats_save.default, (xb, y.float())),
+        (torch.ops.hytver.stats_backward_saved.default, (torch.rand(2, 5), saved, x32, y)),
+        (torch.ops.hytver.exp_stats_save.default, (x32, y, 2.0, 1e-7)),
+        (torch.ops.hytver.exp_stats_save.default, (xb, y.bool(), 2.5, 1e-7)),
+        (
+            torch.ops.hytver.exp_stats_backward_saved.default,
+            (torch.rand(2, 9), esaved, xb, y.bool(), 2.5, 1e-7),
+        ),
+    ]
+
+
 @requires_ext
 def test_opcheck():
     for op, args in opcheck_cases():
@@ -377,6 +404,60 @@ def test_opcheck():
         ):
             a = (args[0].detach().clone().requires_grad_(True),) + args[1:]
             torch.library.opcheck(op, a)
+
+
+@requires_ext
+def test_opcheck_saving_variants():
+    for op, args in opcheck_saving_cases():
+        torch.library.opcheck(op, args)
+        if op in (torch.ops.hytver.stats_save.default, torch.ops.hytver.exp_stats_save.default):
+            a = (args[0].detach().clone().requires_grad_(True),) + args[1:]
+            torch.library.opcheck(op, a)
+
+
+@requires_ext
+@pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tdtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_saving_variants_match_plain_ops(xdtype, tdtype, shape):
+    """The training path (forward keeps per-voxel values, backward reads them) gives the plain
+    ops' sums bit for bit and their gradients to float32 rounding, extremes included."""
+    x, y = make_inputs(shape, tdtype=tdtype, seed=41)
+    x = x.to(xdtype)
+    g5 = weights(torch.zeros(shape[0], 5, dtype=torch.float32), seed=3) - 0.5
+    g9 = weights(torch.zeros(shape[0], 9, dtype=torch.float32), seed=4) - 0.5
+    sums, saved = torch.ops.hytver.stats_save(x, y)
+    assert saved.shape == (1, x.numel()) and saved.dtype == torch.float32
+    assert torch.equal(sums, torch.ops.hytver.stats(x, y))
+    got = torch.ops.hytver.stats_backward_saved(g5, saved, x, y)
+    want = torch.ops.hytver.stats_backward(g5, x, y)
+    assert got.dtype == xdtype
+    assert_grad_close(got.float(), want.float(), 2e-6 if xdtype == torch.float32 else 2.0**-7)
+    for gamma, eps in [(2.0, 1e-7), (0.5, 0.0), (2.5, 1e-7), (0.0, 0.0)]:
+        sums, saved = torch.ops.hytver.exp_stats_save(x, y, gamma, eps)
+        assert saved.shape == (3, x.numel())
+        assert torch.equal(sums, torch.ops.hytver.exp_stats(x, y, gamma, eps))
+        got = torch.ops.hytver.exp_stats_backward_saved(g9, saved, x, y, gamma, eps)
+        want = torch.ops.hytver.exp_stats_backward(g9, x, y, gamma, eps)
+        assert_grad_close(got.float(), want.float(), 2e-5 if xdtype == torch.float32 else 2.0**-7)
+
+
+@requires_ext
+def test_training_path_uses_saving_variants():
+    """ops.stats / ops.exp_stats pick the saving ops exactly when a CPU backward will follow."""
+    x, y = make_inputs((2, 1, 6, 5))
+    x32 = x.float().requires_grad_(True)
+    with torch.profiler.profile() as prof:
+        ops.stats(x32, y).sum().backward()
+        ops.exp_stats(x32, y, 2.0, 1e-7).sum().backward()
+        with torch.no_grad():
+            ops.stats(x32, y)
+        ops.stats(x.requires_grad_(True), y).sum().backward()  # float64: plain ops
+    names = [e.name for e in prof.events()]
+    counts = {"stats_save": 1, "stats_backward_saved": 1, "exp_stats_save": 1,
+              "exp_stats_backward_saved": 1, "stats": 2, "stats_backward": 1}  # no_grad, float64
+    for name, count in counts.items():
+        assert names.count(f"hytver::{name}") == count, name
 
 
 @requires_ext

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../kernels/hytver_cpu_table.h"
@@ -147,15 +148,44 @@ at::ScalarType sums_dtype(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, int K, bool exp_variant,
-                   double gamma, double eps, const char* op) {
+// Which kernel of the table: the saving forwards keep per-voxel values for the *_saved backwards.
+enum class Kind { kStats, kExp };
+
+cpu::FwdFn forward_fn(const Table* t, Kind kind, bool save) {
+  if (kind == Kind::kStats) return save ? t->stats_fwd_save : t->stats_fwd;
+  return save ? t->exp_fwd_save : t->exp_fwd;
+}
+
+cpu::BwdFn backward_fn(const Table* t, Kind kind, bool from_saved) {
+  if (kind == Kind::kStats) return from_saved ? t->stats_bwd_saved : t->stats_bwd;
+  return from_saved ? t->exp_bwd_saved : t->exp_bwd;
+}
+
+int sums_count(Kind kind) { return kind == Kind::kStats ? cpu::kStatsK : cpu::kExpK; }
+int saved_planes(Kind kind) { return kind == Kind::kStats ? cpu::kStatsSaved : cpu::kExpSaved; }
+
+void check_saving_dtype(const at::Tensor& logits, const char* op) {
+  TORCH_CHECK_VALUE(logits.scalar_type() != at::kDouble, "hytver::", op,
+                    ": float64 logits have no saving variant (use the plain op, which "
+                    "recomputes in float64)");
+}
+
+// The sums; with `saved` defined (float32, (planes, B * n)) the kernel also fills it.
+at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind, double gamma,
+                   double eps, const char* op, at::Tensor* saved = nullptr) {
   Prepared p = prepare(logits, target, op);
   p.args.gamma = gamma;
   p.args.eps = eps;
+  const int K = sums_count(kind);
   const auto out_dtype = sums_dtype(logits);
+  if (saved != nullptr) {
+    check_saving_dtype(logits, op);
+    *saved = at::empty({saved_planes(kind), p.B * p.args.n}, logits.options().dtype(at::kFloat));
+    p.args.saved = saved->data_ptr<float>();
+    p.args.saved_stride = p.B * p.args.n;
+  }
   if (p.total_chunks == 0) return at::zeros({p.B, K}, logits.options().dtype(out_dtype));
-  const Table* table = select_table();
-  const cpu::FwdFn fn = exp_variant ? table->exp_fwd : table->stats_fwd;
+  const cpu::FwdFn fn = forward_fn(select_table(), kind, saved != nullptr);
   std::vector<double> partials(static_cast<size_t>(p.total_chunks) * K);
   const cpu::Args& args = p.args;
   double* part = partials.data();
@@ -175,48 +205,94 @@ at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, int K, bo
   return out_dtype == at::kDouble ? sums : sums.to(out_dtype);
 }
 
+// The logit gradient; with `saved` (from the saving forward) the kernel reads it and the target
+// instead of recomputing from the logits (which then only give the shape and the dtype).
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
-                    int K, bool exp_variant, double gamma, double eps, const char* op) {
+                    Kind kind, double gamma, double eps, const char* op,
+                    const at::Tensor* saved = nullptr) {
   Prepared p = prepare(logits, target, op);
   p.args.gamma = gamma;
   p.args.eps = eps;
+  const int K = sums_count(kind);
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == p.B && grad.size(1) == K, "hytver::", op,
                     ": grad must have shape (", p.B, ", ", K, "), got ", grad.sizes());
   TORCH_CHECK_VALUE(grad.device() == logits.device(), "hytver::", op,
                     ": grad and logits must be on the same device");
   TORCH_CHECK_VALUE(at::isFloatingType(grad.scalar_type()), "hytver::", op,
                     ": grad must be a floating-point tensor, got ", grad.scalar_type());
+  at::Tensor saved_c;
+  if (saved != nullptr) {
+    check_saving_dtype(logits, op);
+    const int64_t planes = saved_planes(kind);
+    TORCH_CHECK_VALUE(saved->scalar_type() == at::kFloat && saved->dim() == 2 &&
+                          saved->size(0) == planes && saved->size(1) == p.B * p.args.n &&
+                          saved->device() == logits.device(),
+                      "hytver::", op, ": saved must be the float32 (", planes, ", ",
+                      p.B * p.args.n, ") tensor of the saving forward, got ",
+                      saved->scalar_type(), " ", saved->sizes());
+    saved_c = saved->contiguous();
+    p.args.saved_in = saved_c.data_ptr<float>();
+    p.args.saved_stride = p.B * p.args.n;
+  }
   at::Tensor g = grad.to(at::kDouble).contiguous();
   at::Tensor gx = at::empty(logits.sizes(), p.x.options());
   if (p.total_chunks == 0) return gx;
   p.args.g = g.data_ptr<double>();
   p.args.gx = gx.data_ptr();
-  const Table* table = select_table();
-  const cpu::BwdFn fn = exp_variant ? table->exp_bwd : table->stats_bwd;
+  const cpu::BwdFn fn = backward_fn(select_table(), kind, saved != nullptr);
   const cpu::Args& args = p.args;
   at::parallel_for(0, p.total_chunks, 1, [&](int64_t c0, int64_t c1) { fn(args, c0, c1); });
   return gx;
 }
 
 at::Tensor stats_cpu(const at::Tensor& logits, const at::Tensor& target) {
-  return forward(logits, target, cpu::kStatsK, false, 0.0, 0.0, "stats");
+  return forward(logits, target, Kind::kStats, 0.0, 0.0, "stats");
 }
 
 at::Tensor stats_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                               const at::Tensor& target) {
-  return backward(grad, logits, target, cpu::kStatsK, false, 0.0, 0.0, "stats_backward");
+  return backward(grad, logits, target, Kind::kStats, 0.0, 0.0, "stats_backward");
+}
+
+std::tuple<at::Tensor, at::Tensor> stats_save_cpu(const at::Tensor& logits,
+                                                  const at::Tensor& target) {
+  at::Tensor saved;
+  at::Tensor sums = forward(logits, target, Kind::kStats, 0.0, 0.0, "stats_save", &saved);
+  return {sums, saved};
+}
+
+at::Tensor stats_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& saved,
+                                    const at::Tensor& logits, const at::Tensor& target) {
+  return backward(grad, logits, target, Kind::kStats, 0.0, 0.0, "stats_backward_saved", &saved);
 }
 
 at::Tensor exp_stats_cpu(const at::Tensor& logits, const at::Tensor& target, double gamma,
                          double eps) {
   check_hyper(gamma, eps, "exp_stats");
-  return forward(logits, target, cpu::kExpK, true, gamma, eps, "exp_stats");
+  return forward(logits, target, Kind::kExp, gamma, eps, "exp_stats");
 }
 
 at::Tensor exp_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                                   const at::Tensor& target, double gamma, double eps) {
   check_hyper(gamma, eps, "exp_stats_backward");
-  return backward(grad, logits, target, cpu::kExpK, true, gamma, eps, "exp_stats_backward");
+  return backward(grad, logits, target, Kind::kExp, gamma, eps, "exp_stats_backward");
+}
+
+std::tuple<at::Tensor, at::Tensor> exp_stats_save_cpu(const at::Tensor& logits,
+                                                      const at::Tensor& target, double gamma,
+                                                      double eps) {
+  check_hyper(gamma, eps, "exp_stats_save");
+  at::Tensor saved;
+  at::Tensor sums = forward(logits, target, Kind::kExp, gamma, eps, "exp_stats_save", &saved);
+  return {sums, saved};
+}
+
+at::Tensor exp_stats_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& saved,
+                                        const at::Tensor& logits, const at::Tensor& target,
+                                        double gamma, double eps) {
+  check_hyper(gamma, eps, "exp_stats_backward_saved");
+  return backward(grad, logits, target, Kind::kExp, gamma, eps, "exp_stats_backward_saved",
+                  &saved);
 }
 
 }  // namespace
@@ -233,4 +309,8 @@ TORCH_LIBRARY_IMPL(hytver, CPU, m) {
   m.impl("stats_backward", &hytver::stats_backward_cpu);
   m.impl("exp_stats", &hytver::exp_stats_cpu);
   m.impl("exp_stats_backward", &hytver::exp_stats_backward_cpu);
+  m.impl("stats_save", &hytver::stats_save_cpu);
+  m.impl("stats_backward_saved", &hytver::stats_backward_saved_cpu);
+  m.impl("exp_stats_save", &hytver::exp_stats_save_cpu);
+  m.impl("exp_stats_backward_saved", &hytver::exp_stats_backward_saved_cpu);
 }
