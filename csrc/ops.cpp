@@ -34,20 +34,13 @@ TORCH_LIBRARY(hytver, m) {
       "exp_stats_backward(Tensor grad, Tensor logits, Tensor target, float gamma, float eps) "
       "-> Tensor",
       {at::Tag::pt2_compliant_tag});
-  // CPU training variants (float32 / bfloat16 / float16 logits): the forward also returns
-  // per-voxel values (float32, (planes, B * n)) from which the backward gets the gradient
-  // without recomputing exp / log. Only the logits' shape and dtype are read by the backward.
+  // CPU training variant of stats (float32 / bfloat16 / float16 logits): the forward also
+  // returns one float32 per voxel ((1, B * n)) from which the backward gets the gradient
+  // without exp or division. The backward reads only the logits' shape and dtype.
   m.def("stats_save(Tensor logits, Tensor target) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
   m.def(
       "stats_backward_saved(Tensor grad_stats, Tensor saved, Tensor logits, Tensor target) "
       "-> Tensor",
-      {at::Tag::pt2_compliant_tag});
-  m.def(
-      "exp_stats_save(Tensor logits, Tensor target, float gamma, float eps) -> (Tensor, Tensor)",
-      {at::Tag::pt2_compliant_tag});
-  m.def(
-      "exp_stats_backward_saved(Tensor grad, Tensor saved, Tensor logits, Tensor target, "
-      "float gamma, float eps) -> Tensor",
       {at::Tag::pt2_compliant_tag});
 }

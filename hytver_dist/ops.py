@@ -8,6 +8,9 @@ The C++/CUDA extension ``hytver_dist._C`` registers four custom operators (schem
     hytver::exp_stats(Tensor logits, Tensor target, float gamma, float eps) -> Tensor  # (B, 9)
     hytver::exp_stats_backward(Tensor grad, Tensor logits, Tensor target, float gamma,
                                float eps) -> Tensor
+    hytver::stats_save(Tensor logits, Tensor target) -> (Tensor, Tensor)        # CPU only
+    hytver::stats_backward_saved(Tensor grad_stats, Tensor saved, Tensor logits,
+                                 Tensor target) -> Tensor
 
 This module adds their fake (meta) kernels and autograd formulas, so that they work under
 ``torch.compile(fullgraph=True)`` and ``torch.library.opcheck``, and the Python API below. It
@@ -196,10 +199,12 @@ def _sums_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _save_for_backward(logits: torch.Tensor) -> bool:
-    """Use the CPU saving variants (``*_save`` / ``*_backward_saved``): when a backward will
-    follow, the forward keeps 4 bytes per voxel (12 for exp_stats) so that the backward is a
-    cheap pass instead of a second round of exp / log. CPU only (a GPU recomputes faster than
-    it reads), and not for float64 logits (gradcheck: the plain ops recompute in float64)."""
+    """Use ``stats_save`` / ``stats_backward_saved``: when a backward will follow, the forward
+    keeps 4 bytes per voxel so that the backward is a memory pass instead of a second round of
+    exp and division. CPU only (a GPU recomputes faster than it reads), and not for float64
+    logits (gradcheck: the plain ops recompute in float64). exp_stats has no such variant: its
+    three saved values per voxel cost more in page faults than they saved (measured on the
+    2-core CI machine)."""
     return (
         logits.device.type == "cpu"
         and logits.dtype != torch.float64
@@ -240,10 +245,7 @@ def exp_stats(
     eps = float(eps)
     _check_hyper(gamma, eps, "exp_stats")
     if _supports_type(logits.device.type):
-        x, y = logits.contiguous(), target.contiguous()
-        if _save_for_backward(logits):
-            return torch.ops.hytver.exp_stats_save(x, y, gamma, eps)[0]
-        return torch.ops.hytver.exp_stats(x, y, gamma, eps)
+        return torch.ops.hytver.exp_stats(logits.contiguous(), target.contiguous(), gamma, eps)
     return reference_exp_stats(logits, target, gamma, eps)
 
 
@@ -343,23 +345,13 @@ def _register() -> None:
     def _exp_stats_backward_fake(grad, logits, target, gamma, eps):
         return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
-    def _saved_fake(logits, planes):
-        return logits.new_empty((planes, logits.numel()), dtype=torch.float32)
-
     @torch.library.register_fake("hytver::stats_save")
     def _stats_save_fake(logits, target):
-        return _stats_fake(logits, target), _saved_fake(logits, 1)
+        saved = logits.new_empty((1, logits.numel()), dtype=torch.float32)
+        return _stats_fake(logits, target), saved
 
     @torch.library.register_fake("hytver::stats_backward_saved")
     def _stats_backward_saved_fake(grad_stats, saved, logits, target):
-        return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-
-    @torch.library.register_fake("hytver::exp_stats_save")
-    def _exp_stats_save_fake(logits, target, gamma, eps):
-        return _exp_stats_fake(logits, target, gamma, eps), _saved_fake(logits, 3)
-
-    @torch.library.register_fake("hytver::exp_stats_backward_saved")
-    def _exp_stats_backward_saved_fake(grad, saved, logits, target, gamma, eps):
         return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
     def _stats_setup(ctx, inputs, output):
@@ -388,36 +380,26 @@ def _register() -> None:
             )
         return grad_logits, None, None, None
 
-    # The saving variants: the second output (the saved values) takes no gradient.
+    # The saving variant: its second output (the saved values) takes no gradient.
     def _save_setup(ctx, inputs, output):
-        logits, target = inputs[:2]
+        logits, target = inputs
         ctx.save_for_backward(output[1], logits, target)
-        ctx.hyper = tuple(inputs[2:])  # (gamma, eps) for exp_stats_save, () for stats_save
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the saved values
+
 
     def _stats_save_backward(ctx, grad, _grad_saved):
         saved, logits, target = ctx.saved_tensors
         grad_logits = None
-        if ctx.needs_input_grad[0]:
+        if grad is not None and ctx.needs_input_grad[0]:
             grad_logits = torch.ops.hytver.stats_backward_saved(grad, saved, logits, target)
         return grad_logits, None
-
-    def _exp_stats_save_backward(ctx, grad, _grad_saved):
-        saved, logits, target = ctx.saved_tensors
-        grad_logits = None
-        if ctx.needs_input_grad[0]:
-            grad_logits = torch.ops.hytver.exp_stats_backward_saved(
-                grad, saved, logits, target, *ctx.hyper
-            )
-        return grad_logits, None, None, None
 
     torch.library.register_autograd("hytver::stats", _stats_backward, setup_context=_stats_setup)
     torch.library.register_autograd(
         "hytver::stats_save", _stats_save_backward, setup_context=_save_setup
     )
-    torch.library.register_autograd(
-        "hytver::exp_stats_save", _exp_stats_save_backward, setup_context=_save_setup
-    )
+
     torch.library.register_autograd(
         "hytver::exp_stats", _exp_stats_backward, setup_context=_exp_stats_setup
     )

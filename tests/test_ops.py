@@ -346,8 +346,6 @@ def test_errors_name_the_problem():
         torch.ops.hytver.stats_save(x.double(), y)
     _, saved = torch.ops.hytver.stats_save(x, y)
     with pytest.raises(ValueError, match="saved must be the float32"):
-        torch.ops.hytver.exp_stats_backward_saved(torch.ones(2, 9), saved, x, y, 2.0, 0.0)
-    with pytest.raises(ValueError, match="saved must be the float32"):
         torch.ops.hytver.stats_backward_saved(torch.ones(2, 5), saved[:, :5], x, y)
 
 
@@ -375,22 +373,15 @@ def opcheck_cases(device="cpu"):
 
 
 def opcheck_saving_cases():
-    """The CPU saving variants (float32 / half logits)."""
+    """The CPU saving variant of stats (float32 / half logits)."""
     x, y = make_inputs((2, 1, 5, 7))
     x32 = x.float()
     xb = x32.to(torch.bfloat16)
-    _, saved = torch.ops.hytver.stats_save(x32, y)
-    _, esaved = torch.ops.hytver.exp_stats_save(xb, y.bool(), 2.5, 1e-7)
+    _, saved = torch.ops.hytver.stats_save(xb, y.bool())
     return [
         (torch.ops.hytver.stats_save.default, (x32, y)),
         (torch.ops.hytver.stats_save.default, (xb, y.float())),
-        (torch.ops.hytver.stats_backward_saved.default, (torch.rand(2, 5), saved, x32, y)),
-        (torch.ops.hytver.exp_stats_save.default, (x32, y, 2.0, 1e-7)),
-        (torch.ops.hytver.exp_stats_save.default, (xb, y.bool(), 2.5, 1e-7)),
-        (
-            torch.ops.hytver.exp_stats_backward_saved.default,
-            (torch.rand(2, 9), esaved, xb, y.bool(), 2.5, 1e-7),
-        ),
+        (torch.ops.hytver.stats_backward_saved.default, (torch.rand(2, 5), saved, xb, y.bool())),
     ]
 
 
@@ -410,7 +401,7 @@ def test_opcheck():
 def test_opcheck_saving_variants():
     for op, args in opcheck_saving_cases():
         torch.library.opcheck(op, args)
-        if op in (torch.ops.hytver.stats_save.default, torch.ops.hytver.exp_stats_save.default):
+        if op is torch.ops.hytver.stats_save.default:
             a = (args[0].detach().clone().requires_grad_(True),) + args[1:]
             torch.library.opcheck(op, a)
 
@@ -420,8 +411,9 @@ def test_opcheck_saving_variants():
 @pytest.mark.parametrize("tdtype", [torch.uint8, torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_saving_variants_match_plain_ops(xdtype, tdtype, shape):
-    """The training path (forward keeps per-voxel values, backward reads them) gives the plain
-    ops' sums bit for bit and their gradients to float32 rounding, extremes included."""
+    """The training path of stats (the forward keeps per-voxel values, the backward reads them)
+    gives the plain op's sums bit for bit and its gradient to float32 rounding, extremes
+    included; exp_stats' gamma == 2 kernels (products instead of exp) match the general ones."""
     x, y = make_inputs(shape, tdtype=tdtype, seed=41)
     x = x.to(xdtype)
     g5 = weights(torch.zeros(shape[0], 5, dtype=torch.float32), seed=3) - 0.5
@@ -433,13 +425,13 @@ def test_saving_variants_match_plain_ops(xdtype, tdtype, shape):
     want = torch.ops.hytver.stats_backward(g5, x, y)
     assert got.dtype == xdtype
     assert_grad_close(got.float(), want.float(), 2e-6 if xdtype == torch.float32 else 2.0**-7)
-    for gamma, eps in [(2.0, 1e-7), (0.5, 0.0), (2.5, 1e-7), (0.0, 0.0)]:
-        sums, saved = torch.ops.hytver.exp_stats_save(x, y, gamma, eps)
-        assert saved.shape == (3, x.numel())
-        assert torch.equal(sums, torch.ops.hytver.exp_stats(x, y, gamma, eps))
-        got = torch.ops.hytver.exp_stats_backward_saved(g9, saved, x, y, gamma, eps)
-        want = torch.ops.hytver.exp_stats_backward(g9, x, y, gamma, eps)
-        assert_grad_close(got.float(), want.float(), 2e-5 if xdtype == torch.float32 else 2.0**-7)
+    rel = 2e-5 if xdtype == torch.float32 else 2.0**-7
+    near = 2.0 * (1 + 1e-15)  # not == 2: the general exp path
+    for eps in (0.0, 1e-7):
+        assert_sums_close(torch.ops.hytver.exp_stats(x, y, 2.0, eps),
+                          torch.ops.hytver.exp_stats(x, y, near, eps), 2e-6)
+        assert_grad_close(torch.ops.hytver.exp_stats_backward(g9, x, y, 2.0, eps).float(),
+                          torch.ops.hytver.exp_stats_backward(g9, x, y, near, eps).float(), rel)
 
 
 @requires_ext
@@ -454,8 +446,8 @@ def test_training_path_uses_saving_variants():
             ops.stats(x32, y)
         ops.stats(x.requires_grad_(True), y).sum().backward()  # float64: plain ops
     names = [e.name for e in prof.events()]
-    counts = {"stats_save": 1, "stats_backward_saved": 1, "exp_stats_save": 1,
-              "exp_stats_backward_saved": 1, "stats": 2, "stats_backward": 1}  # no_grad, float64
+    counts = {"stats_save": 1, "stats_backward_saved": 1, "exp_stats": 1,
+              "exp_stats_backward": 1, "stats": 2, "stats_backward": 1}  # no_grad, float64
     for name, count in counts.items():
         assert names.count(f"hytver::{name}") == count, name
 

@@ -151,18 +151,18 @@ at::ScalarType sums_dtype(const at::Tensor& logits) {
 // Which kernel of the table: the saving forwards keep per-voxel values for the *_saved backwards.
 enum class Kind { kStats, kExp };
 
+// Only stats has a saving variant (the callers never pass `saved` for kExp).
 cpu::FwdFn forward_fn(const Table* t, Kind kind, bool save) {
   if (kind == Kind::kStats) return save ? t->stats_fwd_save : t->stats_fwd;
-  return save ? t->exp_fwd_save : t->exp_fwd;
+  return t->exp_fwd;
 }
 
 cpu::BwdFn backward_fn(const Table* t, Kind kind, bool from_saved) {
   if (kind == Kind::kStats) return from_saved ? t->stats_bwd_saved : t->stats_bwd;
-  return from_saved ? t->exp_bwd_saved : t->exp_bwd;
+  return t->exp_bwd;
 }
 
 int sums_count(Kind kind) { return kind == Kind::kStats ? cpu::kStatsK : cpu::kExpK; }
-int saved_planes(Kind kind) { return kind == Kind::kStats ? cpu::kStatsSaved : cpu::kExpSaved; }
 
 void check_saving_dtype(const at::Tensor& logits, const char* op) {
   TORCH_CHECK_VALUE(logits.scalar_type() != at::kDouble, "hytver::", op,
@@ -170,7 +170,7 @@ void check_saving_dtype(const at::Tensor& logits, const char* op) {
                     "recomputes in float64)");
 }
 
-// The sums; with `saved` defined (float32, (planes, B * n)) the kernel also fills it.
+// The sums; with `saved` (stats only) the kernel also fills a new float32 (1, B * n) tensor.
 at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind, double gamma,
                    double eps, const char* op, at::Tensor* saved = nullptr) {
   Prepared p = prepare(logits, target, op);
@@ -180,9 +180,8 @@ at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind
   const auto out_dtype = sums_dtype(logits);
   if (saved != nullptr) {
     check_saving_dtype(logits, op);
-    *saved = at::empty({saved_planes(kind), p.B * p.args.n}, logits.options().dtype(at::kFloat));
+    *saved = at::empty({1, p.B * p.args.n}, logits.options().dtype(at::kFloat));
     p.args.saved = saved->data_ptr<float>();
-    p.args.saved_stride = p.B * p.args.n;
   }
   if (p.total_chunks == 0) return at::zeros({p.B, K}, logits.options().dtype(out_dtype));
   const cpu::FwdFn fn = forward_fn(select_table(), kind, saved != nullptr);
@@ -223,16 +222,14 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& logits, const at::
   at::Tensor saved_c;
   if (saved != nullptr) {
     check_saving_dtype(logits, op);
-    const int64_t planes = saved_planes(kind);
     TORCH_CHECK_VALUE(saved->scalar_type() == at::kFloat && saved->dim() == 2 &&
-                          saved->size(0) == planes && saved->size(1) == p.B * p.args.n &&
+                          saved->size(0) == 1 && saved->size(1) == p.B * p.args.n &&
                           saved->device() == logits.device(),
-                      "hytver::", op, ": saved must be the float32 (", planes, ", ",
-                      p.B * p.args.n, ") tensor of the saving forward, got ",
-                      saved->scalar_type(), " ", saved->sizes());
+                      "hytver::", op, ": saved must be the float32 (1, ", p.B * p.args.n,
+                      ") tensor of the saving forward, got ", saved->scalar_type(), " ",
+                      saved->sizes());
     saved_c = saved->contiguous();
     p.args.saved_in = saved_c.data_ptr<float>();
-    p.args.saved_stride = p.B * p.args.n;
   }
   at::Tensor g = grad.to(at::kDouble).contiguous();
   at::Tensor gx = at::empty(logits.sizes(), p.x.options());
@@ -278,23 +275,6 @@ at::Tensor exp_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& logi
   return backward(grad, logits, target, Kind::kExp, gamma, eps, "exp_stats_backward");
 }
 
-std::tuple<at::Tensor, at::Tensor> exp_stats_save_cpu(const at::Tensor& logits,
-                                                      const at::Tensor& target, double gamma,
-                                                      double eps) {
-  check_hyper(gamma, eps, "exp_stats_save");
-  at::Tensor saved;
-  at::Tensor sums = forward(logits, target, Kind::kExp, gamma, eps, "exp_stats_save", &saved);
-  return {sums, saved};
-}
-
-at::Tensor exp_stats_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& saved,
-                                        const at::Tensor& logits, const at::Tensor& target,
-                                        double gamma, double eps) {
-  check_hyper(gamma, eps, "exp_stats_backward_saved");
-  return backward(grad, logits, target, Kind::kExp, gamma, eps, "exp_stats_backward_saved",
-                  &saved);
-}
-
 }  // namespace
 }  // namespace hytver
 
@@ -311,6 +291,4 @@ TORCH_LIBRARY_IMPL(hytver, CPU, m) {
   m.impl("exp_stats_backward", &hytver::exp_stats_backward_cpu);
   m.impl("stats_save", &hytver::stats_save_cpu);
   m.impl("stats_backward_saved", &hytver::stats_backward_saved_cpu);
-  m.impl("exp_stats_save", &hytver::exp_stats_save_cpu);
-  m.impl("exp_stats_backward_saved", &hytver::exp_stats_backward_saved_cpu);
 }

@@ -347,7 +347,7 @@ void stats_bwd_saved(const Args& a, int64_t c0, int64_t c1) {
 
 // SQUARE: gamma == 2 (DSC++'s and the focal loss's default), where the power is a product
 // instead of an exp.
-template <int XT, int YT, bool SAVE, bool SQUARE>
+template <int XT, int YT, bool SQUARE>
 void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
   typedef XTraits<XT> X;
   typedef typename X::T T;
@@ -363,15 +363,11 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
     const int64_t len = min64(kChunk, a.n - start);
     const T* xc = xs + b * a.n + start;
     const U* yc = ys + b * a.n + start;
-    float* mc = SAVE ? a.saved + b * a.n + start : nullptr;
     double acc[kExpK] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t k = 0; k < len; k += kBlock) {
       const int64_t m = min64(kBlock, len - k);
       const T* xb = xc + k;
       const U* yb = yc + k;
-      float* __restrict__ mb = SAVE ? mc + k : nullptr;
-      float* __restrict__ nb = SAVE ? mb + a.saved_stride : nullptr;
-      float* __restrict__ wb = SAVE ? nb + a.saved_stride : nullptr;
       C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
       for (int64_t i = 0; i < m; ++i) {
@@ -407,11 +403,6 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
         s6 += ny * pw;
         s7 += y * pw * nlpt;
         s8 += ny * pw * nlqt;
-        if constexpr (SAVE) {
-          mb[i] = saved_m(x, p, q);
-          nb[i] = static_cast<float>(plo || qlo ? C(-1) : (pos ? nlp : nlq));
-          wb[i] = static_cast<float>(pw);
-        }
       }
       acc[0] += s0;
       acc[1] += s1;
@@ -428,7 +419,7 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
   }
 }
 
-template <int XT, int YT>
+template <int XT, int YT, bool SQUARE>
 void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
   typedef XTraits<XT> X;
   typedef typename X::T T;
@@ -468,7 +459,13 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
       // Inside [eps, 1 - eps] (all of it when eps == 0) the clamp is the identity; outside,
       // torch.clamp passes no gradient.
       // Hard labels: q^gamma where y = 1, p^gamma where y = 0 (one exp, see exp_fwd).
-      const C qg = hexp(-gam * (y > C(0.5) ? nlq : nlp));
+      C qg;
+      if constexpr (SQUARE) {
+        const C base = y > C(0.5) ? q : p;
+        qg = base * base;
+      } else {
+        qg = hexp(-gam * (y > C(0.5) ? nlq : nlp));
+      }
       const C pg = qg;
       const C gp = gam * p;
       const C gq = gam * q;
@@ -480,77 +477,25 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
   }
 }
 
-// exp_bwd from the saved m, -log and power (hard labels: -log is -log p where y = 1 and
-// -log q where y = 0, and the power q^gamma or p^gamma likewise; -1 marks the clamp).
-template <int XT, int YT>
-void exp_bwd_saved(const Args& a, int64_t c0, int64_t c1) {
-  typedef XTraits<XT> X;
-  typedef typename X::T T;
-  typedef typename YTraits<YT>::T U;
-  const U* ys = static_cast<const U*>(a.y);
-  T* gxs = static_cast<T*>(a.gx);
-  const float gam = static_cast<float>(a.gamma);
-  for (int64_t c = c0; c < c1; ++c) {
-    const int64_t b = c / a.chunks_per_sample;
-    const int64_t start = (c - b * a.chunks_per_sample) * kChunk;
-    const int64_t len = min64(kChunk, a.n - start);
-    const int64_t off = b * a.n + start;
-    const float* mc = a.saved_in + off;
-    const float* nc = mc + a.saved_stride;
-    const float* wc = mc + 2 * a.saved_stride;
-    const U* yc = ys + off;
-    T* gc = gxs + off;
-    const double* g = a.g + b * kExpK;
-    const float g0m2 = static_cast<float>(g[0] - g[2]);
-    const float g1 = static_cast<float>(g[1]);
-    const float g3 = static_cast<float>(g[3]);
-    const float g4 = static_cast<float>(g[4]);
-    const float g5 = static_cast<float>(g[5]);
-    const float g6 = static_cast<float>(g[6]);
-    const float g7 = static_cast<float>(g[7]);
-    const float g8 = static_cast<float>(g[8]);
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      const float y = static_cast<float>(yc[i]);
-      const float ny = 1.0f - y;
-      float p, q;
-      pq_from_saved(mc[i], p, q);
-      const float nl = nc[i];
-      const float pw = wc[i];
-      const float gp = gam * p;
-      const float gq = gam * q;
-      const float v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) +
-                      y * pw * (-(gp * g5) - g7 * (gp * nl + q)) +
-                      ny * pw * (gq * g6 + g8 * (p + gq * nl));
-      X::store(gc, i, nl < 0.0f ? 0.0f : v);
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // dtype dispatch
 
-// Forward kernels by variant: 0 stats, 1 exp_stats, 2 stats saving, 3 exp_stats saving.
-// Backward kernels: 0 stats, 1 exp_stats, 2 stats from saved, 3 exp_stats from saved. The
-// saving variants exist for float32 / bfloat16 / float16 logits only (nullptr for float64).
+// Kernels by variant: 0 stats, 1 exp_stats, 2 stats saving / from saved (float32, bfloat16
+// and float16 logits only: nullptr for float64).
 template <int XT, int YT>
 FwdFn fwd_variant(int variant, bool square) {
   switch (variant) {
     case 0: return &stats_fwd<XT, YT, false>;
-    case 1: return square ? &exp_fwd<XT, YT, false, true> : &exp_fwd<XT, YT, false, false>;
-    case 2: return XT == kF64 ? nullptr : &stats_fwd<XT, YT, true>;
-    default:
-      if (XT == kF64) return nullptr;
-      return square ? &exp_fwd<XT, YT, true, true> : &exp_fwd<XT, YT, true, false>;
+    case 1: return square ? &exp_fwd<XT, YT, true> : &exp_fwd<XT, YT, false>;
+    default: return XT == kF64 ? nullptr : &stats_fwd<XT, YT, true>;
   }
 }
 template <int XT, int YT>
-BwdFn bwd_variant(int variant) {
+BwdFn bwd_variant(int variant, bool square) {
   switch (variant) {
     case 0: return &stats_bwd<XT, YT>;
-    case 1: return &exp_bwd<XT, YT>;
-    case 2: return XT == kF64 ? nullptr : &stats_bwd_saved<XT, YT>;
-    default: return XT == kF64 ? nullptr : &exp_bwd_saved<XT, YT>;
+    case 1: return square ? &exp_bwd<XT, YT, true> : &exp_bwd<XT, YT, false>;
+    default: return XT == kF64 ? nullptr : &stats_bwd_saved<XT, YT>;
   }
 }
 template <int XT>
@@ -563,11 +508,11 @@ FwdFn pick_fwd(int yt, int variant, bool square) {
   }
 }
 template <int XT>
-BwdFn pick_bwd(int yt, int variant) {
+BwdFn pick_bwd(int yt, int variant, bool square) {
   switch (yt) {
-    case kF32: return bwd_variant<XT, kF32>(variant);
-    case kF64: return bwd_variant<XT, kF64>(variant);
-    case kU8: return bwd_variant<XT, kU8>(variant);
+    case kF32: return bwd_variant<XT, kF32>(variant, square);
+    case kF64: return bwd_variant<XT, kF64>(variant, square);
+    case kU8: return bwd_variant<XT, kU8>(variant, square);
     default: return nullptr;
   }
 }
@@ -582,11 +527,12 @@ FwdFn fwd_for(const Args& a, int variant) {
   }
 }
 BwdFn bwd_for(const Args& a, int variant) {
+  const bool square = a.gamma == 2.0;
   switch (a.xt) {
-    case kF32: return pick_bwd<kF32>(a.yt, variant);
-    case kF64: return pick_bwd<kF64>(a.yt, variant);
-    case kBF16: return pick_bwd<kBF16>(a.yt, variant);
-    case kF16: return pick_bwd<kF16>(a.yt, variant);
+    case kF32: return pick_bwd<kF32>(a.yt, variant, square);
+    case kF64: return pick_bwd<kF64>(a.yt, variant, square);
+    case kBF16: return pick_bwd<kBF16>(a.yt, variant, square);
+    case kF16: return pick_bwd<kF16>(a.yt, variant, square);
     default: return nullptr;
   }
 }
@@ -605,8 +551,7 @@ void entry_bwd(const Args& a, int64_t c0, int64_t c1) {
 }
 
 const Table kTable = {HYTVER_ISA_NAME, &entry_fwd<0>, &entry_bwd<0>, &entry_fwd<1>,
-                      &entry_bwd<1>,   &entry_fwd<2>, &entry_bwd<2>, &entry_fwd<3>,
-                      &entry_bwd<3>};
+                      &entry_bwd<1>,   &entry_fwd<2>, &entry_bwd<2>};
 
 }  // namespace
 }  // namespace HYTVER_ISA_NS

@@ -29,19 +29,12 @@ struct Args {
   int64_t chunks_per_sample = 0;
   double gamma = 0.0;        // exp_stats only
   double eps = 0.0;          // exp_stats only
-  // Per-voxel values kept by a forward for its backward (planar: plane j at j * saved_stride,
-  // element b * n + i), float32 whatever the logits' type. The *_save forwards write them, the
-  // *_saved backwards read them instead of recomputing exp / log from the logits.
+  // stats_fwd_save writes, stats_bwd_saved reads, one float32 per element (element b * n + i,
+  // whatever the logits' type): m = (x >= 0 ? -q : p), the smaller of p and q with the sign
+  // bit telling which, so that the backward gets p and q without exp or division.
   float* saved = nullptr;
   const float* saved_in = nullptr;
-  int64_t saved_stride = 0;  // B * n
 };
-
-// Planes of saved values: stats keeps m = (x >= 0 ? -q : p), the smaller of p and q with the
-// sign bit telling which (so p and q are both exact); exp_stats also keeps the label's -log
-// (-1 where the clamp is active: zero gradient) and its gamma power.
-constexpr int kStatsSaved = 1;
-constexpr int kExpSaved = 3;
 
 // Forward kernels process chunks [c0, c1) (chunk c = sample c / chunks_per_sample) and write K
 // doubles per chunk to partials[c * K ...]. Backward kernels write gx for the same elements.
@@ -54,13 +47,11 @@ struct Table {
   BwdFn stats_bwd;
   FwdFn exp_fwd;
   BwdFn exp_bwd;
-  // Variants for the forward + backward of training (float32 / bfloat16 / float16 logits only;
-  // nullptr entries for float64): the forward also writes Args::saved, the backward reads
+  // The forward + backward of training (float32 / bfloat16 / float16 logits only; they do
+  // nothing for float64): the forward also writes Args::saved, the backward reads
   // Args::saved_in and the target (not the logits).
   FwdFn stats_fwd_save;
   BwdFn stats_bwd_saved;
-  FwdFn exp_fwd_save;
-  BwdFn exp_bwd_saved;
 };
 
 // Defined in isa_base.cpp / isa_avx2.cpp / isa_avx512.cpp. The AVX ones return nullptr when the
