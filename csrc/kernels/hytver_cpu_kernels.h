@@ -217,7 +217,8 @@ template <class C> struct ClampConsts {
 template <class C> inline float saved_m(C x, C p, C q) {
   return static_cast<float>(x >= C(0) ? -q : p);
 }
-// p and q back from m (exact: the larger one is 1 - the smaller one, as sigmoid's).
+// p and q back from m: the smaller one, which carries the relative precision, as stored; the
+// larger one (in [0.5, 1]) as 1 - the smaller one, within a float32 rounding.
 inline void pq_from_saved(float m, float& p, float& q) {
   const float s = absv(m);
   const float big = 1.0f - s;
