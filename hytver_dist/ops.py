@@ -387,7 +387,6 @@ def _register() -> None:
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the saved values
 
-
     def _stats_save_backward(ctx, grad, _grad_saved):
         saved, logits, target = ctx.saved_tensors
         grad_logits = None
