@@ -4,7 +4,10 @@
         [--bench-sizes=all] [--bench-devices=cuda] [--benchmark-json=bench.json]
 
 Groups: "<op> <mode> <shape> <dtype> <device>" with providers side by side:
-  fused      hytver_dist.ops.stats / exp_stats (the C++/CUDA kernels)
+  fused      hytver_dist.ops.stats / exp_stats (the C++/CUDA kernels; on the CPU, stats with
+             a backward to follow runs stats_save: the backward reads one saved float per voxel)
+  recompute  torch.ops.hytver.stats called directly (CPU, stats only): its backward recomputes
+             sigmoid from the logits (what stats_save avoids)
   reference  hytver_dist.ops.reference_stats / reference_exp_stats (eager composite)
   compiled   torch.compile(reference_*) (inductor)
 Modes: fwd (sums only, no autograd), bwd (backward of a weighted sum of the sums, forward
@@ -26,7 +29,7 @@ OPS = {
     "stats": (ops.stats, ops.reference_stats, ()),
     "exp_stats": (ops.exp_stats, ops.reference_exp_stats, (GAMMA, EPS)),
 }
-PROVIDERS = ("fused", "reference", "compiled")
+PROVIDERS = ("fused", "recompute", "reference", "compiled")
 MODES = ("fwd", "bwd", "full")
 
 
@@ -41,6 +44,8 @@ def _provider_fn(op: str, provider: str):
         if not ops.is_available():
             pytest.skip("hytver_dist._C is not built")
         return fused
+    if provider == "recompute":
+        return lambda x, y: torch.ops.hytver.stats(x, y)
     if provider == "reference":
         return reference
     return _compiled(op)
@@ -49,7 +54,7 @@ def _provider_fn(op: str, provider: str):
 def _bytes_moved(case: BenchCase, mode: str) -> int:
     xb = torch.empty((), dtype=case.dtype).element_size() * case.numel
     yb = torch.empty((), dtype=case.target_dtype).element_size() * case.numel
-    fwd, bwd = xb + yb, 2 * xb + yb  # bwd reads x, y and writes dL/dx
+    fwd, bwd = xb + yb, 2 * xb + yb  # bwd reads x (or the saved floats), y and writes dL/dx
     return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode]
 
 
@@ -57,8 +62,10 @@ def _bytes_moved(case: BenchCase, mode: str) -> int:
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("op", tuple(OPS))
 def test_ops(benchmark, bench_case: BenchCase, op: str, provider: str, mode: str):
-    if provider == "fused" and not ops.supports(bench_case.device):
+    if provider in ("fused", "recompute") and not ops.supports(bench_case.device):
         pytest.skip(f"no fused kernel for {bench_case.device}")
+    if provider == "recompute" and (op != "stats" or bench_case.device != "cpu"):
+        pytest.skip("the saving variant (and so this comparison) exists for CPU stats only")
     fn = _provider_fn(op, provider)
     args = OPS[op][2]
     x, y = make_batch(bench_case)

@@ -203,8 +203,8 @@ def _save_for_backward(logits: torch.Tensor) -> bool:
     keeps 4 bytes per voxel so that the backward is a memory pass instead of a second round of
     exp and division. CPU only (a GPU recomputes faster than it reads), and not for float64
     logits (gradcheck: the plain ops recompute in float64). exp_stats has no such variant: its
-    three saved values per voxel cost more in page faults than they saved (measured on the
-    2-core CI machine)."""
+    three saved values per voxel cost more in page faults than they saved when we tried it on
+    the 2-core development VM."""
     return (
         logits.device.type == "cpu"
         and logits.dtype != torch.float64

@@ -278,7 +278,9 @@ void stats_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
   }
 }
 
-template <int XT, int YT>
+// FROM_SAVED: p and q come from the saving forward's m (no exp, no division: a pass over m, y
+// and the output) instead of from the logits.
+template <int XT, int YT, bool FROM_SAVED>
 void stats_bwd(const Args& a, int64_t c0, int64_t c1) {
   typedef XTraits<XT> X;
   typedef typename X::T T;
@@ -293,6 +295,7 @@ void stats_bwd(const Args& a, int64_t c0, int64_t c1) {
     const int64_t len = min64(kChunk, a.n - start);
     const int64_t off = b * a.n + start;
     const T* xc = xs + off;
+    const float* mc = FROM_SAVED ? a.saved_in + off : nullptr;
     const U* yc = ys + off;
     T* gc = gxs + off;
     const double* g = a.g + b * kStatsK;
@@ -302,45 +305,18 @@ void stats_bwd(const Args& a, int64_t c0, int64_t c1) {
     const C g4 = static_cast<C>(g[4]);
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) {
-      const C x = X::load(xc, i);
       const C y = static_cast<C>(yc[i]);
       const C ny = C(1) - y;
       C p, q;
-      sig_pq(x, p, q);
+      if constexpr (FROM_SAVED) {
+        float ps, qs;
+        pq_from_saved(mc[i], ps, qs);
+        p = ps;
+        q = qs;
+      } else {
+        sig_pq(X::load(xc, i), p, q);
+      }
       const C v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q);
-      X::store(gc, i, v);
-    }
-  }
-}
-
-// stats_bwd from the saved m (no exp, no division: a pass over m, y and the output).
-template <int XT, int YT>
-void stats_bwd_saved(const Args& a, int64_t c0, int64_t c1) {
-  typedef XTraits<XT> X;
-  typedef typename X::T T;
-  typedef typename YTraits<YT>::T U;
-  const U* ys = static_cast<const U*>(a.y);
-  T* gxs = static_cast<T*>(a.gx);
-  for (int64_t c = c0; c < c1; ++c) {
-    const int64_t b = c / a.chunks_per_sample;
-    const int64_t start = (c - b * a.chunks_per_sample) * kChunk;
-    const int64_t len = min64(kChunk, a.n - start);
-    const int64_t off = b * a.n + start;
-    const float* mc = a.saved_in + off;
-    const U* yc = ys + off;
-    T* gc = gxs + off;
-    const double* g = a.g + b * kStatsK;
-    const float g0m2 = static_cast<float>(g[0] - g[2]);
-    const float g1 = static_cast<float>(g[1]);
-    const float g3 = static_cast<float>(g[3]);
-    const float g4 = static_cast<float>(g[4]);
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) {
-      const float y = static_cast<float>(yc[i]);
-      const float ny = 1.0f - y;
-      float p, q;
-      pq_from_saved(mc[i], p, q);
-      const float v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q);
       X::store(gc, i, v);
     }
   }
@@ -494,9 +470,9 @@ FwdFn fwd_variant(int variant, bool square) {
 template <int XT, int YT>
 BwdFn bwd_variant(int variant, bool square) {
   switch (variant) {
-    case 0: return &stats_bwd<XT, YT>;
+    case 0: return &stats_bwd<XT, YT, false>;
     case 1: return square ? &exp_bwd<XT, YT, true> : &exp_bwd<XT, YT, false>;
-    default: return XT == kF64 ? nullptr : &stats_bwd_saved<XT, YT>;
+    default: return XT == kF64 ? nullptr : &stats_bwd<XT, YT, true>;
   }
 }
 template <int XT>
