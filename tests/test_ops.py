@@ -387,21 +387,13 @@ def opcheck_saving_cases():
 
 @requires_ext
 def test_opcheck():
-    for op, args in opcheck_cases():
+    for op, args in opcheck_cases() + opcheck_saving_cases():
         torch.library.opcheck(op, args)
         if args[0].dtype.is_floating_point and op in (
             torch.ops.hytver.stats.default,
             torch.ops.hytver.exp_stats.default,
+            torch.ops.hytver.stats_save.default,
         ):
-            a = (args[0].detach().clone().requires_grad_(True),) + args[1:]
-            torch.library.opcheck(op, a)
-
-
-@requires_ext
-def test_opcheck_saving_variants():
-    for op, args in opcheck_saving_cases():
-        torch.library.opcheck(op, args)
-        if op is torch.ops.hytver.stats_save.default:
             a = (args[0].detach().clone().requires_grad_(True),) + args[1:]
             torch.library.opcheck(op, a)
 
@@ -413,11 +405,10 @@ def test_opcheck_saving_variants():
 def test_saving_variants_match_plain_ops(xdtype, tdtype, shape):
     """The training path of stats (the forward keeps per-voxel values, the backward reads them)
     gives the plain op's sums bit for bit and its gradient to float32 rounding, extremes
-    included; exp_stats' gamma == 2 kernels (products instead of exp) match the general ones."""
+    included."""
     x, y = make_inputs(shape, tdtype=tdtype, seed=41)
     x = x.to(xdtype)
     g5 = weights(torch.zeros(shape[0], 5, dtype=torch.float32), seed=3) - 0.5
-    g9 = weights(torch.zeros(shape[0], 9, dtype=torch.float32), seed=4) - 0.5
     sums, saved = torch.ops.hytver.stats_save(x, y)
     assert saved.shape == (1, x.numel()) and saved.dtype == torch.float32
     assert torch.equal(sums, torch.ops.hytver.stats(x, y))
@@ -425,6 +416,16 @@ def test_saving_variants_match_plain_ops(xdtype, tdtype, shape):
     want = torch.ops.hytver.stats_backward(g5, x, y)
     assert got.dtype == xdtype
     assert_grad_close(got.float(), want.float(), 2e-6 if xdtype == torch.float32 else 2.0**-7)
+
+
+@requires_ext
+@pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exp_stats_gamma_two_matches_general_path(xdtype, shape):
+    """gamma == 2 kernels (powers as products) agree with the exp path (gamma just above 2)."""
+    x, y = make_inputs(shape, seed=43)
+    x = x.to(xdtype)
+    g9 = weights(torch.zeros(shape[0], 9, dtype=torch.float32), seed=4) - 0.5
     rel = 2e-5 if xdtype == torch.float32 else 2.0**-7
     near = 2.0 * (1 + 1e-15)  # not == 2: the general exp path
     for eps in (0.0, 1e-7):
@@ -436,7 +437,8 @@ def test_saving_variants_match_plain_ops(xdtype, tdtype, shape):
 
 @requires_ext
 def test_training_path_uses_saving_variants():
-    """ops.stats / ops.exp_stats pick the saving ops exactly when a CPU backward will follow."""
+    """ops.stats picks the saving ops exactly when a CPU backward will follow; exp_stats always
+    runs the plain ones."""
     x, y = make_inputs((2, 1, 6, 5))
     x32 = x.float().requires_grad_(True)
     with torch.profiler.profile() as prof:
