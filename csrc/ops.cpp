@@ -34,13 +34,26 @@ TORCH_LIBRARY(hytver, m) {
       "exp_stats_backward(Tensor grad, Tensor logits, Tensor target, float gamma, float eps) "
       "-> Tensor",
       {at::Tag::pt2_compliant_tag});
-  // CPU training variant of stats (float32 / bfloat16 / float16 logits): the forward also
-  // returns one float32 per voxel ((1, B * n)) from which the backward gets the gradient
-  // without exp or division. The backward reads only the logits' shape and dtype.
+  // CPU training variants (stats: float32 / bfloat16 / float16 logits; exp_stats: float32):
+  // the forward also returns one float32 per voxel (the logits' shape) from which the backward
+  // gets the gradient without exp or division, and which it overwrites with that float32
+  // gradient (so training allocates no gradient buffer). The backwards read only the logits'
+  // shape and dtype, except exp_stats_backward_saved_ where it must recompute (gamma != 2 or a
+  // nonzero F1 / F0 gradient).
   m.def("stats_save(Tensor logits, Tensor target) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
   m.def(
-      "stats_backward_saved(Tensor grad_stats, Tensor saved, Tensor logits, Tensor target) "
-      "-> Tensor",
+      "stats_backward_saved_(Tensor grad_stats, Tensor(a!) saved, Tensor logits, "
+      "Tensor target) -> ()",
+      {at::Tag::pt2_compliant_tag});
+  // logs=False: C1, C0, F1, F0 come back as 0 (DSC++ needs none of them; with gamma == 2 the
+  // kernel then skips the log series).
+  m.def(
+      "exp_stats_save(Tensor logits, Tensor target, float gamma, float eps, bool logs=True) "
+      "-> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "exp_stats_backward_saved_(Tensor grad, Tensor(a!) saved, Tensor logits, Tensor target, "
+      "float gamma, float eps) -> ()",
       {at::Tag::pt2_compliant_tag});
 }

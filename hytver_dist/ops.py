@@ -9,8 +9,16 @@ The C++/CUDA extension ``hytver_dist._C`` registers four custom operators (schem
     hytver::exp_stats_backward(Tensor grad, Tensor logits, Tensor target, float gamma,
                                float eps) -> Tensor
     hytver::stats_save(Tensor logits, Tensor target) -> (Tensor, Tensor)        # CPU only
-    hytver::stats_backward_saved(Tensor grad_stats, Tensor saved, Tensor logits,
-                                 Tensor target) -> Tensor
+    hytver::stats_backward_saved_(Tensor grad_stats, Tensor(a!) saved, Tensor logits,
+                                  Tensor target) -> ()
+    hytver::exp_stats_save(Tensor logits, Tensor target, float gamma, float eps)
+        -> (Tensor, Tensor)                                                     # CPU only
+    hytver::exp_stats_backward_saved_(Tensor grad, Tensor(a!) saved, Tensor logits,
+                                      Tensor target, float gamma, float eps) -> ()
+
+The ``*_save`` ops are the CPU training path: besides the sums they return one float32 per voxel
+(the logits' shape; m = x >= 0 ? -q : p) from which the ``*_saved_`` backwards get the gradient
+without exp or division, writing it over m (so a training step allocates no gradient buffer).
 
 This module adds their fake (meta) kernels and autograd formulas, so that they work under
 ``torch.compile(fullgraph=True)`` and ``torch.library.opcheck``, and the Python API below. It
@@ -199,17 +207,17 @@ def _sums_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _save_for_backward(logits: torch.Tensor) -> bool:
-    """Use ``stats_save`` / ``stats_backward_saved``: when a backward will follow, the forward
-    keeps 4 bytes per voxel so that the backward is a memory pass instead of a second round of
-    exp and division. CPU only (a GPU recomputes faster than it reads), and not for float64
-    logits (gradcheck: the plain ops recompute in float64). exp_stats has no such variant: its
-    three saved values per voxel cost more in page faults than they saved when we tried it on
-    the 2-core development VM."""
+    """Use the ``*_save`` ops: when a backward will follow, the forward keeps 4 bytes per voxel
+    so that the backward is a memory pass instead of a second round of exp and division, and
+    writes the gradient over them. CPU only (a GPU recomputes faster than it reads), and not for
+    float64 logits (gradcheck: the plain ops recompute in float64), nor under torch.compile
+    (the in-place backward would be functionalised into a copy)."""
     return (
         logits.device.type == "cpu"
         and logits.dtype != torch.float64
         and logits.requires_grad
         and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
     )
 
 
@@ -226,17 +234,20 @@ def stats(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     _check_inputs(logits, target, "stats")
     if _supports_type(logits.device.type):
         if _save_for_backward(logits):
-            return torch.ops.hytver.stats_save(logits.contiguous(), target.contiguous())[0]
+            return _TrainingSums.apply(logits.contiguous(), target.contiguous(), ())
         return torch.ops.hytver.stats(logits.contiguous(), target.contiguous())
     return reference_stats(logits, target)
 
 
 def exp_stats(
-    logits: torch.Tensor, target: torch.Tensor, gamma: float, eps: float = 0.0
+    logits: torch.Tensor, target: torch.Tensor, gamma: float, eps: float = 0.0,
+    logs: bool = True,
 ) -> torch.Tensor:
     """Per-sample sums ``(B, 9)``: [TP, FP, FN, C1, C0, Eq, Ep, F1, F0] for HARD labels (the kernels
     take q^gamma where y = 1 and p^gamma where y = 0: soft labels give meaningless sums).
 
+    ``logs=False``: the caller uses none of the log columns C1, C0, F1, F0 (DSC++): they come
+    back as 0, and the CPU training path with gamma == 2 skips their per-voxel log series.
     See the module docstring. Differentiable w.r.t. ``logits``. Uses the fused kernel when
     :func:`supports` the device, else :func:`reference_exp_stats`.
     """
@@ -245,8 +256,17 @@ def exp_stats(
     eps = float(eps)
     _check_hyper(gamma, eps, "exp_stats")
     if _supports_type(logits.device.type):
-        return torch.ops.hytver.exp_stats(logits.contiguous(), target.contiguous(), gamma, eps)
-    return reference_exp_stats(logits, target, gamma, eps)
+        x, y = logits.contiguous(), target.contiguous()
+        if logits.dtype == torch.float32 and _save_for_backward(logits):
+            return _TrainingSums.apply(x, y, (gamma, eps), bool(logs))
+        sums = torch.ops.hytver.exp_stats(x, y, gamma, eps)
+    else:
+        sums = reference_exp_stats(logits, target, gamma, eps)
+    return sums if logs else sums * _NO_LOGS_MASK.to(sums)
+
+
+# Zeroes the log columns C1, C0, F1, F0 of exp_stats (logs=False).
+_NO_LOGS_MASK = torch.tensor([1.0, 1, 1, 0, 0, 1, 1, 0, 0])
 
 
 # ------------------------------------------------------------------------------------------
@@ -347,12 +367,20 @@ def _register() -> None:
 
     @torch.library.register_fake("hytver::stats_save")
     def _stats_save_fake(logits, target):
-        saved = logits.new_empty((1, logits.numel()), dtype=torch.float32)
-        return _stats_fake(logits, target), saved
+        return _stats_fake(logits, target), torch.empty_like(logits, dtype=torch.float32)
 
-    @torch.library.register_fake("hytver::stats_backward_saved")
+    @torch.library.register_fake("hytver::stats_backward_saved_")
     def _stats_backward_saved_fake(grad_stats, saved, logits, target):
-        return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        return None
+
+    @torch.library.register_fake("hytver::exp_stats_save")
+    def _exp_stats_save_fake(logits, target, gamma, eps, logs=True):
+        sums = _exp_stats_fake(logits, target, gamma, eps)
+        return sums, torch.empty_like(logits, dtype=torch.float32)
+
+    @torch.library.register_fake("hytver::exp_stats_backward_saved_")
+    def _exp_stats_backward_saved_fake(grad, saved, logits, target, gamma, eps):
+        return None
 
     def _stats_setup(ctx, inputs, output):
         logits, target = inputs
@@ -380,28 +408,72 @@ def _register() -> None:
             )
         return grad_logits, None, None, None
 
-    # The saving variant: its second output (the saved values) takes no gradient.
+    # The saving variants as registered ops (opcheck, direct callers): the saved values are an
+    # output the caller may keep, so the backward writes the gradient into a copy of them. The
+    # training path of stats() / exp_stats() keeps them private instead (_TrainingSums).
     def _save_setup(ctx, inputs, output):
-        logits, target = inputs
+        logits, target = inputs[:2]
         ctx.save_for_backward(output[1], logits, target)
+        ctx.hyper = tuple(inputs[2:4])  # (gamma, eps) of exp_stats_save, () for stats_save
+        ctx.n_inputs = len(inputs)
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the saved values
 
-    def _stats_save_backward(ctx, grad, _grad_saved):
+    def _saving_backward(ctx, grad, _grad_saved):
         saved, logits, target = ctx.saved_tensors
         grad_logits = None
         if grad is not None and ctx.needs_input_grad[0]:
-            grad_logits = torch.ops.hytver.stats_backward_saved(grad, saved, logits, target)
-        return grad_logits, None
+            grad_logits = _grad_into_saved(grad, saved.clone(), logits, target, ctx.hyper)
+        return (grad_logits,) + (None,) * (ctx.n_inputs - 1)
 
     torch.library.register_autograd("hytver::stats", _stats_backward, setup_context=_stats_setup)
-    torch.library.register_autograd(
-        "hytver::stats_save", _stats_save_backward, setup_context=_save_setup
-    )
+    for name in ("hytver::stats_save", "hytver::exp_stats_save"):
+        torch.library.register_autograd(name, _saving_backward, setup_context=_save_setup)
 
     torch.library.register_autograd(
         "hytver::exp_stats", _exp_stats_backward, setup_context=_exp_stats_setup
     )
+
+
+def _grad_into_saved(grad: torch.Tensor, saved: torch.Tensor, logits: torch.Tensor,
+                     target: torch.Tensor, hyper: tuple) -> torch.Tensor:
+    """The logit gradient, written over ``saved`` (the saving forward's values)."""
+    if hyper:
+        torch.ops.hytver.exp_stats_backward_saved_(grad, saved, logits, target, *hyper)
+    else:
+        torch.ops.hytver.stats_backward_saved_(grad, saved, logits, target)
+    return saved.to(logits.dtype)  # no copy for float32 logits
+
+
+class _TrainingSums(torch.autograd.Function):
+    """The eager CPU training path of :func:`stats` / :func:`exp_stats`: the saving forward's
+    per-voxel values stay private to this node, so its first backward turns them into the
+    gradient in place (no gradient buffer to allocate: on a 2-core VM the two 8 MB buffers of a
+    4x1x80^3 step otherwise cost ~4000 page faults per step). A second backward of the same
+    graph (retain_graph=True) finds them consumed and recomputes from the logits."""
+
+    @staticmethod
+    def forward(ctx, logits, target, hyper, logs=True):
+        if hyper:
+            sums, saved = torch.ops.hytver.exp_stats_save(logits, target, *hyper, logs)
+        else:
+            sums, saved = torch.ops.hytver.stats_save(logits, target)
+        ctx.save_for_backward(logits, target)
+        ctx.hyper = hyper
+        ctx.saved_values = saved
+        return sums
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, target = ctx.saved_tensors
+        saved, ctx.saved_values = ctx.saved_values, None
+        if saved is not None:
+            grad_logits = _grad_into_saved(grad, saved, logits, target, ctx.hyper)
+        elif ctx.hyper:
+            grad_logits = torch.ops.hytver.exp_stats_backward(grad, logits, target, *ctx.hyper)
+        else:
+            grad_logits = torch.ops.hytver.stats_backward(grad, logits, target)
+        return grad_logits, None, None, None
 
 
 if _AVAILABLE:

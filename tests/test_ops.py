@@ -275,6 +275,13 @@ def test_every_cpu_isa_path():
             out, gx = value_and_grad(ops.exp_stats, x32, y, 2.0, 1e-7)
             assert_sums_close(out, eref, 5e-6)
             assert_grad_close(gx, egref, 2e-5)
+            # without the focal columns the backward runs from the saved values
+            xg = x32.detach().clone().requires_grad_(True)
+            xr = x32.double().requires_grad_(True)
+            w = weights(eref[:, :7])
+            (ops.exp_stats(xg, y, 2.0, 1e-7)[:, :7] * w).sum().backward()
+            (ops.reference_exp_stats(xr, y, 2.0, 1e-7)[:, :7] * w).sum().backward()
+            assert_grad_close(xg.grad, xr.grad, 2e-5)
             xb = x.to(torch.bfloat16)
             torch.testing.assert_close(
                 ops.stats(xb, y).double(), ops.reference_stats(xb.double(), y), rtol=2e-6, atol=1e-5
@@ -344,9 +351,14 @@ def test_errors_name_the_problem():
         torch.ops.hytver.exp_stats_backward(torch.ones(2, 5), x, y, 2.0, 0.0)
     with pytest.raises(ValueError, match="float64 logits have no saving variant"):
         torch.ops.hytver.stats_save(x.double(), y)
+    with pytest.raises(ValueError, match="saving variant takes float32 logits"):
+        torch.ops.hytver.exp_stats_save(x.to(torch.bfloat16), y, 2.0, 0.0)
     _, saved = torch.ops.hytver.stats_save(x, y)
-    with pytest.raises(ValueError, match="saved must be the float32"):
-        torch.ops.hytver.stats_backward_saved(torch.ones(2, 5), saved[:, :5], x, y)
+    with pytest.raises(ValueError, match="saved must be the contiguous float32"):
+        torch.ops.hytver.stats_backward_saved_(torch.ones(2, 5), saved[:, :, :2], x, y)
+    with pytest.raises(ValueError, match="saved must be the contiguous float32"):
+        torch.ops.hytver.exp_stats_backward_saved_(torch.ones(2, 9), saved.double(), x, y, 2.0,
+                                                   0.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -373,15 +385,27 @@ def opcheck_cases(device="cpu"):
 
 
 def opcheck_saving_cases():
-    """The CPU saving variant of stats (float32 / half logits)."""
+    """The CPU saving variants (stats: float32 / half logits; exp_stats: float32), and their
+    in-place backwards on each path: from the saved values, and recomputing (gamma != 2 or a
+    focal gradient)."""
     x, y = make_inputs((2, 1, 5, 7))
     x32 = x.float()
     xb = x32.to(torch.bfloat16)
     _, saved = torch.ops.hytver.stats_save(xb, y.bool())
+    _, esaved = torch.ops.hytver.exp_stats_save(x32, y, 2.0, 1e-7)
+    g9 = torch.rand(2, 9)
+    no_focal = g9.clone()
+    no_focal[:, 7:] = 0
+    ebwd = torch.ops.hytver.exp_stats_backward_saved_.default
     return [
         (torch.ops.hytver.stats_save.default, (x32, y)),
         (torch.ops.hytver.stats_save.default, (xb, y.float())),
-        (torch.ops.hytver.stats_backward_saved.default, (torch.rand(2, 5), saved, xb, y.bool())),
+        (torch.ops.hytver.stats_backward_saved_.default, (torch.rand(2, 5), saved, xb, y.bool())),
+        (torch.ops.hytver.exp_stats_save.default, (x32, y, 2.0, 1e-7)),
+        (torch.ops.hytver.exp_stats_save.default, (x32, y.bool(), 0.5, 0.0)),
+        (ebwd, (no_focal, esaved, x32, y, 2.0, 1e-7)),
+        (ebwd, (g9, esaved.clone(), x32, y, 2.0, 1e-7)),
+        (ebwd, (no_focal, esaved.clone(), x32, y.float(), 2.5, 0.0)),
     ]
 
 
@@ -393,6 +417,7 @@ def test_opcheck():
             torch.ops.hytver.stats.default,
             torch.ops.hytver.exp_stats.default,
             torch.ops.hytver.stats_save.default,
+            torch.ops.hytver.exp_stats_save.default,
         ):
             a = (args[0].detach().clone().requires_grad_(True),) + args[1:]
             torch.library.opcheck(op, a)
@@ -403,19 +428,56 @@ def test_opcheck():
 @pytest.mark.parametrize("tdtype", [torch.uint8, torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_saving_variants_match_plain_ops(xdtype, tdtype, shape):
-    """The training path of stats (the forward keeps per-voxel values, the backward reads them)
-    gives the plain op's sums bit for bit and its gradient to float32 rounding, extremes
-    included."""
+    """The training path of stats (the forward keeps per-voxel values, the backward reads them
+    and writes the float32 gradient over them) gives the plain op's sums bit for bit and its
+    gradient to float32 rounding, extremes included."""
     x, y = make_inputs(shape, tdtype=tdtype, seed=41)
     x = x.to(xdtype)
     g5 = weights(torch.zeros(shape[0], 5, dtype=torch.float32), seed=3) - 0.5
     sums, saved = torch.ops.hytver.stats_save(x, y)
-    assert saved.shape == (1, x.numel()) and saved.dtype == torch.float32
+    assert saved.shape == x.shape and saved.dtype == torch.float32
     assert torch.equal(sums, torch.ops.hytver.stats(x, y))
-    got = torch.ops.hytver.stats_backward_saved(g5, saved, x, y)
+    torch.ops.hytver.stats_backward_saved_(g5, saved, x, y)
     want = torch.ops.hytver.stats_backward(g5, x, y)
-    assert got.dtype == xdtype
-    assert_grad_close(got.float(), want.float(), 2e-6 if xdtype == torch.float32 else 2.0**-7)
+    assert_grad_close(saved, want.float(), 2e-6 if xdtype == torch.float32 else 2.0**-7)
+
+
+@requires_ext
+@pytest.mark.parametrize("tdtype", [torch.uint8, torch.bool, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("eps", EPSS)
+def test_exp_saving_variant_matches_plain_ops(tdtype, shape, eps):
+    """exp_stats' training path: sums bit for bit; the gradient from the saved values (gamma == 2
+    without focal gradients, DSC++) and the recomputed one written over them (a focal
+    gradient, or gamma != 2) both match the plain backward."""
+    x, y = make_inputs(shape, tdtype=tdtype, seed=47)
+    x = x.float()
+    g9 = weights(torch.zeros(shape[0], 9, dtype=torch.float32), seed=5) - 0.5
+    no_focal = g9.clone()
+    no_focal[:, 7:] = 0
+    for gamma, grad in ((2.0, no_focal), (2.0, g9), (2.5, no_focal), (0.5, g9)):
+        sums, saved = torch.ops.hytver.exp_stats_save(x, y, gamma, eps)
+        assert saved.shape == x.shape and saved.dtype == torch.float32
+        assert torch.equal(sums, torch.ops.hytver.exp_stats(x, y, gamma, eps))
+        torch.ops.hytver.exp_stats_backward_saved_(grad, saved, x, y, gamma, eps)
+        want = torch.ops.hytver.exp_stats_backward(grad, x, y, gamma, eps)
+        rel = 2e-6 if grad is g9 or gamma != 2.0 else 1e-5  # from m: p and q rounded once more
+        assert_grad_close(saved, want, rel)
+
+
+@requires_ext
+def test_saving_path_survives_retain_graph():
+    """The first backward turns the saved values into the gradient; a second backward of the
+    same graph recomputes from the logits and gives the same gradient."""
+    x, y = make_inputs((2, 1, 9, 7), seed=53)
+    x = x.float().requires_grad_(True)
+    for fn in (ops.stats, lambda a, b: ops.exp_stats(a, b, 2.0, 1e-7)):
+        out = fn(x, y)
+        loss = (out[:, :7] * weights(out[:, :7])).sum()  # no F1 / F0 term: saved path for exp
+        (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+        (second,) = torch.autograd.grad(loss, x)
+        assert_grad_close(second, first, 1e-5)
+        assert first.data_ptr() != second.data_ptr()
 
 
 @requires_ext
@@ -437,19 +499,21 @@ def test_exp_stats_gamma_two_matches_general_path(xdtype, shape):
 
 @requires_ext
 def test_training_path_uses_saving_variants():
-    """ops.stats picks the saving ops exactly when a CPU backward will follow; exp_stats always
-    runs the plain ones."""
+    """ops.stats / ops.exp_stats pick the saving ops exactly when a CPU backward will follow
+    (exp_stats: float32 logits only)."""
     x, y = make_inputs((2, 1, 6, 5))
     x32 = x.float().requires_grad_(True)
     with torch.profiler.profile() as prof:
         ops.stats(x32, y).sum().backward()
         ops.exp_stats(x32, y, 2.0, 1e-7).sum().backward()
+        ops.exp_stats(x32.detach().bfloat16().requires_grad_(True), y, 2.0, 0.0).sum().backward()
         with torch.no_grad():
             ops.stats(x32, y)
         ops.stats(x.requires_grad_(True), y).sum().backward()  # float64: plain ops
     names = [e.name for e in prof.events()]
-    counts = {"stats_save": 1, "stats_backward_saved": 1, "exp_stats": 1,
-              "exp_stats_backward": 1, "stats": 2, "stats_backward": 1}  # no_grad, float64
+    counts = {"stats_save": 1, "stats_backward_saved_": 1, "exp_stats_save": 1,
+              "exp_stats_backward_saved_": 1, "exp_stats": 1, "exp_stats_backward": 1,
+              "stats": 2, "stats_backward": 1}  # bfloat16 exp; no_grad, float64 stats
     for name, count in counts.items():
         assert names.count(f"hytver::{name}") == count, name
 

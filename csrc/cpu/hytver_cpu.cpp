@@ -81,7 +81,10 @@ struct Prepared {
   cpu::Args args;
   int64_t B = 0;
   int64_t total_chunks = 0;
+  int64_t grain = 1;  // at::parallel_for grain size in chunks
 };
+
+constexpr int64_t kMinTaskElements = 32768;
 
 int logits_code(const at::Tensor& logits, const char* op) {
   switch (logits.scalar_type()) {
@@ -134,6 +137,9 @@ Prepared prepare(const at::Tensor& logits, const at::Tensor& target, const char*
   p.args.x = p.x.data_ptr();
   p.args.y = p.y.data_ptr();
   p.total_chunks = p.B * p.args.chunks_per_sample;
+  // Chunks per task: waking a second thread costs more than a few thousand voxels take.
+  const int64_t chunk_len = p.args.n < cpu::kChunk ? p.args.n : cpu::kChunk;
+  p.grain = chunk_len > 0 ? (kMinTaskElements + chunk_len - 1) / chunk_len : 1;
   return p;
 }
 
@@ -151,36 +157,40 @@ at::ScalarType sums_dtype(const at::Tensor& logits) {
 // Which kernel of the table: the saving forwards keep per-voxel values for the *_saved backwards.
 enum class Kind { kStats, kExp };
 
-// Only stats has a saving variant (the callers never pass `saved` for kExp).
 cpu::FwdFn forward_fn(const Table* t, Kind kind, bool save) {
   if (kind == Kind::kStats) return save ? t->stats_fwd_save : t->stats_fwd;
-  return t->exp_fwd;
-}
-
-cpu::BwdFn backward_fn(const Table* t, Kind kind, bool from_saved) {
-  if (kind == Kind::kStats) return from_saved ? t->stats_bwd_saved : t->stats_bwd;
-  return t->exp_bwd;
+  return save ? t->exp_fwd_save : t->exp_fwd;
 }
 
 int sums_count(Kind kind) { return kind == Kind::kStats ? cpu::kStatsK : cpu::kExpK; }
 
-void check_saving_dtype(const at::Tensor& logits, const char* op) {
-  TORCH_CHECK_VALUE(logits.scalar_type() != at::kDouble, "hytver::", op,
-                    ": float64 logits have no saving variant (use the plain op, which "
-                    "recomputes in float64)");
+// stats saves for float32 / bfloat16 / float16 logits, exp_stats for float32 logits only (its
+// backward may recompute, and then writes a logits-typed gradient over the saved values).
+void check_saving_dtype(const at::Tensor& logits, Kind kind, const char* op) {
+  if (kind == Kind::kStats) {
+    TORCH_CHECK_VALUE(logits.scalar_type() != at::kDouble, "hytver::", op,
+                      ": float64 logits have no saving variant (use the plain op, which "
+                      "recomputes in float64)");
+  } else {
+    TORCH_CHECK_VALUE(logits.scalar_type() == at::kFloat, "hytver::", op,
+                      ": the saving variant takes float32 logits, got ", logits.scalar_type(),
+                      " (use the plain op)");
+  }
 }
 
-// The sums; with `saved` (stats only) the kernel also fills a new float32 (1, B * n) tensor.
+// The sums; with `saved` the kernel also fills a new float32 tensor of the logits' shape.
+// !logs (exp only): the columns C1, C0, F1, F0 are 0 (the gamma == 2 kernel skips them).
 at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind, double gamma,
-                   double eps, const char* op, at::Tensor* saved = nullptr) {
+                   double eps, const char* op, at::Tensor* saved = nullptr, bool logs = true) {
   Prepared p = prepare(logits, target, op);
   p.args.gamma = gamma;
   p.args.eps = eps;
+  p.args.logs = logs;
   const int K = sums_count(kind);
   const auto out_dtype = sums_dtype(logits);
   if (saved != nullptr) {
-    check_saving_dtype(logits, op);
-    *saved = at::empty({1, p.B * p.args.n}, logits.options().dtype(at::kFloat));
+    check_saving_dtype(logits, kind, op);
+    *saved = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
     p.args.saved = saved->data_ptr<float>();
   }
   if (p.total_chunks == 0) return at::zeros({p.B, K}, logits.options().dtype(out_dtype));
@@ -189,7 +199,7 @@ at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind
   const cpu::Args& args = p.args;
   double* part = partials.data();
   // Fixed chunks: each writes its own partials, so the thread count cannot change the result.
-  at::parallel_for(0, p.total_chunks, 1,
+  at::parallel_for(0, p.total_chunks, p.grain,
                    [&](int64_t c0, int64_t c1) { fn(args, c0, c1, part); });
   at::Tensor sums = at::empty({p.B, K}, logits.options().dtype(at::kDouble));
   double* s = sums.data_ptr<double>();
@@ -200,46 +210,79 @@ at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind
       for (int64_t c = 0; c < cps; ++c) acc += part[(b * cps + c) * K + k];
       s[b * K + k] = acc;
     }
+    if (!logs) {
+      for (int k : {3, 4, 7, 8}) s[b * K + k] = 0.0;
+    }
   }
   return out_dtype == at::kDouble ? sums : sums.to(out_dtype);
 }
 
-// The logit gradient; with `saved` (from the saving forward) the kernel reads it and the target
-// instead of recomputing from the logits (which then only give the shape and the dtype).
-at::Tensor backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
-                    Kind kind, double gamma, double eps, const char* op,
-                    const at::Tensor* saved = nullptr) {
-  Prepared p = prepare(logits, target, op);
-  p.args.gamma = gamma;
-  p.args.eps = eps;
-  const int K = sums_count(kind);
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == p.B && grad.size(1) == K, "hytver::", op,
-                    ": grad must have shape (", p.B, ", ", K, "), got ", grad.sizes());
+// The grad of the sums as a contiguous (B, K) double tensor, after checking it.
+at::Tensor prepare_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t B, int K,
+                        const char* op) {
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == B && grad.size(1) == K, "hytver::", op,
+                    ": grad must have shape (", B, ", ", K, "), got ", grad.sizes());
   TORCH_CHECK_VALUE(grad.device() == logits.device(), "hytver::", op,
                     ": grad and logits must be on the same device");
   TORCH_CHECK_VALUE(at::isFloatingType(grad.scalar_type()), "hytver::", op,
                     ": grad must be a floating-point tensor, got ", grad.scalar_type());
-  at::Tensor saved_c;
-  if (saved != nullptr) {
-    check_saving_dtype(logits, op);
-    TORCH_CHECK_VALUE(saved->scalar_type() == at::kFloat && saved->dim() == 2 &&
-                          saved->size(0) == 1 && saved->size(1) == p.B * p.args.n &&
-                          saved->device() == logits.device(),
-                      "hytver::", op, ": saved must be the float32 (1, ", p.B * p.args.n,
-                      ") tensor of the saving forward, got ", saved->scalar_type(), " ",
-                      saved->sizes());
-    saved_c = saved->contiguous();
-    p.args.saved_in = saved_c.data_ptr<float>();
-  }
-  at::Tensor g = grad.to(at::kDouble).contiguous();
+  return grad.to(at::kDouble).contiguous();
+}
+
+// The logit gradient into a new tensor of the logits' type, recomputed from the logits.
+at::Tensor backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                    Kind kind, double gamma, double eps, const char* op) {
+  Prepared p = prepare(logits, target, op);
+  p.args.gamma = gamma;
+  p.args.eps = eps;
+  at::Tensor g = prepare_grad(grad, logits, p.B, sums_count(kind), op);
   at::Tensor gx = at::empty(logits.sizes(), p.x.options());
   if (p.total_chunks == 0) return gx;
   p.args.g = g.data_ptr<double>();
   p.args.gx = gx.data_ptr();
-  const cpu::BwdFn fn = backward_fn(select_table(), kind, saved != nullptr);
+  const Table* t = select_table();
+  const cpu::BwdFn fn = kind == Kind::kStats ? t->stats_bwd : t->exp_bwd;
   const cpu::Args& args = p.args;
-  at::parallel_for(0, p.total_chunks, 1, [&](int64_t c0, int64_t c1) { fn(args, c0, c1); });
+  at::parallel_for(0, p.total_chunks, p.grain, [&](int64_t c0, int64_t c1) { fn(args, c0, c1); });
   return gx;
+}
+
+// The logit gradient written over `saved` (the saving forward's values) as float32: from them
+// (no exp, no division) for stats, and for exp_stats when gamma == 2 and the F1 / F0 columns of
+// grad are zero (DSC++); otherwise exp_stats recomputes from the logits into the same memory.
+void backward_into_saved(const at::Tensor& grad, const at::Tensor& saved, const at::Tensor& logits,
+                         const at::Tensor& target, Kind kind, double gamma, double eps,
+                         const char* op) {
+  Prepared p = prepare(logits, target, op);
+  p.args.gamma = gamma;
+  p.args.eps = eps;
+  check_saving_dtype(logits, kind, op);
+  TORCH_CHECK_VALUE(saved.scalar_type() == at::kFloat && saved.sizes() == logits.sizes() &&
+                        saved.is_contiguous() && saved.device() == logits.device(),
+                    "hytver::", op, ": saved must be the contiguous float32 tensor of the logits' "
+                    "shape ", logits.sizes(), " from the saving forward, got ",
+                    saved.scalar_type(), " ", saved.sizes());
+  at::Tensor g = prepare_grad(grad, logits, p.B, sums_count(kind), op);
+  if (p.total_chunks == 0) return;
+  p.args.g = g.data_ptr<double>();
+  p.args.saved = saved.data_ptr<float>();
+  const Table* t = select_table();
+  cpu::BwdFn fn = t->stats_bwd_saved;
+  if (kind == Kind::kExp) {
+    bool no_focal = true;
+    for (int64_t b = 0; b < p.B; ++b) {
+      no_focal = no_focal && p.args.g[b * cpu::kExpK + 7] == 0.0 &&
+                 p.args.g[b * cpu::kExpK + 8] == 0.0;
+    }
+    if (gamma == 2.0 && no_focal) {
+      fn = t->exp_bwd_saved;
+    } else {
+      fn = t->exp_bwd;  // float32 logits (checked): a float32 gradient over the saved values
+      p.args.gx = p.args.saved;
+    }
+  }
+  const cpu::Args& args = p.args;
+  at::parallel_for(0, p.total_chunks, p.grain, [&](int64_t c0, int64_t c1) { fn(args, c0, c1); });
 }
 
 at::Tensor stats_cpu(const at::Tensor& logits, const at::Tensor& target) {
@@ -258,9 +301,10 @@ std::tuple<at::Tensor, at::Tensor> stats_save_cpu(const at::Tensor& logits,
   return {sums, saved};
 }
 
-at::Tensor stats_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& saved,
-                                    const at::Tensor& logits, const at::Tensor& target) {
-  return backward(grad, logits, target, Kind::kStats, 0.0, 0.0, "stats_backward_saved", &saved);
+void stats_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& saved,
+                              const at::Tensor& logits, const at::Tensor& target) {
+  backward_into_saved(grad, saved, logits, target, Kind::kStats, 0.0, 0.0,
+                      "stats_backward_saved_");
 }
 
 at::Tensor exp_stats_cpu(const at::Tensor& logits, const at::Tensor& target, double gamma,
@@ -273,6 +317,24 @@ at::Tensor exp_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& logi
                                   const at::Tensor& target, double gamma, double eps) {
   check_hyper(gamma, eps, "exp_stats_backward");
   return backward(grad, logits, target, Kind::kExp, gamma, eps, "exp_stats_backward");
+}
+
+std::tuple<at::Tensor, at::Tensor> exp_stats_save_cpu(const at::Tensor& logits,
+                                                      const at::Tensor& target, double gamma,
+                                                      double eps, bool logs) {
+  check_hyper(gamma, eps, "exp_stats_save");
+  at::Tensor saved;
+  at::Tensor sums =
+      forward(logits, target, Kind::kExp, gamma, eps, "exp_stats_save", &saved, logs);
+  return {sums, saved};
+}
+
+void exp_stats_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& saved,
+                                  const at::Tensor& logits, const at::Tensor& target,
+                                  double gamma, double eps) {
+  check_hyper(gamma, eps, "exp_stats_backward_saved_");
+  backward_into_saved(grad, saved, logits, target, Kind::kExp, gamma, eps,
+                      "exp_stats_backward_saved_");
 }
 
 }  // namespace
@@ -290,5 +352,7 @@ TORCH_LIBRARY_IMPL(hytver, CPU, m) {
   m.impl("exp_stats", &hytver::exp_stats_cpu);
   m.impl("exp_stats_backward", &hytver::exp_stats_backward_cpu);
   m.impl("stats_save", &hytver::stats_save_cpu);
-  m.impl("stats_backward_saved", &hytver::stats_backward_saved_cpu);
+  m.impl("stats_backward_saved_", &hytver::stats_backward_saved_cpu);
+  m.impl("exp_stats_save", &hytver::exp_stats_save_cpu);
+  m.impl("exp_stats_backward_saved_", &hytver::exp_stats_backward_saved_cpu);
 }

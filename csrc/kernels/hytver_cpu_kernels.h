@@ -227,6 +227,17 @@ inline void pq_from_saved(float m, float& p, float& q) {
   q = x_nonneg ? s : big;
 }
 
+// Gradient element type: float32 when it overwrites the saved values, else the logits' type.
+template <bool IN_SAVED, class E> struct OutType { typedef E type; };
+template <class E> struct OutType<true, E> { typedef float type; };
+template <bool IN_SAVED, class X, class G, class C> inline void store_grad(G* g, int64_t i, C v) {
+  if constexpr (IN_SAVED) {
+    g[i] = static_cast<float>(v);
+  } else {
+    X::store(g, i, v);
+  }
+}
+
 template <int XT, int YT, bool SAVE>
 void stats_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
   typedef XTraits<XT> X;
@@ -278,26 +289,28 @@ void stats_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
   }
 }
 
-// FROM_SAVED: p and q come from the saving forward's m (no exp, no division: a pass over m, y
-// and the output) instead of from the logits.
+// FROM_SAVED: p and q come from the saving forward's m (no exp, no division: a pass over m and
+// y) instead of from the logits, and the float32 gradient overwrites m in place (element i is
+// read before it is written, so the aliasing is safe; XT is then only the compute type).
 template <int XT, int YT, bool FROM_SAVED>
 void stats_bwd(const Args& a, int64_t c0, int64_t c1) {
   typedef XTraits<XT> X;
   typedef typename X::T T;
   typedef typename X::C C;
   typedef typename YTraits<YT>::T U;
+  typedef typename OutType<FROM_SAVED, T>::type G;
   const T* xs = static_cast<const T*>(a.x);
   const U* ys = static_cast<const U*>(a.y);
-  T* gxs = static_cast<T*>(a.gx);
+  G* gxs = FROM_SAVED ? reinterpret_cast<G*>(a.saved) : static_cast<G*>(a.gx);
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t b = c / a.chunks_per_sample;
     const int64_t start = (c - b * a.chunks_per_sample) * kChunk;
     const int64_t len = min64(kChunk, a.n - start);
     const int64_t off = b * a.n + start;
     const T* xc = xs + off;
-    const float* mc = FROM_SAVED ? a.saved_in + off : nullptr;
+    const float* mc = FROM_SAVED ? a.saved + off : nullptr;
     const U* yc = ys + off;
-    T* gc = gxs + off;
+    G* gc = gxs + off;
     const double* g = a.g + b * kStatsK;
     const C g0m2 = static_cast<C>(g[0] - g[2]);
     const C g1 = static_cast<C>(g[1]);
@@ -317,15 +330,18 @@ void stats_bwd(const Args& a, int64_t c0, int64_t c1) {
         sig_pq(X::load(xc, i), p, q);
       }
       const C v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q);
-      X::store(gc, i, v);
+      store_grad<FROM_SAVED, X>(gc, i, v);
     }
   }
 }
 
 // SQUARE: gamma == 2 (DSC++'s and the focal loss's default), where the power is a product
-// instead of an exp.
-template <int XT, int YT, bool SQUARE>
+// instead of an exp. SAVE: also write m (as stats_fwd) for exp_bwd's FROM_SAVED path. !LOGS
+// (with SQUARE only): skip the log columns C1, C0, F1, F0 (left 0; DSC++ does not use them), so
+// no log1p series per voxel.
+template <int XT, int YT, bool SQUARE, bool SAVE, bool LOGS = true>
 void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
+  static_assert(SQUARE || LOGS, "a general gamma needs the logs for the powers");
   typedef XTraits<XT> X;
   typedef typename X::T T;
   typedef typename X::C C;
@@ -340,46 +356,72 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
     const int64_t len = min64(kChunk, a.n - start);
     const T* xc = xs + b * a.n + start;
     const U* yc = ys + b * a.n + start;
+    float* mc = SAVE ? a.saved + b * a.n + start : nullptr;
     double acc[kExpK] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t k = 0; k < len; k += kBlock) {
       const int64_t m = min64(kBlock, len - k);
       const T* xb = xc + k;
       const U* yb = yc + k;
+      float* mb = SAVE ? mc + k : nullptr;
       C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
-      for (int64_t i = 0; i < m; ++i) {
-        const C x = X::load(xb, i);
-        const C y = static_cast<C>(yb[i]);
-        const C ny = C(1) - y;
-        C p, q, sp;
-        sig_pq_sp(x, p, q, sp);
-        const C nlp = sp + max0(-x);  // -log p
-        const C nlq = sp + max0(x);   // -log q
-        const bool plo = p < lo;
-        const bool qlo = q < lo;
-        const C pt = plo ? lo : (qlo ? hi : p);
-        const C qt = qlo ? lo : (plo ? hi : q);
-        const C nlpt = plo ? -log_lo : (qlo ? -log_hi : nlp);
-        const C nlqt = qlo ? -log_lo : (plo ? -log_hi : nlq);
-        // Hard labels: only qt^gamma matters where y = 1 and only pt^gamma where y = 0, so one
-        // exp per voxel serves both sums (exp_stats is defined for hard labels only).
-        const bool pos = y > C(0.5);
-        C pw;
-        if constexpr (SQUARE) {
-          const C base = pos ? qt : pt;
-          pw = base * base;
-        } else {
-          pw = hexp(-gam * (pos ? nlqt : nlpt));
+      if constexpr (!LOGS) {
+#pragma omp simd reduction(+ : s0, s1, s2, s5, s6)
+        for (int64_t i = 0; i < m; ++i) {
+          const C x = X::load(xb, i);
+          const C y = static_cast<C>(yb[i]);
+          const C ny = C(1) - y;
+          C p, q;
+          sig_pq(x, p, q);
+          const bool plo = p < lo;
+          const bool qlo = q < lo;
+          const C pt = plo ? lo : (qlo ? hi : p);
+          const C qt = qlo ? lo : (plo ? hi : q);
+          const C base = y > C(0.5) ? qt : pt;
+          const C pw = base * base;
+          s0 += y * pt;
+          s1 += ny * pt;
+          s2 += y * qt;
+          s5 += y * pw;
+          s6 += ny * pw;
+          if constexpr (SAVE) mb[i] = saved_m(x, p, q);
         }
-        s0 += y * pt;
-        s1 += ny * pt;
-        s2 += y * qt;
-        s3 += y * nlpt;
-        s4 += ny * nlqt;
-        s5 += y * pw;
-        s6 += ny * pw;
-        s7 += y * pw * nlpt;
-        s8 += ny * pw * nlqt;
+      } else {
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+        for (int64_t i = 0; i < m; ++i) {
+          const C x = X::load(xb, i);
+          const C y = static_cast<C>(yb[i]);
+          const C ny = C(1) - y;
+          C p, q, sp;
+          sig_pq_sp(x, p, q, sp);
+          const C nlp = sp + max0(-x);  // -log p
+          const C nlq = sp + max0(x);   // -log q
+          const bool plo = p < lo;
+          const bool qlo = q < lo;
+          const C pt = plo ? lo : (qlo ? hi : p);
+          const C qt = qlo ? lo : (plo ? hi : q);
+          const C nlpt = plo ? -log_lo : (qlo ? -log_hi : nlp);
+          const C nlqt = qlo ? -log_lo : (plo ? -log_hi : nlq);
+          // Hard labels: only qt^gamma matters where y = 1 and only pt^gamma where y = 0, so one
+          // exp per voxel serves both sums (exp_stats is defined for hard labels only).
+          const bool pos = y > C(0.5);
+          C pw;
+          if constexpr (SQUARE) {
+            const C base = pos ? qt : pt;
+            pw = base * base;
+          } else {
+            pw = hexp(-gam * (pos ? nlqt : nlpt));
+          }
+          s0 += y * pt;
+          s1 += ny * pt;
+          s2 += y * qt;
+          s3 += y * nlpt;
+          s4 += ny * nlqt;
+          s5 += y * pw;
+          s6 += ny * pw;
+          s7 += y * pw * nlpt;
+          s8 += ny * pw * nlqt;
+          if constexpr (SAVE) mb[i] = saved_m(x, p, q);
+        }
       }
       acc[0] += s0;
       acc[1] += s1;
@@ -396,15 +438,20 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
   }
 }
 
-template <int XT, int YT, bool SQUARE>
+// FROM_SAVED (with SQUARE only): p and q from the saving forward's m, the gradient written over
+// m as in stats_bwd. It drops the F1 / F0 terms (they need the logs): the glue takes this path
+// only when their upstream gradients are all zero (DSC++), else it recomputes from the logits.
+template <int XT, int YT, bool SQUARE, bool FROM_SAVED>
 void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
+  static_assert(SQUARE || !FROM_SAVED, "the saved path has no logs for a general gamma");
   typedef XTraits<XT> X;
   typedef typename X::T T;
   typedef typename X::C C;
   typedef typename YTraits<YT>::T U;
+  typedef typename OutType<FROM_SAVED, T>::type G;
   const T* xs = static_cast<const T*>(a.x);
   const U* ys = static_cast<const U*>(a.y);
-  T* gxs = static_cast<T*>(a.gx);
+  G* gxs = FROM_SAVED ? reinterpret_cast<G*>(a.saved) : static_cast<G*>(a.gx);
   const ClampConsts<C> cc(a);
   const C lo = cc.lo, gam = cc.gamma;
   for (int64_t c = c0; c < c1; ++c) {
@@ -413,8 +460,9 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
     const int64_t len = min64(kChunk, a.n - start);
     const int64_t off = b * a.n + start;
     const T* xc = xs + off;
+    const float* mc = FROM_SAVED ? a.saved + off : nullptr;
     const U* yc = ys + off;
-    T* gc = gxs + off;
+    G* gc = gxs + off;
     const double* g = a.g + b * kExpK;
     const C g0m2 = static_cast<C>(g[0] - g[2]);
     const C g1 = static_cast<C>(g[1]);
@@ -426,13 +474,22 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
     const C g8 = static_cast<C>(g[8]);
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) {
-      const C x = X::load(xc, i);
       const C y = static_cast<C>(yc[i]);
       const C ny = C(1) - y;
-      C p, q, sp;
-      sig_pq_sp(x, p, q, sp);
-      const C nlp = sp + max0(-x);
-      const C nlq = sp + max0(x);
+      C p, q, nlp, nlq;
+      if constexpr (FROM_SAVED) {
+        float ps, qs;
+        pq_from_saved(mc[i], ps, qs);
+        p = ps;
+        q = qs;
+        nlp = nlq = C(0);  // multiplied by g7 / g8 == 0 below
+      } else {
+        const C x = X::load(xc, i);
+        C sp;
+        sig_pq_sp(x, p, q, sp);
+        nlp = sp + max0(-x);
+        nlq = sp + max0(x);
+      }
       // Inside [eps, 1 - eps] (all of it when eps == 0) the clamp is the identity; outside,
       // torch.clamp passes no gradient.
       // Hard labels: q^gamma where y = 1, p^gamma where y = 0 (one exp, see exp_fwd).
@@ -446,10 +503,10 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
       const C pg = qg;
       const C gp = gam * p;
       const C gq = gam * q;
-      const C v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) +
-                  y * qg * (-(gp * g5) - g7 * (gp * nlp + q)) +
-                  ny * pg * (gq * g6 + g8 * (p + gq * nlq));
-      X::store(gc, i, p < lo ? C(0) : (q < lo ? C(0) : v));
+      C v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) - y * qg * (gp * g5) +
+            ny * pg * (gq * g6);
+      if constexpr (!FROM_SAVED) v += ny * pg * (g8 * (p + gq * nlq)) - y * qg * (g7 * (gp * nlp + q));
+      store_grad<FROM_SAVED, X>(gc, i, p < lo ? C(0) : (q < lo ? C(0) : v));
     }
   }
 }
@@ -458,29 +515,38 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
 // dtype dispatch
 
 // Kernels by variant: 0 stats, 1 exp_stats, 2 stats saving / from saved (float32, bfloat16
-// and float16 logits only: nullptr for float64).
+// and float16 logits), 3 exp_stats saving / from saved (float32 logits; the backward only with
+// gamma == 2). nullptr where a variant does not exist: the glue never asks for those.
 template <int XT, int YT>
-FwdFn fwd_variant(int variant, bool square) {
+FwdFn fwd_variant(int variant, bool square, bool logs) {
   switch (variant) {
     case 0: return &stats_fwd<XT, YT, false>;
-    case 1: return square ? &exp_fwd<XT, YT, true> : &exp_fwd<XT, YT, false>;
-    default: return XT == kF64 ? nullptr : &stats_fwd<XT, YT, true>;
+    case 1: return square ? &exp_fwd<XT, YT, true, false> : &exp_fwd<XT, YT, false, false>;
+    case 2: return XT == kF64 ? nullptr : &stats_fwd<XT, YT, true>;
+    default:
+      if constexpr (XT == kF32) {
+        if (!square) return &exp_fwd<XT, YT, false, true>;
+        return logs ? &exp_fwd<XT, YT, true, true> : &exp_fwd<XT, YT, true, true, false>;
+      }
+      return nullptr;
   }
 }
 template <int XT, int YT>
 BwdFn bwd_variant(int variant, bool square) {
   switch (variant) {
     case 0: return &stats_bwd<XT, YT, false>;
-    case 1: return square ? &exp_bwd<XT, YT, true> : &exp_bwd<XT, YT, false>;
-    default: return XT == kF64 ? nullptr : &stats_bwd<XT, YT, true>;
+    case 1: return square ? &exp_bwd<XT, YT, true, false> : &exp_bwd<XT, YT, false, false>;
+    // From saved values the logits' type does not matter: one float32 kernel serves them all.
+    case 2: return XT == kF64 ? nullptr : &stats_bwd<kF32, YT, true>;
+    default: return XT == kF32 && square ? &exp_bwd<kF32, YT, true, true> : nullptr;
   }
 }
 template <int XT>
-FwdFn pick_fwd(int yt, int variant, bool square) {
+FwdFn pick_fwd(int yt, int variant, bool square, bool logs) {
   switch (yt) {
-    case kF32: return fwd_variant<XT, kF32>(variant, square);
-    case kF64: return fwd_variant<XT, kF64>(variant, square);
-    case kU8: return fwd_variant<XT, kU8>(variant, square);
+    case kF32: return fwd_variant<XT, kF32>(variant, square, logs);
+    case kF64: return fwd_variant<XT, kF64>(variant, square, logs);
+    case kU8: return fwd_variant<XT, kU8>(variant, square, logs);
     default: return nullptr;
   }
 }
@@ -496,10 +562,10 @@ BwdFn pick_bwd(int yt, int variant, bool square) {
 FwdFn fwd_for(const Args& a, int variant) {
   const bool square = a.gamma == 2.0;
   switch (a.xt) {
-    case kF32: return pick_fwd<kF32>(a.yt, variant, square);
-    case kF64: return pick_fwd<kF64>(a.yt, variant, square);
-    case kBF16: return pick_fwd<kBF16>(a.yt, variant, square);
-    case kF16: return pick_fwd<kF16>(a.yt, variant, square);
+    case kF32: return pick_fwd<kF32>(a.yt, variant, square, a.logs);
+    case kF64: return pick_fwd<kF64>(a.yt, variant, square, a.logs);
+    case kBF16: return pick_fwd<kBF16>(a.yt, variant, square, a.logs);
+    case kF16: return pick_fwd<kF16>(a.yt, variant, square, a.logs);
     default: return nullptr;
   }
 }
@@ -528,7 +594,8 @@ void entry_bwd(const Args& a, int64_t c0, int64_t c1) {
 }
 
 const Table kTable = {HYTVER_ISA_NAME, &entry_fwd<0>, &entry_bwd<0>, &entry_fwd<1>,
-                      &entry_bwd<1>,   &entry_fwd<2>, &entry_bwd<2>};
+                      &entry_bwd<1>,   &entry_fwd<2>, &entry_bwd<2>, &entry_fwd<3>,
+                      &entry_bwd<3>};
 
 }  // namespace
 }  // namespace HYTVER_ISA_NS

@@ -29,11 +29,12 @@ struct Args {
   int64_t chunks_per_sample = 0;
   double gamma = 0.0;        // exp_stats only
   double eps = 0.0;          // exp_stats only
-  // stats_fwd_save writes, stats_bwd_saved reads, one float32 per element (element b * n + i,
-  // whatever the logits' type): m = (x >= 0 ? -q : p), the smaller of p and q with the sign
-  // bit telling which, so that the backward gets p and q without exp or division.
+  bool logs = true;          // exp_fwd_save: false skips C1, C0, F1, F0 (left 0) when gamma == 2
+  // The saving forwards write, and the *_saved backwards read and then overwrite with the
+  // float32 gradient, one float32 per element (element b * n + i, whatever the logits' type):
+  // m = (x >= 0 ? -q : p), the smaller of p and q with the sign bit telling which, so that the
+  // backward gets p and q without exp or division, and needs no new gradient buffer.
   float* saved = nullptr;
-  const float* saved_in = nullptr;
 };
 
 // Forward kernels process chunks [c0, c1) (chunk c = sample c / chunks_per_sample) and write K
@@ -47,11 +48,14 @@ struct Table {
   BwdFn stats_bwd;
   FwdFn exp_fwd;
   BwdFn exp_bwd;
-  // The forward + backward of training (float32 / bfloat16 / float16 logits only; they do
-  // nothing for float64): the forward also writes Args::saved, the backward reads
-  // Args::saved_in and the target (not the logits).
+  // The forward + backward of training (stats: float32 / bfloat16 / float16 logits; exp:
+  // float32 logits, and the backward only for gamma == 2 without F1 / F0 gradients): the
+  // forward also writes Args::saved, the backward reads it and the target (not the logits) and
+  // writes the float32 gradient over it.
   FwdFn stats_fwd_save;
   BwdFn stats_bwd_saved;
+  FwdFn exp_fwd_save;
+  BwdFn exp_bwd_saved;
 };
 
 // Defined in isa_base.cpp / isa_avx2.cpp / isa_avx512.cpp. The AVX ones return nullptr when the

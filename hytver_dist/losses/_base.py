@@ -7,7 +7,8 @@ from torch import nn
 
 from .. import ops
 from ._inputs import as_float_pair, check_backend, is_hard, prepare_inputs
-from ._sums import RegionSums, fused_target, region_sums, use_fused
+from ._scalar import ScalarLoss, scalar_path
+from ._sums import RegionSums, fused_target, reference_sums, sums_from_stats, use_fused
 
 
 class SigmoidLoss(nn.Module):
@@ -50,11 +51,23 @@ class SumLoss(SigmoidLoss):
     per_sample = False
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        sums = region_sums(logits, target, self.per_sample, self.backend,
-                           region=self.uses_region, ce=self.uses_ce)
+        if use_fused(self.backend, logits):
+            stats = ops.stats(logits, fused_target(target, logits))
+            if scalar_path(stats):
+                return ScalarLoss.apply(stats, self.scalar, logits.numel())
+            return self.from_sums(sums_from_stats(stats, self.per_sample, logits.numel()))
+        sums = reference_sums(logits, target, self.per_sample, region=self.uses_region,
+                              ce=self.uses_ce)
         return self.from_sums(sums)
 
     def from_sums(self, s: RegionSums) -> torch.Tensor:
+        """The loss from the sums as tensor ops (reference backend, CUDA, torch.compile)."""
+        raise NotImplementedError
+
+    def scalar(self, rows: list[list[float]], grad: list[list[float]], n_voxels: int,
+               tiny: float) -> float:
+        """The same loss on Python floats from the (B, 5) sums' rows, adding its gradient into
+        ``grad`` (the fused CPU path; see ``_scalar``)."""
         raise NotImplementedError
 
 
@@ -63,6 +76,7 @@ class ExponentLoss(SigmoidLoss):
     reference PyTorch for soft labels (no error: the sums only exist for hard labels)."""
 
     clamp_eps = 0.0  # p clamped to [eps, 1 - eps] before use (0: no clamp, logs from logits)
+    uses_logs = True  # False: from_exp_stats reads none of C1, C0, F1, F0 (kernels skip them)
 
     def voxel_gamma(self) -> float:
         """The per-voxel exponent the fused sums need."""
@@ -71,7 +85,9 @@ class ExponentLoss(SigmoidLoss):
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if use_fused(self.backend, logits) and is_hard(target):
             stats = ops.exp_stats(logits, fused_target(target, logits), self.voxel_gamma(),
-                                  self.clamp_eps)
+                                  self.clamp_eps, logs=self.uses_logs)
+            if scalar_path(stats):
+                return ScalarLoss.apply(stats, self.scalar, logits.numel())
             return self.from_exp_stats(stats, logits.numel())
         return self.reference(*as_float_pair(logits, target))
 
@@ -79,4 +95,10 @@ class ExponentLoss(SigmoidLoss):
         raise NotImplementedError
 
     def from_exp_stats(self, stats: torch.Tensor, n_voxels: int) -> torch.Tensor:
+        """The loss from the (B, 9) sums as tensor ops (CUDA, torch.compile)."""
+        raise NotImplementedError
+
+    def scalar(self, rows: list[list[float]], grad: list[list[float]], n_voxels: int,
+               tiny: float) -> float:
+        """The same on Python floats from the sums' rows (the fused CPU path; see ``_scalar``)."""
         raise NotImplementedError

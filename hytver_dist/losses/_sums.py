@@ -2,7 +2,8 @@
 
 Reference: plain PyTorch ops on the logits (autograd does the backward).
 Fused: ``hytver_dist.ops`` (one C++/CUDA reduction pass, one elementwise gradient pass).
-Both return the same :class:`RegionSums`, so each loss writes its algebra once.
+Both give the same :class:`RegionSums`, so each loss writes its tensor algebra once; the fused
+CPU path evaluates the same algebra on Python floats instead (``_scalar``).
 """
 
 from __future__ import annotations
@@ -86,20 +87,8 @@ def reference_sums(logits: torch.Tensor, target: torch.Tensor, per_sample: bool,
     return RegionSums(tp, fp, fn, c1, c0, x.numel())
 
 
-def fused_sums(logits: torch.Tensor, target: torch.Tensor, per_sample: bool) -> RegionSums:
-    stats = ops.stats(logits, fused_target(target, logits))
-    return sums_from_stats(stats, per_sample, logits.numel())
-
-
 def sums_from_stats(stats: torch.Tensor, per_sample: bool, n_voxels: int) -> RegionSums:
     """RegionSums from a (B, >=5) stats tensor in the column order of ``ops``."""
     grouped = _group(stats[:, :5], per_sample)
     ce = stats[:, C1:C0 + 1].sum(0)
     return RegionSums(grouped[:, TP], grouped[:, FP], grouped[:, FN], ce[0], ce[1], n_voxels)
-
-
-def region_sums(logits: torch.Tensor, target: torch.Tensor, per_sample: bool, backend: str,
-                region: bool = True, ce: bool = True) -> RegionSums:
-    if use_fused(backend, logits):
-        return fused_sums(logits, target, per_sample)
-    return reference_sums(logits, target, per_sample, region=region, ce=ce)

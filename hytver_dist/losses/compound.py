@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from . import _scalar as sc
 from ._base import ExponentLoss, SumLoss
 from ._inputs import check_range
-from ._sums import RegionSums, reference_sums, sums_from_stats
+from ._sums import C0, C1, RegionSums, reference_sums, sums_from_stats
 from .cross_entropy import FocalLoss, mce
 from .region import DiceLoss, dice_coefficient, tversky_index
 
@@ -32,6 +33,11 @@ class DiceCELoss(SumLoss):
     def from_sums(self, s: RegionSums) -> torch.Tensor:
         dice = (1 - dice_coefficient(s.tp, s.fp, s.fn, self.smooth)).mean()
         return self.lambda_dice * dice + self.lambda_ce * (s.c1 + s.c0) / s.n_voxels
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        w = self.lambda_ce / n_voxels
+        return (sc.dice_region(rows, grad, self.lambda_dice, self.per_sample, self.smooth)
+                + sc.linear(rows, grad, {C1: w, C0: w}))
 
 
 class FocalDiceLoss(ExponentLoss):
@@ -68,6 +74,10 @@ class FocalDiceLoss(ExponentLoss):
         return self.lambda_dice * dice + self.lambda_focal * self.focal.from_exp_stats(
             stats, n_voxels)
 
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        return (sc.dice_region(rows, grad, self.lambda_dice, self.per_sample, self.smooth)
+                + self.focal.scalar(rows, grad, n_voxels, tiny, weight=self.lambda_focal))
+
 
 class ComboLoss(SumLoss):
     """Combo loss: ``L = gamma*mCE(beta) + (1-gamma)*L_dice`` with
@@ -92,6 +102,11 @@ class ComboLoss(SumLoss):
     def from_sums(self, s: RegionSums) -> torch.Tensor:
         dice = (1 - dice_coefficient(s.tp, s.fp, s.fn, self.smooth)).mean()
         return self.gamma * mce(s, self.beta) + (1 - self.gamma) * dice
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        ce = {k: self.gamma * w for k, w in sc.ce_weights(self.beta, n_voxels).items()}
+        return (sc.linear(rows, grad, ce)
+                + sc.dice_region(rows, grad, 1 - self.gamma, self.per_sample, self.smooth))
 
 
 class HyTverLoss(SumLoss):
@@ -118,3 +133,8 @@ class HyTverLoss(SumLoss):
     def from_sums(self, s: RegionSums) -> torch.Tensor:
         tversky = (1 - tversky_index(s.tp, s.fp, s.fn, self.alpha, self.smooth)).mean()
         return self.gamma * mce(s, self.beta) + (1 - self.gamma) * tversky
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        ce = {k: self.gamma * w for k, w in sc.ce_weights(self.beta, n_voxels).items()}
+        return sc.linear(rows, grad, ce) + sc.tversky_region(
+            rows, grad, 1 - self.gamma, self.per_sample, self.alpha, self.smooth)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _scalar as sc
 from ._base import ExponentLoss, SumLoss
 from ._inputs import check_range
-from ._sums import F0, F1, RegionSums
+from ._sums import C0, C1, F0, F1, FN, TP, RegionSums
 
 
 class CELoss(SumLoss):
@@ -25,6 +26,9 @@ class CELoss(SumLoss):
 
     def from_sums(self, s: RegionSums) -> torch.Tensor:
         return (s.c1 + s.c0) / s.n_voxels
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        return sc.linear(rows, grad, {C1: 1 / n_voxels, C0: 1 / n_voxels})
 
 
 class WeightedCELoss(SumLoss):
@@ -49,6 +53,18 @@ class WeightedCELoss(SumLoss):
         s_y = (s.tp + s.fn).sum()
         weight = self.w_fg * s_y + self.w_bg * (s.n_voxels - s_y)
         return (self.w_fg * s.c1 + self.w_bg * s.c0) / weight
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        s_y = sum(r[TP] + r[FN] for r in rows)
+        weight = self.w_fg * s_y + self.w_bg * (n_voxels - s_y)
+        num = sum(self.w_fg * r[C1] + self.w_bg * r[C0] for r in rows)
+        d_sy = -(self.w_fg - self.w_bg) * sc.div(num, weight * weight)
+        for g in grad:
+            g[C1] += sc.div(self.w_fg, weight)
+            g[C0] += sc.div(self.w_bg, weight)
+            g[TP] += d_sy
+            g[FN] += d_sy
+        return sc.div(num, weight)
 
 
 class FocalLoss(ExponentLoss):
@@ -81,6 +97,10 @@ class FocalLoss(ExponentLoss):
         if self.alpha is None:
             return (f1 + f0) / n_voxels
         return (self.alpha * f1 + (1 - self.alpha) * f0) / n_voxels
+
+    def scalar(self, rows, grad, n_voxels, tiny, weight: float = 1.0) -> float:
+        w1, w0 = (1.0, 1.0) if self.alpha is None else (self.alpha, 1 - self.alpha)
+        return sc.linear(rows, grad, {F1: weight * w1 / n_voxels, F0: weight * w0 / n_voxels})
 
 
 def mce(s: RegionSums, beta: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _scalar as sc
 from ._base import SumLoss
 from ._inputs import check_range
 from ._sums import RegionSums
@@ -43,6 +44,9 @@ class DiceLoss(SumLoss):
     def from_sums(self, s: RegionSums) -> torch.Tensor:
         return (1 - dice_coefficient(s.tp, s.fp, s.fn, self.smooth)).mean()
 
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        return sc.dice_region(rows, grad, 1.0, self.per_sample, self.smooth)
+
 
 class TverskyLoss(SumLoss):
     """Tversky loss: ``L = 1 - TI``, ``TI = (TP + s) / (TP + alpha*FN + (1-alpha)*FP + s)``.
@@ -62,6 +66,9 @@ class TverskyLoss(SumLoss):
 
     def from_sums(self, s: RegionSums) -> torch.Tensor:
         return (1 - tversky_index(s.tp, s.fp, s.fn, self.alpha, self.smooth)).mean()
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        return sc.tversky_region(rows, grad, 1.0, self.per_sample, self.alpha, self.smooth)
 
 
 class FocalTverskyLoss(SumLoss):
@@ -86,6 +93,10 @@ class FocalTverskyLoss(SumLoss):
         # derivative is infinite (0 * inf = NaN in the backward): keep base off zero.
         return base.clamp_min(torch.finfo(base.dtype).tiny).pow(self.gamma).mean()
 
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        return sc.tversky_region(rows, grad, 1.0, self.per_sample, self.alpha, self.smooth,
+                                 sc.power(self.gamma, tiny))
+
 
 class LogCoshDiceLoss(DiceLoss):
     """Log-cosh Dice loss: ``L = log(cosh(L_dice))`` with ``L_dice`` of :class:`DiceLoss`.
@@ -96,3 +107,6 @@ class LogCoshDiceLoss(DiceLoss):
 
     def from_sums(self, s: RegionSums) -> torch.Tensor:
         return torch.log(torch.cosh(1 - dice_coefficient(s.tp, s.fp, s.fn, self.smooth))).mean()
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        return sc.dice_region(rows, grad, 1.0, self.per_sample, self.smooth, sc.log_cosh)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _scalar as sc
 from ._base import ExponentLoss
 from ._inputs import check_range
 from ._sums import C1, EP, EQ, F0, F1, FN, FP, TP
@@ -98,6 +99,23 @@ class _UnifiedFocal(ExponentLoss):
                                  stats[:, C1].sum()) / n_voxels
         return self.weight * self._region(mti_fg, mti_bg) + (1 - self.weight) * focal
 
+    def _mti(self, t: float, fn: float, fp: float) -> tuple[float, float, float, float]:
+        return sc.ratio(t, fn, fp, self.delta, 1 - self.delta, EPS)
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        focal = {k: (1 - self.weight) * w / n_voxels for k, w in self._focal_weights().items()}
+        region = sc.class_indices(rows, grad, n_voxels // len(rows), self._mti,
+                                  self._shapes(tiny), self.weight)
+        return region + sc.linear(rows, grad, focal)
+
+    def _shapes(self, tiny: float) -> tuple[sc.Shape, sc.Shape]:
+        """(bg, fg) shapes of 1 - mTI in the region term (matching ``_region``)."""
+        raise NotImplementedError
+
+    def _focal_weights(self) -> dict[int, float]:
+        """Column weights of ``_focal_sums`` (matching it)."""
+        raise NotImplementedError
+
 
 class SymmetricUnifiedFocalLoss(_UnifiedFocal):
     """Symmetric unified focal loss: ``L = weight*L_sFT + (1-weight)*L_sF``.
@@ -113,6 +131,12 @@ class SymmetricUnifiedFocalLoss(_UnifiedFocal):
 
     def _focal_sums(self, f1: torch.Tensor, f0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         return (1 - self.delta) * f0 + self.delta * f1
+
+    def _shapes(self, tiny: float) -> tuple[sc.Shape, sc.Shape]:
+        return sc.power(1 - self.gamma, tiny), sc.power(1 - self.gamma, tiny)
+
+    def _focal_weights(self) -> dict[int, float]:
+        return {F0: 1 - self.delta, F1: self.delta}
 
 
 class AsymmetricUnifiedFocalLoss(_UnifiedFocal):
@@ -131,6 +155,12 @@ class AsymmetricUnifiedFocalLoss(_UnifiedFocal):
     def _focal_sums(self, f1: torch.Tensor, f0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         return (1 - self.delta) * f0 + self.delta * c1
 
+    def _shapes(self, tiny: float) -> tuple[sc.Shape, sc.Shape]:
+        return sc.identity, sc.power(1 - self.gamma, tiny)
+
+    def _focal_weights(self) -> dict[int, float]:
+        return {F0: 1 - self.delta, C1: self.delta}
+
 
 class DicePPLoss(ExponentLoss):
     """DSC++ loss: per sample b and class c in {bg, fg}, ``tp = sum y_c*p_c``,
@@ -144,6 +174,7 @@ class DicePPLoss(ExponentLoss):
     """
 
     clamp_eps = EPS
+    uses_logs = False
 
     def __init__(self, gamma: float = 2.0, backend: str = "auto") -> None:
         super().__init__(backend)
@@ -170,3 +201,13 @@ class DicePPLoss(ExponentLoss):
         (tp, _, _), (tp_bg, _, _) = _class_sums_from_stats(stats, n_voxels // stats.shape[0])
         # Hard labels: (y*q)^gamma = y*q^gamma (EQ), ((1-y)*p)^gamma = (1-y)*p^gamma (EP).
         return self._loss_from(tp, stats[:, EQ], stats[:, EP], tp_bg)
+
+    @staticmethod
+    def _dscpp(t: float, fn: float, fp: float) -> tuple[float, float, float, float]:
+        value, d_t, d_fn, d_fp = sc.ratio(2 * t, fn, fp, 1.0, 1.0, EPS)
+        return value, 2 * d_t, d_fn, d_fp
+
+    def scalar(self, rows, grad, n_voxels, tiny) -> float:
+        # Hard labels: per-voxel powers are the EQ / EP sums (see from_exp_stats).
+        return sc.class_indices(rows, grad, n_voxels // len(rows), self._dscpp,
+                                (sc.identity, sc.identity), 1.0, fn_col=EQ, fp_col=EP)
