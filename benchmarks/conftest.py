@@ -118,6 +118,19 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+_REPORT: list[str] = []
+
+
+def report_line(line: str) -> None:
+    """Print ``line`` in the terminal summary at the end of the run."""
+    _REPORT.append(line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _REPORT:
+        terminalreporter.write_line(line)
+
+
 def make_batch(case: BenchCase, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ~ N(0, 3^2) in the case's dtype and a ~10 % foreground target."""
     g = torch.Generator().manual_seed(seed)
@@ -146,8 +159,8 @@ def run_bench(
     The step's output is dropped before the next round, as in a training loop (where the
     logits' gradient goes on into the network's backward and is freed). Keeping each round's
     output alive until the next one returns, pytest-benchmark's default, makes glibc hand the
-    large buffers back to the kernel and fault them in again every round (about 1300 page faults
-    per 4x1x80^3 step on the development VM), which times the allocator rather than the loss.
+    large buffers back to the kernel and fault them in again every round, which times the
+    allocator rather than the loss.
     """
 
     def timed(*args):

@@ -11,15 +11,19 @@ uint8 targets. Providers:
   monai           MONAI's closest loss (TverskyLoss for hytver's region term, DiceCELoss)
 The "dice_pp vs hytver" group puts fused DSC++ (per-voxel exponents) beside fused HyTver.
 The "all losses" group times fused full steps of every registry loss.
+``test_issue_ratios`` times the issue's comparisons round-robin (one full step of each provider
+per round, so that a shared machine's slow spells hit them all alike) and prints the ratios of
+the per-provider minima at the end of the run.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 
 import pytest
 import torch
-from conftest import BenchCase, make_batch, run_bench
+from conftest import BenchCase, make_batch, report_line, run_bench, sync
 
 from hytver_dist import ops
 from hytver_dist.losses import LOSSES, get_loss
@@ -54,6 +58,13 @@ def _target(case: BenchCase, y: torch.Tensor, provider: str) -> torch.Tensor:
     return y.float() if provider == "monai" else y  # MONAI wants a float target
 
 
+def _full_step(fn, x: torch.Tensor, y: torch.Tensor):
+    def step():
+        xg = x.detach().requires_grad_()
+        fn(xg, y).backward()
+    return step
+
+
 def _bench(benchmark, case: BenchCase, name: str, provider: str, mode: str, group: str):
     if provider == "fused" and not ops.is_available():
         pytest.skip("C++ extension not built")
@@ -69,11 +80,7 @@ def _bench(benchmark, case: BenchCase, name: str, provider: str, mode: str, grou
                 return fn(x, y)
         return run_bench(benchmark, case, step, group=group, extra_info=info)
     if mode == "full":
-        def step():
-            xg = x.detach().requires_grad_()
-            fn(xg, y).backward()
-            return xg.grad
-        return run_bench(benchmark, case, step, group=group, extra_info=info)
+        return run_bench(benchmark, case, _full_step(fn, x, y), group=group, extra_info=info)
 
     def setup():  # bwd: forward untimed
         xg = x.detach().requires_grad_()
@@ -105,3 +112,42 @@ def test_dice_pp_vs_hytver(benchmark, bench_case, name, provider):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_all_losses_fused(benchmark, bench_case, name):
     _bench(benchmark, bench_case, name, "fused", "full", "all losses fused full")
+
+
+# The issue's targets: fused HyTver >= 10x the eager reference and >= 2.5x torch.compile of it,
+# fused DSC++ within 1.5x of fused HyTver (full steps).
+RATIO_STEPS = (("hytver", "fused"), ("hytver", "compiled"), ("hytver", "reference"),
+               ("dice_pp", "fused"))
+
+
+def test_issue_ratios(benchmark, bench_case):
+    if not ops.is_available():
+        pytest.skip("C++ extension not built")
+    x, y = make_batch(bench_case)
+    steps = {key: _full_step(loss_fn(*key), x, y) for key in RATIO_STEPS}
+    for step in steps.values():  # compilation and first-touch allocation out of the timing
+        step()
+        step()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    for _ in range(bench_case.rounds):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            sync(bench_case.device)
+            times[key].append(time.perf_counter() - t0)
+    ms = {key: min(v) * 1e3 for key, v in times.items()}
+    fused = ms[("hytver", "fused")]
+    ratios = {
+        "reference / fused hytver": ms[("hytver", "reference")] / fused,
+        "compiled / fused hytver": ms[("hytver", "compiled")] / fused,
+        "fused dice_pp / fused hytver": ms[("dice_pp", "fused")] / fused,
+    }
+    benchmark.extra_info.update({"min_ms": {f"{n} {p}": v for (n, p), v in ms.items()},
+                                 "ratios": ratios, "rounds": bench_case.rounds})
+    report_line(f"issue ratios, {bench_case.id}, full steps round-robin, min of "
+                f"{bench_case.rounds} rounds: "
+                + ", ".join(f"{n} {p} {v:.2f} ms" for (n, p), v in ms.items()) + "; "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    run_bench(benchmark, bench_case, steps[("hytver", "fused")],
+              group="issue ratios (fused hytver)",
+              extra_info={"loss": "hytver", "provider": "fused", "mode": "full"})

@@ -247,7 +247,9 @@ def exp_stats(
     take q^gamma where y = 1 and p^gamma where y = 0: soft labels give meaningless sums).
 
     ``logs=False``: the caller uses none of the log columns C1, C0, F1, F0 (DSC++): they come
-    back as 0, and the CPU training path with gamma == 2 skips their per-voxel log series.
+    back as 0 (constants: no gradient flows through them). With gamma == 2 the CPU training path
+    then skips their per-voxel log series in the forward and needs only the saved p / q in the
+    backward.
     See the module docstring. Differentiable w.r.t. ``logits``. Uses the fused kernel when
     :func:`supports` the device, else :func:`reference_exp_stats`.
     """
@@ -257,8 +259,11 @@ def exp_stats(
     _check_hyper(gamma, eps, "exp_stats")
     if _supports_type(logits.device.type):
         x, y = logits.contiguous(), target.contiguous()
-        if logits.dtype == torch.float32 and _save_for_backward(logits):
-            return _TrainingSums.apply(x, y, (gamma, eps), bool(logs))
+        # Saving pays only when the backward can run from the saved values (no logs needed);
+        # else the forward's extra 8 MB per 2M voxels is wasted.
+        if not logs and gamma == 2.0 and logits.dtype == torch.float32 and _save_for_backward(
+                logits):
+            return _TrainingSums.apply(x, y, (gamma, eps), False)
         sums = torch.ops.hytver.exp_stats(x, y, gamma, eps)
     else:
         sums = reference_exp_stats(logits, target, gamma, eps)
@@ -448,9 +453,10 @@ def _grad_into_saved(grad: torch.Tensor, saved: torch.Tensor, logits: torch.Tens
 class _TrainingSums(torch.autograd.Function):
     """The eager CPU training path of :func:`stats` / :func:`exp_stats`: the saving forward's
     per-voxel values stay private to this node, so its first backward turns them into the
-    gradient in place (no gradient buffer to allocate: on a 2-core VM the two 8 MB buffers of a
-    4x1x80^3 step otherwise cost ~4000 page faults per step). A second backward of the same
-    graph (retain_graph=True) finds them consumed and recomputes from the logits."""
+    gradient in place (no gradient buffer to allocate: with two large buffers alive per step,
+    glibc hands the memory back to the kernel and every step faults it in again). A second
+    backward of the same graph (retain_graph=True) finds them consumed and recomputes from the
+    logits."""
 
     @staticmethod
     def forward(ctx, logits, target, hyper, logs=True):
@@ -460,6 +466,7 @@ class _TrainingSums(torch.autograd.Function):
             sums, saved = torch.ops.hytver.stats_save(logits, target)
         ctx.save_for_backward(logits, target)
         ctx.hyper = hyper
+        ctx.logs = logs
         ctx.saved_values = saved
         return sums
 
@@ -467,6 +474,8 @@ class _TrainingSums(torch.autograd.Function):
     def backward(ctx, grad):
         logits, target = ctx.saved_tensors
         saved, ctx.saved_values = ctx.saved_values, None
+        if not ctx.logs:  # the log columns are constant zeros
+            grad = grad * _NO_LOGS_MASK.to(grad)
         if saved is not None:
             grad_logits = _grad_into_saved(grad, saved, logits, target, ctx.hyper)
         elif ctx.hyper:

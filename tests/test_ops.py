@@ -23,6 +23,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUD
 GAMMAS = (0.0, 0.5, 2.0, 2.5)
 EPSS = (0.0, 1e-7)
 SHAPES = ((1, 1, 5, 7, 3), (3, 1, 17, 9, 5), (3, 2, 11, 13))  # odd sizes, batch 1 and 3
+NO_LOGS = torch.tensor([1.0, 1, 1, 0, 0, 1, 1, 0, 0], dtype=torch.float64)  # exp_stats logs=False
 
 
 def make_inputs(
@@ -275,12 +276,15 @@ def test_every_cpu_isa_path():
             out, gx = value_and_grad(ops.exp_stats, x32, y, 2.0, 1e-7)
             assert_sums_close(out, eref, 5e-6)
             assert_grad_close(gx, egref, 2e-5)
-            # without the focal columns the backward runs from the saved values
+            # logs=False (DSC++): the saving forward without the log series, the backward from
+            # the saved values
             xg = x32.detach().clone().requires_grad_(True)
             xr = x32.double().requires_grad_(True)
-            w = weights(eref[:, :7])
-            (ops.exp_stats(xg, y, 2.0, 1e-7)[:, :7] * w).sum().backward()
-            (ops.reference_exp_stats(xr, y, 2.0, 1e-7)[:, :7] * w).sum().backward()
+            w = weights(eref) * NO_LOGS
+            out = ops.exp_stats(xg, y, 2.0, 1e-7, logs=False)
+            assert_sums_close(out, eref * NO_LOGS, 5e-6)
+            (out * w).sum().backward()
+            (ops.reference_exp_stats(xr, y, 2.0, 1e-7) * w).sum().backward()
             assert_grad_close(xg.grad, xr.grad, 2e-5)
             xb = x.to(torch.bfloat16)
             torch.testing.assert_close(
@@ -466,14 +470,32 @@ def test_exp_saving_variant_matches_plain_ops(tdtype, shape, eps):
 
 
 @requires_ext
+@pytest.mark.parametrize("xdtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma", [2.0, 2.5])
+def test_exp_stats_without_logs(xdtype, gamma):
+    """logs=False: the log columns are constant zeros (no gradient through them, whatever their
+    weight), the rest as with logs; float32 with gamma == 2 runs the saving path, the other
+    cases the plain op."""
+    x, y = make_inputs((3, 1, 9, 8, 7), seed=59)
+    x = x.to(xdtype)
+    ref, gref = value_and_grad(lambda a, b: ops.reference_exp_stats(a, b, gamma, 1e-7) * NO_LOGS,
+                               x.double(), y)
+    out, g = value_and_grad(lambda a, b: ops.exp_stats(a, b, gamma, 1e-7, logs=False), x, y)
+    assert torch.all(out[:, NO_LOGS == 0] == 0)
+    rel = 1e-12 if xdtype == torch.float64 else 5e-6
+    assert_sums_close(out, ref, rel)
+    assert_grad_close(g, gref, 1e-10 if xdtype == torch.float64 else 2e-5)
+
+
+@requires_ext
 def test_saving_path_survives_retain_graph():
     """The first backward turns the saved values into the gradient; a second backward of the
     same graph recomputes from the logits and gives the same gradient."""
     x, y = make_inputs((2, 1, 9, 7), seed=53)
     x = x.float().requires_grad_(True)
-    for fn in (ops.stats, lambda a, b: ops.exp_stats(a, b, 2.0, 1e-7)):
+    for fn in (ops.stats, lambda a, b: ops.exp_stats(a, b, 2.0, 1e-7, logs=False)):
         out = fn(x, y)
-        loss = (out[:, :7] * weights(out[:, :7])).sum()  # no F1 / F0 term: saved path for exp
+        loss = (out * weights(out)).sum()
         (first,) = torch.autograd.grad(loss, x, retain_graph=True)
         (second,) = torch.autograd.grad(loss, x)
         assert_grad_close(second, first, 1e-5)
@@ -500,20 +522,23 @@ def test_exp_stats_gamma_two_matches_general_path(xdtype, shape):
 @requires_ext
 def test_training_path_uses_saving_variants():
     """ops.stats / ops.exp_stats pick the saving ops exactly when a CPU backward will follow
-    (exp_stats: float32 logits only)."""
+    (exp_stats: only where the backward can use them, float32 logits, gamma == 2, logs=False)."""
     x, y = make_inputs((2, 1, 6, 5))
     x32 = x.float().requires_grad_(True)
     with torch.profiler.profile() as prof:
         ops.stats(x32, y).sum().backward()
-        ops.exp_stats(x32, y, 2.0, 1e-7).sum().backward()
-        ops.exp_stats(x32.detach().bfloat16().requires_grad_(True), y, 2.0, 0.0).sum().backward()
+        ops.exp_stats(x32, y, 2.0, 1e-7, logs=False).sum().backward()
+        ops.exp_stats(x32, y, 2.0, 1e-7).sum().backward()  # logs: plain
+        ops.exp_stats(x32, y, 2.5, 1e-7, logs=False).sum().backward()  # gamma != 2: plain
+        xb = x32.detach().bfloat16().requires_grad_(True)
+        ops.exp_stats(xb, y, 2.0, 0.0, logs=False).sum().backward()  # bfloat16: plain
         with torch.no_grad():
             ops.stats(x32, y)
         ops.stats(x.requires_grad_(True), y).sum().backward()  # float64: plain ops
     names = [e.name for e in prof.events()]
     counts = {"stats_save": 1, "stats_backward_saved_": 1, "exp_stats_save": 1,
-              "exp_stats_backward_saved_": 1, "exp_stats": 1, "exp_stats_backward": 1,
-              "stats": 2, "stats_backward": 1}  # bfloat16 exp; no_grad, float64 stats
+              "exp_stats_backward_saved_": 1, "exp_stats": 3, "exp_stats_backward": 3,
+              "stats": 2, "stats_backward": 1}  # no_grad, float64 stats
     for name, count in counts.items():
         assert names.count(f"hytver::{name}") == count, name
 
