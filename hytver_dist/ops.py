@@ -1,6 +1,6 @@
 """Fused per-sample loss sums (``torch.ops.hytver.*``) and their pure-PyTorch references.
 
-The C++/CUDA extension ``hytver_dist._C`` registers four custom operators (schemas in
+The C++/CUDA extension ``hytver_dist._C`` registers these custom operators (schemas in
 ``csrc/ops.cpp``)::
 
     hytver::stats(Tensor logits, Tensor target) -> Tensor                       # (B, 5)
@@ -11,8 +11,8 @@ The C++/CUDA extension ``hytver_dist._C`` registers four custom operators (schem
     hytver::stats_save(Tensor logits, Tensor target) -> (Tensor, Tensor)        # CPU only
     hytver::stats_backward_saved_(Tensor grad_stats, Tensor(a!) saved, Tensor logits,
                                   Tensor target) -> ()
-    hytver::exp_stats_save(Tensor logits, Tensor target, float gamma, float eps)
-        -> (Tensor, Tensor)                                                     # CPU only
+    hytver::exp_stats_save(Tensor logits, Tensor target, float gamma, float eps,
+                           bool logs=True) -> (Tensor, Tensor)                 # CPU only
     hytver::exp_stats_backward_saved_(Tensor grad, Tensor(a!) saved, Tensor logits,
                                       Tensor target, float gamma, float eps) -> ()
 
@@ -267,11 +267,14 @@ def exp_stats(
         sums = torch.ops.hytver.exp_stats(x, y, gamma, eps)
     else:
         sums = reference_exp_stats(logits, target, gamma, eps)
-    return sums if logs else sums * _NO_LOGS_MASK.to(sums)
+    return sums if logs else _without_logs(sums)
 
 
-# Zeroes the log columns C1, C0, F1, F0 of exp_stats (logs=False).
-_NO_LOGS_MASK = torch.tensor([1.0, 1, 1, 0, 0, 1, 1, 0, 0])
+def _without_logs(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, 9) with the log columns C1, C0, F1, F0 of exp_stats zeroed (logs=False). The
+    mask is made here, not kept as a module constant, so that fake-tensor tracing accepts it."""
+    mask = torch.tensor([1.0, 1, 1, 0, 0, 1, 1, 0, 0], dtype=t.dtype, device=t.device)
+    return t * mask
 
 
 # ------------------------------------------------------------------------------------------
@@ -420,6 +423,7 @@ def _register() -> None:
         logits, target = inputs[:2]
         ctx.save_for_backward(output[1], logits, target)
         ctx.hyper = tuple(inputs[2:4])  # (gamma, eps) of exp_stats_save, () for stats_save
+        ctx.logs = inputs[4] if len(inputs) > 4 else True
         ctx.n_inputs = len(inputs)
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the saved values
@@ -428,6 +432,8 @@ def _register() -> None:
         saved, logits, target = ctx.saved_tensors
         grad_logits = None
         if grad is not None and ctx.needs_input_grad[0]:
+            if not ctx.logs:  # the log columns are constant zeros
+                grad = _without_logs(grad)
             grad_logits = _grad_into_saved(grad, saved.clone(), logits, target, ctx.hyper)
         return (grad_logits,) + (None,) * (ctx.n_inputs - 1)
 
@@ -475,7 +481,7 @@ class _TrainingSums(torch.autograd.Function):
         logits, target = ctx.saved_tensors
         saved, ctx.saved_values = ctx.saved_values, None
         if not ctx.logs:  # the log columns are constant zeros
-            grad = grad * _NO_LOGS_MASK.to(grad)
+            grad = _without_logs(grad)
         if saved is not None:
             grad_logits = _grad_into_saved(grad, saved, logits, target, ctx.hyper)
         elif ctx.hyper:

@@ -407,6 +407,7 @@ def opcheck_saving_cases():
         (torch.ops.hytver.stats_backward_saved_.default, (torch.rand(2, 5), saved, xb, y.bool())),
         (torch.ops.hytver.exp_stats_save.default, (x32, y, 2.0, 1e-7)),
         (torch.ops.hytver.exp_stats_save.default, (x32, y.bool(), 0.5, 0.0)),
+        (torch.ops.hytver.exp_stats_save.default, (x32, y, 2.0, 1e-7, False)),
         (ebwd, (no_focal, esaved, x32, y, 2.0, 1e-7)),
         (ebwd, (g9, esaved.clone(), x32, y, 2.0, 1e-7)),
         (ebwd, (no_focal, esaved.clone(), x32, y.float(), 2.5, 0.0)),
@@ -561,9 +562,10 @@ def test_gradcheck_float64(eps):
 def _compiled_loss(x, y):
     s = ops.stats(x, y)
     e = ops.exp_stats(x, y, 2.0, 1e-7)
+    d = ops.exp_stats(x, y, 2.0, 1e-7, logs=False)
     tp, fp, fn = s[:, 0], s[:, 1], s[:, 2]
     tversky = 1 - (tp + 1) / (tp + 0.7 * fn + 0.3 * fp + 1)
-    return tversky.mean() + s[:, 3:].sum() / x.numel() + e[:, 7:].sum() / x.numel()
+    return tversky.mean() + (s[:, 3:].sum() + e[:, 7:].sum() + d.sum()) / x.numel()
 
 
 @requires_ext
