@@ -122,6 +122,18 @@ def test_auto_picks_fused_and_fused_errors_without_extension(monkeypatch):
         get_loss("dice", backend="fused")(x, y)
 
 
+def test_torch_func_transforms_use_the_reference():
+    """torch.func transforms cannot run the fused ops: "auto" gives the reference's gradient
+    there, "fused" says why it cannot."""
+    x, y = inputs((2, 1, 6, 7, 5), torch.float64)
+    for name in ("hytver", "dice_pp"):
+        want = torch.func.grad(lambda t, n=name: get_loss(n, backend="reference")(t, y))(x)
+        got = torch.func.grad(lambda t, n=name: get_loss(n)(t, y))(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="torch.func"):
+            torch.func.grad(lambda t, n=name: get_loss(n, backend="fused")(t, y))(x)
+
+
 def test_every_exponent_loss_has_a_fused_path():
     exponent = [n for n, c in LOSSES.items() if issubclass(c, ExponentLoss)]
     assert sorted(exponent) == sorted(["focal", "focal_dice", "symmetric_unified_focal",

@@ -44,7 +44,8 @@ def fused_supported(logits: torch.Tensor) -> bool:
 
 
 def use_fused(backend: str, logits: torch.Tensor) -> bool:
-    """Resolve ``backend`` ("auto" | "fused" | "reference") for this input."""
+    """Resolve ``backend`` ("auto" | "fused" | "reference") for this input. Inside torch.func
+    transforms (which the fused ops do not support) "auto" means the reference."""
     if backend == "reference":
         return False
     supported = fused_supported(logits)
@@ -52,6 +53,11 @@ def use_fused(backend: str, logits: torch.Tensor) -> bool:
         why = ("the C++ extension is not built (pip install --no-build-isolation -e .)"
                if not ops.is_available() else f"it has no kernel for {logits.device.type}")
         raise RuntimeError(f"backend='fused' requested but {why}")
+    if ops.functorch_active():
+        if backend == "fused":
+            raise RuntimeError("backend='fused' does not work inside torch.func transforms "
+                               "(grad, vmap, ...): use backend='auto' or 'reference' there")
+        return False
     return supported
 
 
