@@ -149,7 +149,7 @@ def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
 
 
 def _to_cpu(obj: Any) -> Any:
-    """Tensors of a nested state (e.g. Adam's) copied to the CPU for a checkpoint."""
+    """Tensors of a (nested) state, a model's or Adam's, copied to the CPU for a checkpoint."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
@@ -157,10 +157,6 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
-
-
-def _state_to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
@@ -239,14 +235,14 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         losses = []
         if scores["val_dice"] > best_metric or best_state is None:
             best_metric, best_iteration = scores["val_dice"], done
-            best_state = _state_to_cpu(model.state_dict())
+            best_state = _to_cpu(model.state_dict())
         row["best_val_dice"] = best_metric
         history.append(row)
         if bar is not None:
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_dice=f"{row['val_dice']:.3f}")
         payload = None
         if rank == 0 and (done % training.checkpoint_every == 0 or done == training.iterations):
-            payload = {"model": _state_to_cpu(model.state_dict()),
+            payload = {"model": _to_cpu(model.state_dict()),
                        "optimizer": _to_cpu(optimizer.state_dict()),
                        "iteration": done, "best_state": best_state, "best_metric": best_metric,
                        "best_iteration": best_iteration, "history": list(history),
@@ -259,7 +255,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     if bar is not None:
         bar.close()
     if best_state is None:  # resumed from a finished run
-        best_state = _state_to_cpu(model.state_dict())
+        best_state = _to_cpu(model.state_dict())
     return TrainResult(training.iterations, best_metric, best_iteration, best_state, history)
 
 

@@ -480,7 +480,8 @@ def test_asha_sweep_reports_finished_and_stopped_trials(ray_env, cache_dir, tmp_
                 "hyperparameters": {"hytver": {"alpha": {"uniform": [0.3, 0.9]}}},
                 "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
         resources={"max_concurrent_trials": 2})))
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ha", dir="/tmp")}
+    sub_tmp = tempfile.mkdtemp(prefix="ha", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": sub_tmp}
     log = tmp_path / "cli.log"
     proc = _run_cli(["--config", str(config), "--cache", str(cache_dir), "--num-cpus", "2"],
                     env, log)
@@ -488,6 +489,8 @@ def test_asha_sweep_reports_finished_and_stopped_trials(ray_env, cache_dir, tmp_
         assert proc.wait(timeout=270) == 0, log.read_text()[-3000:]
     finally:
         _stop_group(proc, signal.SIGKILL, 10)
+        kill_session(proc.pid)  # as in the interrupt test: no Ray process outlives it
+        shutil.rmtree(sub_tmp, ignore_errors=True)
     statuses = trial_statuses(storage / name / "results")
     assert len(statuses) == 4
     kinds = sorted(s["status"] for s in statuses.values())

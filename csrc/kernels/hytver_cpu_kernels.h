@@ -225,6 +225,16 @@ inline void pq_from_saved(float m, float& p, float& q) {
   q = x_nonneg ? s : big;
 }
 
+// exp_stats' clamp: p~ = clamp(p, lo, hi) and q~ = 1 - p~, each taken from its own side (q~ = q
+// inside the interval) so that no 1 - p rounding enters; plo / qlo: p / q below lo.
+template <class C>
+inline void clamp_pq(C p, C q, C lo, C hi, bool& plo, bool& qlo, C& pt, C& qt) {
+  plo = p < lo;
+  qlo = q < lo;
+  pt = plo ? lo : (qlo ? hi : p);
+  qt = qlo ? lo : (plo ? hi : q);
+}
+
 // Gradient element type: float32 when it overwrites the saved values, else the logits' type.
 template <bool IN_SAVED, class E> struct OutType { typedef E type; };
 template <class E> struct OutType<true, E> { typedef float type; };
@@ -370,10 +380,9 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           const C ny = C(1) - y;
           C p, q;
           sig_pq(x, p, q);
-          const bool plo = p < lo;
-          const bool qlo = q < lo;
-          const C pt = plo ? lo : (qlo ? hi : p);
-          const C qt = qlo ? lo : (plo ? hi : q);
+          bool plo, qlo;
+          C pt, qt;
+          clamp_pq(p, q, lo, hi, plo, qlo, pt, qt);
           const C base = y > C(0.5) ? qt : pt;
           const C pw = base * base;
           s0 += y * pt;
@@ -393,10 +402,9 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           sig_pq_sp(x, p, q, sp);
           const C nlp = sp + max0(-x);  // -log p
           const C nlq = sp + max0(x);   // -log q
-          const bool plo = p < lo;
-          const bool qlo = q < lo;
-          const C pt = plo ? lo : (qlo ? hi : p);
-          const C qt = qlo ? lo : (plo ? hi : q);
+          bool plo, qlo;
+          C pt, qt;
+          clamp_pq(p, q, lo, hi, plo, qlo, pt, qt);
           const C nlpt = plo ? -log_lo : (qlo ? -log_hi : nlp);
           const C nlqt = qlo ? -log_lo : (plo ? -log_hi : nlq);
           // Hard labels: only qt^gamma matters where y = 1 and only pt^gamma where y = 0, so one

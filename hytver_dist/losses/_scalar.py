@@ -75,13 +75,14 @@ def _groups(n_rows: int, per_sample: bool) -> list[list[int]]:
     return [[b] for b in range(n_rows)] if per_sample else [list(range(n_rows))]
 
 
-def ratio(t: float, fn: float, fp: float, a: float, b: float, s: float
+def ratio(t: float, fn: float, fp: float, a: float, b: float, s: float, k: float = 1.0
           ) -> tuple[float, float, float, float]:
-    """I = (t + s) / (t + a*fn + b*fp + s) and its partials dI/dt, dI/dfn, dI/dfp."""
-    num = t + s
-    den = t + a * fn + b * fp + s
+    """I = (k*t + s) / (k*t + a*fn + b*fp + s) and its partials dI/dt, dI/dfn, dI/dfp."""
+    num = k * t + s
+    den = num + a * fn + b * fp
     den2 = den * den
-    return div(num, den), div(a * fn + b * fp, den2), -a * div(num, den2), -b * div(num, den2)
+    return (div(num, den), k * div(a * fn + b * fp, den2), -a * div(num, den2),
+            -b * div(num, den2))
 
 
 def identity(v: float) -> tuple[float, float]:
@@ -115,41 +116,35 @@ def log_cosh(v: float) -> tuple[float, float]:
     return a + math.log1p(math.exp(-2 * a)) - math.log(2), math.tanh(v)
 
 
+def _region(rows: Rows, grad: Rows, weight: float, per_sample: bool, a: float, b: float,
+            smooth: float, k: float, shape: Shape) -> float:
+    """weight * mean over groups of shape(1 - :func:`ratio` of the group's TP, FN, FP)."""
+    groups = _groups(len(rows), per_sample)
+    total = 0.0
+    for members in groups:
+        tp, fp, fn = (sum(rows[m][c] for m in members) for c in (TP, FP, FN))
+        index, d_tp, d_fn, d_fp = ratio(tp, fn, fp, a, b, smooth, k)
+        value, slope = shape(1 - index)
+        total += value
+        w = -weight * slope / len(groups)
+        for m in members:
+            grad[m][TP] += w * d_tp
+            grad[m][FN] += w * d_fn
+            grad[m][FP] += w * d_fp
+    return weight * total / len(groups)
+
+
 def tversky_region(rows: Rows, grad: Rows, weight: float, per_sample: bool, alpha: float,
                    smooth: float, shape: Shape = identity) -> float:
     """weight * mean over groups of shape(1 - TI), TI = (TP + s) / (TP + alpha*FN +
     (1-alpha)*FP + s) of the group's sums."""
-    groups = _groups(len(rows), per_sample)
-    total = 0.0
-    for members in groups:
-        tp, fp, fn = (sum(rows[b][k] for b in members) for k in (TP, FP, FN))
-        ti, d_tp, d_fn, d_fp = ratio(tp, fn, fp, alpha, 1 - alpha, smooth)
-        value, slope = shape(1 - ti)
-        total += value
-        w = -weight * slope / len(groups)
-        for b in members:
-            grad[b][TP] += w * d_tp
-            grad[b][FN] += w * d_fn
-            grad[b][FP] += w * d_fp
-    return weight * total / len(groups)
+    return _region(rows, grad, weight, per_sample, alpha, 1 - alpha, smooth, 1.0, shape)
 
 
 def dice_region(rows: Rows, grad: Rows, weight: float, per_sample: bool, smooth: float,
                 shape: Shape = identity) -> float:
     """weight * mean over groups of shape(1 - (2*TP + s) / (2*TP + FP + FN + s))."""
-    groups = _groups(len(rows), per_sample)
-    total = 0.0
-    for members in groups:
-        tp, fp, fn = (sum(rows[b][k] for b in members) for k in (TP, FP, FN))
-        dc, d_t, d_fn, d_fp = ratio(2 * tp, fn, fp, 1.0, 1.0, smooth)
-        value, slope = shape(1 - dc)
-        total += value
-        w = -weight * slope / len(groups)
-        for b in members:
-            grad[b][TP] += w * 2 * d_t
-            grad[b][FN] += w * d_fn
-            grad[b][FP] += w * d_fp
-    return weight * total / len(groups)
+    return _region(rows, grad, weight, per_sample, 1.0, 1.0, smooth, 2.0, shape)
 
 
 def class_indices(rows: Rows, grad: Rows, per_sample_voxels: int, index: Callable,

@@ -204,8 +204,7 @@ class DicePPLoss(ExponentLoss):
 
     @staticmethod
     def _dscpp(t: float, fn: float, fp: float) -> tuple[float, float, float, float]:
-        value, d_t, d_fn, d_fp = sc.ratio(2 * t, fn, fp, 1.0, 1.0, EPS)
-        return value, 2 * d_t, d_fn, d_fp
+        return sc.ratio(t, fn, fp, 1.0, 1.0, EPS, k=2.0)
 
     def scalar(self, rows, grad, n_voxels, tiny) -> float:
         # Hard labels: per-voxel powers are the EQ / EP sums (see from_exp_stats).
