@@ -22,17 +22,13 @@ import torch
 from torch import nn
 
 from . import metrics
+from .config import ConfigError, ModelConfig, TrainingConfig, add_override_argument, load_config
 from .data import load_case, save_mask, to_original_grid
 from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
 from .metrics import surface
 from .model import build_model
-from .sweep_config import ModelConfig, TrainingConfig, load_sweep_config
 from .train import case_image, patch_edge
-
-# hytver_dist.metrics names -> the report's column names (hytver_dist.report).
-RENAMED = {"f1_lesion": "lesion_f1", "sens_lesion": "lesion_sensitivity",
-           "ppv_lesion": "lesion_ppv"}
 
 
 def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfig, *,
@@ -40,7 +36,7 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
                    predictions_dir: Path | None = None, threshold: float = 0.5,
                    extra: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per case of ``data.part(part)``: ``case``, ``has_lesions`` and every metric of
-    :func:`hytver_dist.metrics.evaluate_case` (report names), plus ``extra`` columns."""
+    :func:`hytver_dist.metrics.evaluate_case`, plus ``extra`` columns."""
     patch = patch_edge(training)
     overlap = training.val_patch_overlap if overlap is None else overlap
     rows = []
@@ -62,7 +58,7 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
             save_mask(pred_native.astype(np.uint8), case.meta.original_affine,
                       predictions_dir / f"{case.id}.nii.gz")
         row = {"case": case.id, "has_lesions": bool(gt_native.any())}
-        row.update({RENAMED.get(k, k): v for k, v in scores.items()})
+        row.update(scores)
         rows.append({**(extra or {}), **row})
     return pd.DataFrame(rows)
 
@@ -85,7 +81,7 @@ def load_trained(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, 
     """A model from ``best_model.pt`` (or a checkpoint.pt, whose best weights are used)."""
     payload = torch.load(path, map_location="cpu", weights_only=False)
     state = payload.get("best_state") or payload["model"]
-    model = build_model(ModelConfig(**payload["spec"]["model"]))
+    model = build_model(ModelConfig(**payload["spec"]["model"]).vnet_kwargs())
     model.load_state_dict(state)
     return model.to(device).eval(), payload
 
@@ -102,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output directory (default <run>/eval-<part>)")
     parser.add_argument("--cache", help="cache directory")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_override_argument(parser)
     args = parser.parse_args(argv)
 
-    run = json.loads((args.run / "run.json").read_text())
-    cfg = load_sweep_config(run["config"])
+    run_file = args.run / "run.json"
+    if not run_file.is_file():
+        raise SystemExit(f"error: {run_file}: not found (is --run a directory written by "
+                         "hytver_dist.train?)")
+    run = json.loads(run_file.read_text())
+    try:
+        cfg = load_config(run["config"], args.overrides, source=str(run_file))
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     model, payload = load_trained(args.run / "best_model.pt", args.device)
     data = prepare_data(cfg.data, data_dir=args.data, cache_dir=args.cache)
     if data.split.as_dict() != run["split"]:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DataConfig
 from .data import (
     CaseFiles,
     PreprocessConfig,
@@ -22,7 +23,6 @@ from .data import (
     split_cases,
 )
 from .data.atomic import publish_dir
-from .sweep_config import DataConfig
 
 
 def default_cache_dir() -> Path:

@@ -87,8 +87,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
-
-from hytver_dist.sweep_config import FALLBACK_LOSSES
+from statsmodels.stats.multitest import multipletests
 
 ID_COLUMNS = ["trial", "loss", "seed", "params", "case", "has_lesions"]
 METRICS = [
@@ -102,7 +101,7 @@ COUNTS = [
 CASE_COLUMNS = ID_COLUMNS + METRICS + COUNTS
 # Reported when present (hytver_dist.evaluate writes it): CoactSeg's lesion F1 (26-connectivity,
 # lesions >= 3.09 mm^3), the "F1" of the paper's Table I; lesion_f1 is the MSSEG-2/Anima one.
-OPTIONAL_METRICS = ["f1_lesion_26conn"]
+OPTIONAL_METRICS = ["lesion_f1_26conn"]
 LOWER_IS_BETTER = {"hd", "hd95", "asd", "assd", "hd95_vox", "asd_vox"}
 # Table I's Markdown columns: the paper's DC, JC, HD, ASD, PR, F1 plus recall and mm distances.
 TABLE1_MD = [
@@ -110,7 +109,7 @@ TABLE1_MD = [
     ("lesion_f1", "Lesion F1 (MSSEG-2)"), ("hd95", "HD95 mm"), ("asd", "ASD mm"),
     ("hd95_vox", "HD95 vox"), ("asd_vox", "ASD vox"),
 ]
-OPTIONAL_MD = [("f1_lesion_26conn", "Lesion F1 (CoactSeg)")]
+OPTIONAL_MD = [("lesion_f1_26conn", "Lesion F1 (CoactSeg)")]
 CV_METRICS = ["dice", "precision", "lesion_f1"]
 BOX_METRICS = [
     ("dice", "Dice"), ("precision", "Precision"), ("lesion_f1", "Lesion F1"),
@@ -255,7 +254,9 @@ def _fmt_param(v: object) -> str:
 
 
 def _method_order(cases: pd.DataFrame) -> list[str]:
-    rank = {name: i for i, name in enumerate(FALLBACK_LOSSES)}
+    from .config import loss_names  # the registry's order (imports torch: only when needed)
+
+    rank = {name: i for i, name in enumerate(loss_names())}
     first = cases.drop_duplicates("method")[["method", "loss"]]
     key = [(rank.get(lo, len(rank)), lo, m) for m, lo in zip(first["method"], first["loss"],
                                                             strict=True)]
@@ -274,8 +275,11 @@ def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float, flo
     mean = float(values.mean())
     if k < 2:
         return mean, math.nan, math.nan
-    half = stats.t.ppf((1 + confidence) / 2, k - 1) * values.std(ddof=1) / math.sqrt(k)
-    return mean, mean - half, mean + half
+    sem = float(stats.sem(values))
+    if sem == 0:  # identical values: scipy's interval needs scale > 0
+        return mean, mean, mean
+    lo, hi = stats.t.interval(confidence, k - 1, loc=mean, scale=sem)
+    return mean, float(lo), float(hi)
 
 
 def positives(cases: pd.DataFrame) -> pd.DataFrame:
@@ -309,7 +313,7 @@ def cv(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     if len(values) < 2 or values.mean() == 0:
         return math.nan
-    return float(values.std(ddof=1) / values.mean())
+    return float(stats.variation(values, ddof=1))
 
 
 def table2(cases: pd.DataFrame) -> pd.DataFrame:
@@ -329,11 +333,11 @@ def table2(cases: pd.DataFrame) -> pd.DataFrame:
 def holm(pvalues: list[float]) -> list[float]:
     """Holm step-down adjusted p-values; NaN entries stay NaN and do not count."""
     idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
-    order = sorted(idx, key=lambda i: pvalues[i])
-    m, out, running = len(order), [math.nan] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        out[i] = running
+    out = [math.nan] * len(pvalues)
+    if idx:
+        adjusted = multipletests([pvalues[i] for i in idx], method="holm")[1]
+        for i, p in zip(idx, adjusted, strict=True):
+            out[i] = float(p)
     return out
 
 

@@ -2,14 +2,16 @@
 ``TorchTrainer`` run (data-parallel workers, checkpoints, restarts), then the report.
 
 ``python -m hytver_dist.sweep [--config sweeps/NAME.yaml] [--address auto] [--storage PATH_OR_URI]
-[--resume] [--data DIR]``. With no ``--address`` it joins a running cluster when there is one
-(``ray up`` then this command on the head) and otherwise starts an embedded local Ray. With no
-data it generates the config's synthetic dataset once into the cache and reuses it.
+[--resume] [--data DIR] [--set KEY=VALUE ...] [--print-schema]``. With no ``--address`` it
+joins a running cluster when there is one (``ray up`` then this command on the head) and
+otherwise starts an embedded local Ray. With no data it generates the config's synthetic
+dataset once into the cache and reuses it.
 
-Per trial (Train V2 inside Tune, see ../shared/research/ray.md): the trial function holds only
-the custom driver resource (``TRAIN_DRIVER``, no CPU), so trial drivers can never starve their
-own worker groups; it builds a ``TorchTrainer`` named ``train-<trial id>`` (a stable name is what
-lets a restarted or resumed trial find its checkpoints), whose workers run
+Per trial (Ray Train inside Ray Tune, as in
+https://docs.ray.io/en/latest/train/user-guides/hyperparameter-optimization.html): the trial
+function holds only the custom driver resource (``TRAIN_DRIVER``, no CPU), so trial drivers can
+never starve their own worker groups; it builds a ``TorchTrainer`` named ``train-<trial id>``
+(a stable name is what lets a restarted or resumed trial find its checkpoints), whose workers run
 :func:`hytver_dist.train.train_loop`, report validation metrics with a checkpoint every
 ``checkpoint_every`` iterations, and finally evaluate the best model on the test cases. The
 per-case rows come back to the driver in the trial's last result and are written to
@@ -29,16 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .sweep_config import (
-    SweepConfig,
-    count_trials,
-    load_sweep_config,
-    trial_spec,
-    tune_config_kwargs,
-)
+from .config import Config, ConfigError, add_override_argument, json_schema, load_config
+from .tune_glue import count_trials, trial_spec, tune_config_kwargs
 
 CHECKPOINT_FILE = "checkpoint.pt"
-# Quieter, faster Train runs in the embedded local Ray (ray.md section 8); setdefault only.
+# The embedded local Ray only (setdefault): no usage-stats prompt, no V1-migration warnings,
+# results forwarded every 0.5 s instead of Train's default 2 s, every worker's log line shown.
 LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
@@ -59,7 +57,7 @@ def train_worker(config: dict[str, Any]) -> None:
     from .model import build_model
     from .train import RunSpec, train_loop
 
-    cfg = load_sweep_config(config["sweep"])
+    cfg = load_config(config["sweep"])
     spec = RunSpec.from_config(cfg, config["loss"], config["seed"], config["loss_params"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -89,7 +87,7 @@ def train_worker(config: dict[str, Any]) -> None:
     result = train_loop(spec, data, device, resume=resume, report=report,
                         wrap_model=ray.train.torch.prepare_model)
     # Test evaluation, sharded over the ranks; rank 0 reports every case to Tune.
-    model = build_model(spec.model).to(device)
+    model = build_model(spec.model.vnet_kwargs()).to(device)
     model.load_state_dict(result.best_state)
     test = data.part("test")
     world = ctx.get_world_size()
@@ -122,7 +120,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = load_sweep_config(sweep)
+    cfg = load_config(sweep)
     spec = trial_spec(config)
     r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker}
@@ -154,7 +152,7 @@ def trial_name(trial: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- driver side
-def storage_root(cfg: SweepConfig) -> str:
+def storage_root(cfg: Config) -> str:
     """Absolute local path or URI where Tune and Train keep experiment state."""
     path = cfg.storage.path
     return path if "://" in path else str(Path(path).expanduser().resolve())
@@ -175,7 +173,7 @@ def _started_cluster_address() -> str | None:
     return read_ray_address() or None
 
 
-def connect(address: str | None, cfg: SweepConfig, num_cpus: int | None) -> dict[str, Any]:
+def connect(address: str | None, cfg: Config, num_cpus: int | None) -> dict[str, Any]:
     """Join ``address`` (or a running cluster), else start an embedded local Ray that declares
     the driver resource. Returns info for the user (mode, dashboard URL)."""
     import ray
@@ -206,7 +204,7 @@ def cluster_resources() -> dict[str, float]:
     autoscaler's full-scale capacity when larger."""
     import ray
 
-    from .sweep_config import cluster_capacity
+    from .tune_glue import cluster_capacity
 
     have = {k: float(v) for k, v in ray.cluster_resources().items()}
     bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
@@ -219,7 +217,7 @@ def cluster_resources() -> dict[str, float]:
     return have
 
 
-def check_worker_fits(cfg: SweepConfig) -> None:
+def check_worker_fits(cfg: Config) -> None:
     """Fail fast when no single node (running, or a ``ray up`` node type) can host one Train
     worker: totals alone miss e.g. ``cpus_per_worker: 2`` on 1-CPU nodes, which would otherwise
     wait out Train's worker-group start timeout on every retry."""
@@ -245,7 +243,7 @@ class SweepInterrupted(KeyboardInterrupt):
     saved and ``--resume`` (``run_sweep(resume=True)``) continues it. ``main`` exits 130."""
 
 
-def unfinished_trials(cfg: SweepConfig, experiment: str, grid: Any) -> int:
+def unfinished_trials(cfg: Config, experiment: str, grid: Any) -> int:
     """Trials that an interrupt (SIGINT/Ctrl-C, SIGUSR1) left unfinished, 0 for a complete run.
 
     Tune returns normally after an interrupt and, cleaning up, marks its live trials
@@ -322,7 +320,7 @@ def _short_error(error: BaseException | str) -> str:
     return (lines[-1] if lines else repr(error))[:500]
 
 
-def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | None = None,
+def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = None,
               resume: bool = False, retry_errored: bool = False, data_dir: str | None = None,
               cache_dir: str | None = None, num_cpus: int | None = None,
               callbacks: Sequence[Any] = (), verbose: int = 1) -> Path | None:
@@ -335,7 +333,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
     import ray
     from ray import tune
 
-    from .sweep_config import build_param_space
+    from .tune_glue import build_param_space
 
     if storage is not None:
         cfg.storage.path = storage
@@ -426,13 +424,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", help="cache for synthetic data and preprocessed cases "
                         "(default $HYTVER_CACHE or ~/.cache/hytver_dist)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    add_override_argument(parser)
+    parser.add_argument("--print-schema", action="store_true",
+                        help="print the config's JSON schema and exit")
     args = parser.parse_args(argv)
+    if args.print_schema:
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     try:
-        cfg = load_sweep_config(args.config)
+        cfg = load_config(args.config, args.overrides)
         run_sweep(cfg, address=args.address, storage=args.storage, resume=args.resume,
                   retry_errored=args.retry_errored, data_dir=args.data, cache_dir=args.cache,
                   num_cpus=args.num_cpus)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SweepInterrupted as exc:

@@ -9,7 +9,7 @@ nilearn is absent. The brain gets a per-subject random affine (+-5 % scale, +-5 
 skull and scalp shells (MSSEG-2 is not skull-stripped), FLAIR-like tissue intensities, old
 lesions in both scans, new lesions only in the follow-up (the only ones in the mask), a
 smooth multiplicative bias field and Rician noise per time point, and a slight rigid
-misregistration of the baseline. Recipe and numbers: research note, section 4.
+misregistration of the baseline.
 
 Sizes are isotropic voxel sizes on a head box of 172 x 208 x 168 mm: ``tiny`` 4 mm
 (43 x 52 x 42, for tests), ``small`` 2 mm (default), ``full`` 1 mm. Lesion volumes are drawn
@@ -45,7 +45,8 @@ P_NO_NEW = 11 / 40  # MSSEG-2 public training set: 11 of 40 patients without new
 # Head box on the 1 mm MNI152 grid (brain bounding box + >= 12 mm for skull and scalp;
 # edges divisible by 4 so every size is an exact block average).
 _BOX_START = np.array([14, 13, 0])
-_BOX_SIZE = np.array([172, 208, 168])
+BOX_MM = (172, 208, 168)
+_BOX_SIZE = np.array(BOX_MM)
 _MNI_AFFINE = np.array([[1.0, 0, 0, -98], [0, 1, 0, -134], [0, 0, 1, -72], [0, 0, 0, 1]])
 _AXCODES = ("RAS", "LAS", "LPS", "PIR")  # stored orientations, exercising canonicalisation
 _REGIONS = ("periventricular", "deep_wm", "juxtacortical")
@@ -127,6 +128,12 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
         return a
     s = a.shape
     return a.reshape(s[0] // f, f, s[1] // f, f, s[2] // f, f).mean(axis=(1, 3, 5))
+
+
+def grid_shape(size: str, spacing: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """Voxels per axis of a generated case of ``size``, or of it resampled to ``spacing`` mm."""
+    mm = spacing or (SIZES[size],) * 3
+    return tuple(int(b // s) for b, s in zip(BOX_MM, mm, strict=True))  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,10 +1,11 @@
 """One training run: a V-Net trained with one loss and one seed, validated on held-out cases.
 
 ``python -m hytver_dist.train --config sweeps/default.yaml --loss hytver --seed 0`` trains on
-the config's data (``data``, ``model`` and ``training`` sections of the sweep schema, see
-``sweeps/README.md``), writes ``checkpoint.pt`` (resumable, every ``checkpoint_every``
-iterations), ``metrics.csv`` and ``best_model.pt`` (chosen on the validation cases, never the
-test cases) into the run directory; ``--resume`` continues from the checkpoint.
+the config's data (its ``data``, ``model`` and ``training`` sections, see ``docs/sweeps.md``;
+``--set training.iterations=50`` overrides any key), writes ``checkpoint.pt`` (resumable,
+every ``checkpoint_every`` iterations), ``metrics.csv`` and ``best_model.pt`` (chosen on the
+validation cases, never the test cases) into the run directory; ``--resume`` continues from
+the checkpoint.
 
 :func:`train_loop` is a plain function of (run spec, data, device), used as is by each Ray Train
 worker of a sweep: under an initialised ``torch.distributed`` process group it trains with
@@ -22,7 +23,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,19 @@ import torch.distributed as dist
 from torch import nn
 
 from . import metrics
+from .config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    TrainingConfig,
+    add_override_argument,
+    load_config,
+)
 from .data import PatchConfig, PatchSampler, PreprocessedCase
 from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
 from .losses import get_loss
 from .model import build_model
-from .sweep_config import ModelConfig, SweepConfig, TrainingConfig, load_sweep_config
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
 Reporter = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -54,12 +62,15 @@ class RunSpec:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     @classmethod
-    def from_config(cls, cfg: SweepConfig, loss: str, seed: int,
+    def from_config(cls, cfg: Config, loss: str, seed: int,
                     loss_params: dict[str, Any] | None = None) -> RunSpec:
         return cls(loss, int(seed), dict(loss_params or {}), cfg.model, cfg.training)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data (stored in checkpoints; a resume must find the same spec)."""
+        return {"loss": self.loss, "seed": self.seed, "loss_params": dict(self.loss_params),
+                "model": self.model.model_dump(mode="json"),
+                "training": self.training.model_dump(mode="json")}
 
 
 @dataclass
@@ -177,7 +188,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     training = spec.training
     rank, world = _world()
     seed_everything(spec.seed)
-    model = build_model(spec.model).to(device)  # same seed -> same initial weights on all ranks
+    # Same seed -> same initial weights on all ranks.
+    model = build_model(spec.model.vnet_kwargs()).to(device)
     torch.manual_seed(spec.seed + 7919 * rank)  # then per-rank streams (dropout masks)
     loss_fn = get_loss(spec.loss, backend=training.backend, **spec.loss_params)
     optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
@@ -304,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="MSSEG-2 directory (overrides data.path)")
     parser.add_argument("--out", help="run directory (default <storage>/<name>/train/<loss>-"
                         "seed<seed>)")
-    parser.add_argument("--iterations", type=int, help="override training.iterations")
+    parser.add_argument("--iterations", type=int, help="set training.iterations, with "
+                        "eval_every and checkpoint_every capped to it")
+    add_override_argument(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
     parser.add_argument("--cache", help="cache directory (default $HYTVER_CACHE or "
@@ -312,11 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    cfg = load_sweep_config(args.config)
-    if args.iterations is not None:
-        cfg.training.iterations = args.iterations
-        cfg.training.eval_every = min(cfg.training.eval_every, args.iterations)
-        cfg.training.checkpoint_every = cfg.training.eval_every
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.iterations is not None:
+            every = min(cfg.training.eval_every, args.iterations)
+            cfg = load_config(args.config, [*args.overrides,
+                                            f"training.iterations={args.iterations}",
+                                            f"training.eval_every={every}",
+                                            f"training.checkpoint_every={every}"])
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     spec = RunSpec.from_config(cfg, args.loss, args.seed, _parse_params(args.param))
     get_loss(spec.loss, **spec.loss_params)  # fail now on a bad name or hyperparameter
     out = Path(args.out or Path(cfg.storage.path) / cfg.name / "train" /

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Manual check, NOT run in CI: a real `ray up` with the `local` provider (the settings of
 # cluster.local.yaml) against two SSH "hosts" on this machine, a tiny sweep on it through
-# `ray exec`, then teardown. See shared/research/ray.md section 7 ("Real ray up to loopback").
+# `ray exec`, then teardown. See docs/cluster.md.
 #
 #   bash scripts/ray_up_local.sh [--setup-sshd] [--keep]
 #   bash scripts/ray_up_local.sh --down WORKDIR      # tear down a cluster left up by --keep
@@ -167,7 +167,7 @@ assert not any("ray stop" in c for k in ("head_start_ray_commands", "worker_star
                for c in cfg[k]), cfg
 yaml.safe_dump(cfg, open(f"{work}/cluster.yaml", "w"), sort_keys=False)
 
-# Offline validation first (ray.md section 7), as the real launcher will see it.
+# Offline validation first, as the real launcher will see it.
 import copy
 from ray.autoscaler._private.util import prepare_config, validate_config
 validate_config(prepare_config(copy.deepcopy(cfg)))

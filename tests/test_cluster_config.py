@@ -1,6 +1,6 @@
 """cluster.yaml / cluster.local.yaml pass Ray's offline launcher validation; broken copies fail.
 
-prepare_config + validate_config is what `ray up` runs before touching a cloud (ray.md §7);
+prepare_config + validate_config is what `ray up` runs before touching a cloud;
 it is a private API, so Ray is pinned (2.60).
 """
 
@@ -55,7 +55,7 @@ def test_aws_layout():
     assert workers and all(t["resources"].get("GPU", 0) > 0 for t in workers)
     assert all("TRAIN_DRIVER" not in t["resources"] for t in workers)
     assert cfg["docker"]["image"].startswith("rayproject/ray:2.60.0-py311")
-    assert any("/mnt/shared" in c for c in cfg["initialization_commands"])  # shared storage
+    assert any("/mnt/efs" in c for c in cfg["initialization_commands"])  # shared storage
     assert "ray start --head" in " ".join(cfg["head_start_ray_commands"])
 
 
@@ -105,7 +105,7 @@ def test_broken_aws_copy_fails(what, cfg, exc, msg):
 
 def test_broken_local_copies_fail():
     cfg = load(LOCAL)
-    # Unquoted resources JSON: YAML reads the command as a mapping (ray.md §7).
+    # Unquoted resources JSON: YAML reads the command as a mapping.
     unquoted = copy.deepcopy(cfg)
     plain = "- ray start --head --resources='{\"TRAIN_DRIVER\": 8}'"
     unquoted["head_start_ray_commands"][-1] = yaml.safe_load(plain)[0]

@@ -125,7 +125,7 @@ CORRUPTIONS = {
 
 
 def test_fractional_mask_is_binarised_above_half(tmp_path: Path) -> None:
-    """MSSEG-2 ground truth is binarised with > 0.5, never == 1 (research note)."""
+    """MSSEG-2 ground truth is binarised with > 0.5, never == 1 (interpolated masks)."""
     d = _write_case(tmp_path / "005")
     values = np.zeros(SHAPE, np.float32)
     values[1, 1, 1], values[2, 2, 2], values[3, 3, 3] = 0.4, 0.6, 1.0

@@ -6,18 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from hytver_dist.data import (
     GridMeta,
     PatchConfig,
-    PatchDataset,
     PatchSampler,
     PreprocessConfig,
     PreprocessedCase,
     discover_cases,
     load_preprocessed_all,
-    patch_loader,
 )
 
 P = 16
@@ -126,49 +123,17 @@ def test_determinism_per_seed() -> None:
     assert any(not np.array_equal(x[0], y[0]) for x, y in zip(a, c, strict=True))
 
 
-def test_dataset_rank_streams_and_loader() -> None:
-    cases = [_case(lesions=[(10, 10, 10)], cid="a"), _case(seed=1, cid="b")]
-    cfg = PatchConfig(patch_size=P)
-
-    def first(rank, seed=5):
-        return next(iter(PatchDataset(cases, seed, cfg, rank=rank)))[0]
-
-    assert torch.equal(first(0), first(0))
-    assert not torch.equal(first(0), first(1))
-    ds = PatchDataset(cases, 5, cfg, rank=0, samples_per_epoch=6)
-    e0 = [x for x, _ in ds]
-    ds.set_epoch(1)
-    e1 = [x for x, _ in ds]
-    assert len(e0) == len(e1) == 6 and not torch.equal(e0[0], e1[0])
-    batches = list(patch_loader(cases, batch_size=4, seed=5, config=cfg, rank=0,
-                                samples_per_epoch=8))  # fmt: skip
-    assert len(batches) == 2
-    img, msk = batches[0]
-    assert img.shape == (4, 3, P, P, P) and msk.shape == (4, 1, P, P, P)
-    assert img.dtype == msk.dtype == torch.float32
-
-
-def test_loader_workers_have_distinct_streams() -> None:
-    cases = [_case(seed=i, cid=f"c{i}") for i in range(3)]
-    kw = dict(batch_size=1, seed=3, config=PatchConfig(patch_size=8), rank=0,
-              samples_per_epoch=4, num_workers=2)  # fmt: skip
-    a = [x for x, _ in patch_loader(cases, **kw)]
-    b = [x for x, _ in patch_loader(cases, **kw)]
-    assert len(a) == 4
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # reproducible
-    assert not torch.equal(a[0], a[1])  # workers 0 and 1 differ
-
-
 def test_sampler_on_preprocessed_synthetic(synth_dataset: Path, tmp_path: Path) -> None:
     files = discover_cases(synth_dataset)
     cases = load_preprocessed_all(files, tmp_path / "cache",
                                   PreprocessConfig(target_spacing=(4.0, 4.0, 4.0), crop_margin=2))
-    loader = patch_loader(cases, batch_size=2, seed=0, config=PatchConfig(patch_size=24),
-                          samples_per_epoch=8)  # fmt: skip
+    sampler = PatchSampler(cases, PatchConfig(patch_size=24))
+    rng = np.random.default_rng(0)
     n_fg = 0
-    for img, msk in loader:
-        assert img.shape == (2, 3, 24, 24, 24) and torch.isfinite(img).all()
-        n_fg += int((msk.flatten(1).sum(1) > 0).sum())
+    for _ in range(16):
+        img, msk = sampler.sample(rng)
+        assert img.shape == (3, 24, 24, 24) and np.isfinite(img).all()
+        n_fg += int(msk.sum() > 0)
     positives = sum(c.has_lesions for c in cases)
     assert positives == 3 and n_fg >= 4  # the 3 positive cases always give lesion patches
 

@@ -344,7 +344,7 @@ def test_evaluate_case_keys_and_values(case) -> None:
     assert r["pred_volume_mm3"] == pytest.approx(pred.sum() * voxel)
     assert r["gt_empty"] == 0.0 and math.isnan(r["fp_lesions"]) and math.isnan(r["fp_volume_mm3"])
     les = M.lesion_f1(pred, gt, SPACING)
-    assert (r["f1_lesion"], r["n_gt_lesions"], r["n_pred_lesions"]) == (les.f1, les.n_gt,
+    assert (r["lesion_f1"], r["n_gt_lesions"], r["n_pred_lesions"]) == (les.f1, les.n_gt,
                                                                         les.n_pred)
     # CoactSeg's 11-voxel minimum is a volume (3.09 mm^3 on its 0.5 x 0.75 x 0.75 grid).
     from hytver_dist.metrics.case import coactseg_min_size_voxels
@@ -353,7 +353,7 @@ def test_evaluate_case_keys_and_values(case) -> None:
     assert coactseg_min_size_voxels((1.0, 1.0, 1.0)) == 4
     les26 = M.lesion_f1(pred, gt, SPACING, connectivity=26,
                         min_size_voxels=coactseg_min_size_voxels(SPACING))
-    assert r["f1_lesion_26conn"] == les26.f1
+    assert r["lesion_f1_26conn"] == les26.f1
     assert r["dice"] == M.dice(pred, gt) and r["asd"] == M.asd(pred, gt, SPACING)
 
 
@@ -366,18 +366,18 @@ def test_evaluate_case_empty_gt_reports_false_positives() -> None:
     assert r["fp_lesions"] == 2.0
     assert r["fp_volume_mm3"] == pytest.approx(54 * voxel)  # the two kept lesions
     assert r["pred_volume_mm3"] == pytest.approx(56 * voxel)  # every predicted voxel
-    for name in ("recall", "hd", "hd95_vox", "asd", "f1_lesion", "sens_lesion"):
+    for name in ("recall", "hd", "hd95_vox", "asd", "lesion_f1", "lesion_sensitivity"):
         assert math.isnan(r[name]), name
-    assert r["dice"] == r["precision"] == r["ppv_lesion"] == 0.0
+    assert r["dice"] == r["precision"] == r["lesion_ppv"] == 0.0
 
     clean = M.evaluate_case(EMPTY, EMPTY, SPACING)
     assert (clean["fp_lesions"], clean["fp_volume_mm3"], clean["pred_volume_mm3"]) == (0, 0, 0)
-    assert math.isnan(clean["dice"]) and math.isnan(clean["f1_lesion"])
+    assert math.isnan(clean["dice"]) and math.isnan(clean["lesion_f1"])
 
 
 def test_evaluate_case_pred_empty_scores_zero() -> None:
     r = M.evaluate_case(EMPTY, _vol(A), SPACING)
-    assert (r["dice"], r["recall"], r["f1_lesion"], r["sens_lesion"]) == (0.0, 0.0, 0.0, 0.0)
+    assert (r["dice"], r["recall"], r["lesion_f1"], r["lesion_sensitivity"]) == (0.0, 0.0, 0.0, 0.0)
     assert math.isnan(r["hd95"]) and math.isnan(r["precision"])
     diag = M.evaluate_case(EMPTY, _vol(A), SPACING, empty="diagonal")
     assert diag["hd95"] == pytest.approx(DIAGONAL)

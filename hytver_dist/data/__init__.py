@@ -6,7 +6,8 @@ Typical use::
     files = data.discover_cases(root)
     split = data.coactseg_split(n_val=4, seed=0, available=[f.id for f in files])
     train = data.load_preprocessed_all([f for f in files if f.id in split.train], cache_dir)
-    loader = data.patch_loader(train, batch_size=4, seed=1337)
+    sampler = data.PatchSampler(train, data.PatchConfig(patch_size=80))
+    image, mask = sampler.sample(np.random.default_rng(0))
 """
 
 from .errors import DataError
@@ -40,15 +41,15 @@ from .preprocess import (
     resample_to_spacing,
     to_original_grid,
 )
-from .sampling import PatchConfig, PatchDataset, PatchSampler, augment, patch_loader
+from .sampling import PatchConfig, PatchSampler, augment
 
 __all__ = [
     "ALL_CASES", "BASELINE_NAME", "COACTSEG_TEST", "COACTSEG_TRAIN", "DEFAULT_SPACING",
     "EXPERT_MASK_NAMES", "FOLLOWUP_NAME", "MASK_NAME", "NEGATIVE_CASES",
-    "Case", "CaseFiles", "DataError", "GridMeta", "PatchConfig", "PatchDataset",
+    "Case", "CaseFiles", "DataError", "GridMeta", "PatchConfig",
     "PatchSampler", "PreprocessConfig", "PreprocessedCase", "Split",
     "augment", "coactseg_split", "discover_cases", "estimate_brain_mask", "kfold_splits",
-    "load_case", "load_preprocessed", "load_preprocessed_all", "patch_loader",
+    "load_case", "load_preprocessed", "load_preprocessed_all",
     "preprocess_case", "read_volume", "resample_mask", "resample_to_spacing", "save_mask",
     "split_cases", "to_original_grid",
 ]  # fmt: skip

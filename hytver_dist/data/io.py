@@ -17,7 +17,7 @@ from nibabel.filebasedimages import ImageFileError
 from .errors import DataError
 from .msseg2 import CaseFiles
 
-# What nibabel/gzip raise on corrupt files (research note, section 5). gzip.BadGzipFile is an
+# What nibabel and gzip raise on corrupt or truncated files. gzip.BadGzipFile is an
 # OSError; nibabel raises ValueError/HeaderDataError for impossible headers.
 _READ_ERRORS = (ImageFileError, EOFError, OSError, zlib.error, ValueError)
 _AFFINE_ATOL = 1e-3  # mm; t1/t2/GT share one grid in MSSEG-2, so any real mismatch is large

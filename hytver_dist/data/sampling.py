@@ -9,12 +9,10 @@ difference channel is 0 there. Channels: [baseline, follow-up, follow-up - basel
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .preprocess import PreprocessedCase
 
@@ -132,75 +130,3 @@ def augment(
             image = np.rot90(image, k, axes=(a + 1, b + 1))
             mask = np.rot90(mask, k, axes=(a + 1, b + 1))
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
-
-
-def _default_rank() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-class PatchDataset(IterableDataset):
-    """Infinite (or ``samples_per_epoch``-long) stream of (image, mask) float32 tensors.
-
-    Each (seed, epoch, rank, loader worker) gets its own independent numpy stream via
-    ``SeedSequence(seed, spawn_key=(epoch, rank, worker))``, so DDP ranks never duplicate
-    patches and a run is reproducible for a fixed world size and worker count. Cases are
-    visited in shuffled rounds (each case once per round), as CoactSeg's batch sampler does.
-    ``rank`` defaults to the torch.distributed rank when a process group is initialised.
-    """
-
-    def __init__(
-        self,
-        cases: Sequence[PreprocessedCase],
-        seed: int,
-        config: PatchConfig | None = None,
-        *,
-        rank: int | None = None,
-        samples_per_epoch: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.sampler = PatchSampler(cases, config)
-        self.seed = seed
-        self.rank = _default_rank()[0] if rank is None else rank
-        self.samples_per_epoch = samples_per_epoch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        ss = np.random.SeedSequence(self.seed, spawn_key=(self.epoch, self.rank, worker))
-        rng = np.random.default_rng(ss)
-        n = self.samples_per_epoch
-        if n is not None:  # split the epoch's samples across loader workers
-            n = n // n_workers + (worker < n % n_workers)
-        count, order = 0, np.empty(0, dtype=int)
-        while n is None or count < n:
-            if order.size == 0:
-                order = rng.permutation(len(self.sampler.cases))
-            index, order = int(order[0]), order[1:]
-            image, mask = self.sampler.sample(rng, index)
-            yield torch.from_numpy(image), torch.from_numpy(mask)
-            count += 1
-
-
-def patch_loader(
-    cases: Sequence[PreprocessedCase],
-    batch_size: int,
-    seed: int,
-    config: PatchConfig | None = None,
-    *,
-    rank: int | None = None,
-    num_workers: int = 0,
-    samples_per_epoch: int | None = None,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """DataLoader yielding (image (B, 3, P, P, P), mask (B, 1, P, P, P)) float32 batches."""
-    ds = PatchDataset(cases, seed, config, rank=rank, samples_per_epoch=samples_per_epoch)
-    return DataLoader(
-        ds, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-        persistent_workers=False,
-    )  # fmt: skip

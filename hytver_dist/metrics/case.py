@@ -15,9 +15,9 @@ CASE_METRICS: tuple[str, ...] = (
     "dice", "jaccard", "precision", "recall",
     "hd", "hd95", "asd", "assd",
     "hd_vox", "hd95_vox", "asd_vox", "assd_vox",
-    "f1_lesion", "sens_lesion", "ppv_lesion",
+    "lesion_f1", "lesion_sensitivity", "lesion_ppv",
     "n_gt_lesions", "n_pred_lesions", "tp_gt_lesions", "tp_pred_lesions",
-    "f1_lesion_26conn", "sens_lesion_26conn", "ppv_lesion_26conn",
+    "lesion_f1_26conn", "lesion_sensitivity_26conn", "lesion_ppv_26conn",
     "gt_volume_mm3", "pred_volume_mm3", "gt_empty",
     "fp_lesions", "fp_volume_mm3",
 )
@@ -50,7 +50,7 @@ def evaluate_case(
       the grid given: the paper's Table I units (its "HD" = ``hd95_vox``, "ASD" = ``asd_vox``)
       only when that grid is 0.5 x 0.75 x 0.75 mm (``voxel_units=False``: NaN, skipped).
       Empty masks follow ``empty`` (default NaN).
-    * ``f1_lesion``, ``sens_lesion``, ``ppv_lesion``, lesion counts: MSSEG-2/Anima detection
+    * ``lesion_f1``, ``lesion_sensitivity``, ``lesion_ppv``, lesion counts: MSSEG-2/Anima detection
       (6-connectivity, > 3 mm³); ``*_26conn``: CoactSeg-compatible (26-connectivity, lesions of
       >= 3.09 mm³ = 11 voxels of its grid), the paper's "F1" (:mod:`.detection`).
     * ``gt_volume_mm3``, ``pred_volume_mm3``: all foreground voxels; ``gt_empty``: 1.0 or 0.0.
@@ -76,15 +76,15 @@ def evaluate_case(
 
     les = detection.lesion_f1(p, g, sp)
     out.update(
-        f1_lesion=les.f1, sens_lesion=les.sensitivity, ppv_lesion=les.ppv,
+        lesion_f1=les.f1, lesion_sensitivity=les.sensitivity, lesion_ppv=les.ppv,
         n_gt_lesions=float(les.n_gt), n_pred_lesions=float(les.n_pred),
         tp_gt_lesions=float(les.tp_gt), tp_pred_lesions=float(les.tp_pred),
     )
     les26 = detection.lesion_f1(p, g, sp, connectivity=26,
                                 min_size_voxels=coactseg_min_size_voxels(sp))
     out.update(
-        f1_lesion_26conn=les26.f1, sens_lesion_26conn=les26.sensitivity,
-        ppv_lesion_26conn=les26.ppv,
+        lesion_f1_26conn=les26.f1, lesion_sensitivity_26conn=les26.sensitivity,
+        lesion_ppv_26conn=les26.ppv,
     )
 
     out["gt_volume_mm3"] = float(np.count_nonzero(g)) * voxel_mm3
