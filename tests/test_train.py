@@ -133,3 +133,31 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, cache):
     with pytest.raises(SystemExit, match="no checkpoint"):
         train.main(["--config", str(cfg_path), "--out", str(tmp_path / "r"), "--resume",
                     "--cache", str(cache)])
+
+
+def test_cli_set_overrides_reach_the_run(tmp_path, cache):
+    cfg_path = tmp_path / "unit.yaml"
+    cfg_path.write_text(yaml.safe_dump(CONFIG))
+    run = tmp_path / "run"
+    assert train.main(["--config", str(cfg_path), "--out", str(run), "--cache", str(cache),
+                       "--no-progress", "--set", "training.iterations=2",
+                       "--set", "training.lr=5e-4", "--set", "model.n_filters=2"]) == 0
+    assert list(pd.read_csv(run / "metrics.csv")["iteration"]) == [2]
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["config"]["training"]["lr"] == 5e-4
+    assert saved["spec"]["model"]["n_filters"] == 2
+    # evaluate takes --set too, validated against the run's stored config.
+    with pytest.raises(SystemExit, match=r"run\.json with --set trainig\.x=1: trainig: unknown "
+                       r"key 'trainig' \(did you mean 'training'\?\)"):
+        evaluate.main(["--run", str(run), "--set", "trainig.x=1"])
+
+
+def test_cli_bad_set_fails_before_training(tmp_path, cache):
+    cfg_path = tmp_path / "unit.yaml"
+    cfg_path.write_text(yaml.safe_dump(CONFIG))
+    with pytest.raises(SystemExit, match=rf"{tmp_path}/unit\.yaml with --set training\.itrations"
+                       r"=3: training\.itrations: unknown key 'itrations' \(did you mean "
+                       r"'iterations'\?\)"):
+        train.main(["--config", str(cfg_path), "--out", str(tmp_path / "r"), "--cache",
+                    str(cache), "--set", "training.itrations=3"])
+    assert not (tmp_path / "r").exists()
