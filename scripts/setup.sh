@@ -2,22 +2,50 @@
 # Create .venv (if missing) and install hytver-dist with its test extras, building the C++
 # extension against the installed torch. CPU machines get the pinned CPU build torch==2.13.0;
 # machines with an NVIDIA driver keep/get a CUDA torch (set HYTVER_TORCH to override the spec).
+# One line per step; pip's and the compiler's output go to a log, shown when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${HYTVER_VENV:-.venv}
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
-"${PIP[@]}" --upgrade "pip>=24" "setuptools>=70" wheel ninja
-if [ -n "${HYTVER_TORCH:-}" ]; then
-  "${PIP[@]}" "$HYTVER_TORCH"
-elif ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-    "${PIP[@]}" "torch>=2.4"
-  else
-    "${PIP[@]}" "torch==2.13.0"
+LOG=${HYTVER_SETUP_LOG:-$(mktemp -t hytver-setup.XXXXXX)}
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+
+step() {  # step MESSAGE COMMAND...: run quietly; on failure show the end of the log and stop
+  local msg=$1 rc=0
+  shift
+  printf '%s ... ' "$msg"
+  "$@" >>"$LOG" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "FAILED (exit $rc)"
+    tail -n 40 "$LOG" >&2
+    echo "full log: $LOG" >&2
+    exit "$rc"
   fi
+  echo ok
+}
+pip_install() { "$VENV/bin/python" -m pip install -q "$@"; }
+
+if [ -x "$VENV/bin/python" ]; then
+  echo "virtual environment $VENV ... exists"
+else
+  step "virtual environment $VENV" "$PY" -m venv "$VENV"
 fi
+step "pip, setuptools>=77, wheel, ninja" pip_install --upgrade "pip>=24" "setuptools>=77" wheel ninja
+if [ -n "${HYTVER_TORCH:-}" ]; then
+  step "torch ($HYTVER_TORCH)" pip_install "$HYTVER_TORCH"
+elif "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  echo "torch ... already installed"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+  step "torch (CUDA build, torch>=2.4)" pip_install "torch>=2.4"
+else
+  step "torch 2.13.0 (CPU build)" pip_install "torch==2.13.0"
+fi
+# numpy before the build: torch imported without it warns "Failed to initialize NumPy".
+step "numpy" pip_install "numpy>=1.24"
 # --no-build-isolation: build the extension against the torch above, never a downloaded one.
-"${PIP[@]}" --no-build-isolation -e ".[test]"
-echo "hytver-dist installed in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+step "hytver-dist and its test extras (compiles the kernels)" \
+  pip_install --no-build-isolation -e ".[test]"
+TORCH=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null)
+EXT=$("$VENV/bin/python" -c 'import hytver_dist.ops as o; print("built" if o.is_available() else "NOT built")' 2>/dev/null || echo "unknown")
+echo "ready: $VENV (torch $TORCH, fused kernels $EXT; build log $LOG)"
+echo "next:  $VENV/bin/python -m hytver_dist.sweep      (tests: bash scripts/test.sh)"
