@@ -317,7 +317,7 @@ class ParamSpec(BaseModel):
     Written in YAML as ``0.7``, ``[0.3, 0.5]`` or ``{uniform: [0.1, 0.9]}``.
     """
 
-    model_config = ConfigDict(frozen=True, json_schema_extra=None)
+    model_config = ConfigDict(frozen=True)
 
     kind: Literal["fixed", "grid", "choice", "uniform", "loguniform"]
     values: tuple[Scalar, ...]
