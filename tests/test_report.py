@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from hytver_dist.report import CASE_COLUMNS, build_report, holm, main
+from hytver_dist.report import CASE_COLUMNS, build_report, cv, holm, main, t_interval
 
 LOSSES = ["dice", "ce", "hytver"]
 SEEDS = [0, 1, 2]
@@ -152,6 +152,20 @@ def test_paired_wilcoxon_vs_hytver(report):
 def test_holm():
     assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan],
                                                                nan_ok=True)
+    assert holm([math.nan]) == [pytest.approx(math.nan, nan_ok=True)]
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])  # monotone, capped at 1
+
+
+def test_t_interval_and_cv_by_hand():
+    values = np.array([0.2, 0.5, 0.35, 0.41])
+    half = 3.182446305284263 * values.std(ddof=1) / 2  # t(0.975, 3) * sd / sqrt(4)
+    mean, lo, hi = t_interval(values, 0.95)
+    assert (mean, lo, hi) == pytest.approx((values.mean(), values.mean() - half,
+                                            values.mean() + half))
+    assert t_interval(np.array([0.5, 0.5, 0.5]), 0.95) == (0.5, 0.5, 0.5)  # no spread
+    assert math.isnan(t_interval(np.array([0.5]), 0.95)[1])
+    assert cv(np.array([1.0, 2.0, 3.0, math.nan])) == pytest.approx(1.0 / 2.0)  # sd 1, mean 2
+    assert math.isnan(cv(np.array([1.0]))) and math.isnan(cv(np.array([-1.0, 1.0])))
 
 
 def test_negatives_reported_apart(report):
