@@ -784,6 +784,11 @@ def test_cuda_opcheck_and_gradcheck():
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(ops.stats, (x, y))
     assert torch.autograd.gradcheck(lambda t: ops.exp_stats(t, y, 2.5, 1e-7), (x,))
+    x3, y3 = make_inputs((2, 3, 3, 4), scale=2.0, extremes=False, device="cuda", seed=48)
+    x3.requires_grad_(True)
+    for kind in ("hytver", "weighted_ce", "dice_pp", "asymmetric_unified_focal"):
+        assert torch.autograd.gradcheck(
+            lambda t, k=kind: ops.loss(t, y3, k, KIND_PARAMS[k], True), (x3,))
 
 
 @cuda
@@ -808,3 +813,166 @@ def test_cuda_torch_compile(mode):
         torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-8)
     assert math.isfinite(loss.item())
+
+
+def _cuda_ready():
+    if not ops.has_cuda():
+        pytest.fail("built without CUDA kernels (HYTVER_CUDA=1)")
+
+
+@cuda
+@requires_cuda
+@pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("xdtype,tdtype", [(torch.float32, torch.uint8),
+                                           (torch.float64, torch.float64),
+                                           (torch.bfloat16, torch.bool)])
+def test_cuda_loss_op_matches_cpu_float64(kind, channels, xdtype, tdtype):
+    """The CUDA loss op (two launches, algebra on the device) against the CPU float64 op, whose
+    values the spec oracles check; global and per sample; aligned and unaligned storage."""
+    _cuda_ready()
+    x, y = make_inputs((2, channels, 17, 19, 23), tdtype=tdtype, seed=73)
+    x = x.to(xdtype)
+    rel = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 2.0**-7}[xdtype]
+    for per_sample in (False, True):
+        ref, gref = loss_value_and_grad(kind, KIND_PARAMS[kind], x.double(), y, per_sample)
+        for offset in (0, 1):
+            xb = torch.zeros(x.numel() + offset, dtype=xdtype, device="cuda")
+            xb[offset:] = x.reshape(-1).cuda()
+            xc = xb[offset:].view(x.shape)
+            value, grad = loss_value_and_grad(kind, KIND_PARAMS[kind], xc, y.cuda(), per_sample)
+            assert value.is_cuda and grad.dtype == xdtype
+            torch.testing.assert_close(value.double().cpu(), ref, rtol=max(rel, 1e-6), atol=1e-7)
+            assert_grad_close(grad, gref, max(rel, 5e-5))
+
+
+@cuda
+@requires_cuda
+@pytest.mark.parametrize("name", sorted(KIND_PARAMS))
+def test_cuda_loss_step_has_no_host_sync_and_few_launches(name):
+    """A whole fused loss step on CUDA: no host synchronisation (sync debug mode "error"), two
+    kernel launches forward and one backward, deterministic."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from hytver_dist.losses import get_loss
+
+    _cuda_ready()
+    x, y = make_inputs((2, 3, 32, 32, 16), device="cuda", seed=79)
+    x = x.float()
+    loss = get_loss(name, backend="fused")
+    one = torch.ones((), device="cuda")
+
+    def step():
+        xg = x.clone().requires_grad_(True)
+        value = loss(xg, y)
+        value.backward(one)
+        return value, xg.grad
+
+    step()  # warm-up: allocator, lazy initialisation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call now raises
+    try:
+        first = step()
+        second = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert first[0].item() == second[0].item() and torch.equal(first[1], second[1])
+
+    # The launches, counted by the profiler (its exit synchronises: outside the check above).
+    xg = x.clone().requires_grad_(True)
+    with profile(activities=[ProfilerActivity.CUDA]) as fwd:
+        value = loss(xg, y)
+    with profile(activities=[ProfilerActivity.CUDA]) as bwd:
+        value.backward(one)
+
+    def kernels(prof):
+        return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+
+    assert len(kernels(fwd)) <= 2, kernels(fwd)
+    assert len(kernels(bwd)) == 1, kernels(bwd)
+
+
+@cuda
+@requires_cuda
+@pytest.mark.parametrize("name", ["hytver", "dice_pp", "focal_dice"])
+def test_cuda_graph_captures_the_loss_step(name):
+    """Forward and backward of the fused loss captured in a CUDA graph, replayed on new data,
+    give the eager values."""
+    from hytver_dist.losses import get_loss
+
+    _cuda_ready()
+    loss = get_loss(name, backend="fused")
+    x, y = make_inputs((2, 2, 24, 24, 16), device="cuda", seed=83)
+    static_x = x.float().clone().requires_grad_(True)
+    static_y = y.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            torch.autograd.grad(loss(static_x, static_y), static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_value = loss(static_x, static_y)
+        (static_grad,) = torch.autograd.grad(static_value, static_x)
+    for seed in (1, 2):
+        x2, y2 = make_inputs((2, 2, 24, 24, 16), device="cuda", seed=seed)
+        with torch.no_grad():
+            static_x.copy_(x2.float())
+        static_y.copy_(y2)
+        graph.replay()
+        xe = x2.float().clone().requires_grad_(True)
+        want = loss(xe, y2)
+        want.backward()
+        torch.testing.assert_close(static_value, want)
+        torch.testing.assert_close(static_grad, xe.grad)
+
+
+def _run_cuda_subprocess(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter: a device-side assertion poisons the CUDA context, and
+    on some torch builds a C++ exception thrown from a CUDA op crashed the process."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+@cuda
+@requires_cuda
+def test_cuda_loss_op_errors_name_the_problem_in_a_subprocess():
+    _cuda_ready()
+    code = (
+        "import pytest, torch\n"
+        "from tests.test_ops import loss_op_error_cases\n"
+        "for fn, match in loss_op_error_cases('cuda'):\n"
+        "    with pytest.raises(ValueError, match=match):\n"
+        "        fn()\n"
+        "with pytest.raises(ValueError, match='save=True is a CPU path'):\n"
+        "    x = torch.zeros(2, 1, 4, device='cuda')\n"
+        "    torch.ops.hytver.loss(x, x, 'dice', [1.0], False, True)\n"
+        "print('errors ok')\n"
+    )
+    res = _run_cuda_subprocess(code)
+    assert res.returncode == 0 and "errors ok" in res.stdout, res.stdout + res.stderr
+
+
+@cuda
+@requires_cuda
+@pytest.mark.parametrize("kind,target", [("hytver", "2.0"), ("hytver", "float('nan')"),
+                                         ("dice_pp", "0.5")])
+def test_cuda_invalid_target_stops_on_the_device(kind, target):
+    """The target check runs on the GPU (no host sync): an invalid value (for the exponent
+    kinds, a soft label) stops the kernel, and the next synchronisation raises."""
+    _cuda_ready()
+    code = (
+        "import torch\n"
+        "from hytver_dist import ops\n"
+        "x = torch.zeros(2, 1, 64, device='cuda')\n"
+        f"y = torch.zeros(2, 1, 64, device='cuda'); y[1, 0, 7] = {target}\n"
+        "params = [0.7, 0.7, 0.5, 1.0] if %r == 'hytver' else [2.0]\n"
+        "value = ops.loss(x, y, %r, params)\n"
+        "print('launched', flush=True)\n"
+        "torch.cuda.synchronize()\n"
+        "print('no error')\n"
+    ) % (kind, kind)
+    res = _run_cuda_subprocess(code)
+    assert "launched" in res.stdout and "no error" not in res.stdout, res.stdout + res.stderr
+    assert "target values must lie in [0, 1]" in res.stdout + res.stderr
