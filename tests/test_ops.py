@@ -532,6 +532,14 @@ def test_loss_op_errors_name_the_problem():
             fn()
     x = torch.zeros(2, 1, 4, 4)
     y = torch.zeros(2, 1, 4, 4)
+    # the target's values, checked in the kernels' own pass (every variant)
+    for bad, dtype in ((1.5, torch.float32), (float("nan"), torch.float64), (2, torch.uint8)):
+        yb = y.to(dtype, copy=True)
+        yb[1, 0, 3, 2] = bad
+        for kind, params in (("hytver", KIND_PARAMS["hytver"]), ("dice_pp", [2.0])):
+            for save in (False, True):
+                with pytest.raises(ValueError, match=r"target values must lie in \[0, 1\]"):
+                    torch.ops.hytver.loss(x, yb, kind, params, False, save)
     with pytest.raises(ValueError, match="float64 logits have no saving variant"):
         torch.ops.hytver.loss(x.double(), y, "dice", [1.0], False, True)
     with pytest.raises(ValueError, match="saving variant takes float32 logits"):

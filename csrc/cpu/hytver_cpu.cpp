@@ -184,9 +184,10 @@ void check_saving_dtype(const at::Tensor& logits, Kind kind, const char* op) {
 // The float64 sums (rows, K); with `saved` the kernel also fills a new float32 tensor of the
 // logits' shape. !logs (exp only): the columns C1, C0, F1, F0 are 0 (the gamma == 2 kernel skips
 // them).
+// validate: ValueError when a target value lies outside [0, 1] (found by the kernels' pass).
 at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind, double gamma,
                    double eps, const char* op, at::Tensor* saved = nullptr, bool logs = true,
-                   int64_t rows = -1) {
+                   int64_t rows = -1, bool validate = false) {
   Prepared p = prepare(logits, target, op, rows);
   p.args.gamma = gamma;
   p.args.eps = eps;
@@ -200,11 +201,21 @@ at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind
   if (p.total_chunks == 0) return at::zeros({p.B, K}, logits.options().dtype(at::kDouble));
   const cpu::FwdFn fn = forward_fn(select_table(), kind, saved != nullptr);
   std::vector<double> partials(static_cast<size_t>(p.total_chunks) * K);
+  std::vector<double> invalid(validate ? static_cast<size_t>(p.total_chunks) : 0);
+  if (validate) p.args.invalid = invalid.data();
   const cpu::Args& args = p.args;
   double* part = partials.data();
   // Fixed chunks: each writes its own partials, so the thread count cannot change the result.
   at::parallel_for(0, p.total_chunks, p.grain,
                    [&](int64_t c0, int64_t c1) { fn(args, c0, c1, part); });
+  for (double v : invalid) {
+    if (v != 0.0) {  // the error path: the range for the message
+      const auto range = at::aminmax(target.to(at::kDouble));
+      TORCH_CHECK_VALUE(false, "hytver::", op, ": target values must lie in [0, 1] (and not be "
+                        "NaN), found range [", std::get<0>(range).item<double>(), ", ",
+                        std::get<1>(range).item<double>(), "]");
+    }
+  }
   at::Tensor sums = at::empty({p.B, K}, logits.options().dtype(at::kDouble));
   double* s = sums.data_ptr<double>();
   const int64_t cps = args.chunks_per_sample;
@@ -332,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cpu(const at::Tensor& logits
   at::Tensor saved;
   const at::Tensor sums =
       forward(logits, target, kind_of(spec), algebra::voxel_gamma(spec), algebra::clamp_eps(spec),
-              op, save ? &saved : nullptr, algebra::uses_logs(spec.kind), rows);
+              op, save ? &saved : nullptr, algebra::uses_logs(spec.kind), rows, true);
   at::Tensor coef = at::empty_like(sums);
   const double value =
       algebra::loss_and_coef(spec, sums.data_ptr<double>(), B, C, n, coef.data_ptr<double>());

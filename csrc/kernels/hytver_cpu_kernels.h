@@ -211,6 +211,13 @@ template <class C> struct ClampConsts {
 // ---------------------------------------------------------------------------------------------
 // kernels
 
+// 1 for a target value outside [0, 1] (NaN included), else 0: summed per chunk into
+// Args::invalid (one compare pair per voxel in the vector loop; the glue reports the error).
+template <class C> inline C invalid_target(C y) { return (y >= C(0) && y <= C(1)) ? C(0) : C(1); }
+inline void write_invalid(const Args& a, int64_t c, double v) {
+  if (a.invalid != nullptr) a.invalid[c] = v;
+}
+
 // The saved value m of stats: the smaller of p and q, negative (sign bit set) when it is q.
 template <class C> inline float saved_m(C x, C p, C q) {
   return static_cast<float>(x >= C(0) ? -q : p);
@@ -261,14 +268,14 @@ void stats_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
     const T* xc = xs + b * a.n + start;
     const U* yc = ys + b * a.n + start;
     float* mc = SAVE ? a.saved + b * a.n + start : nullptr;
-    double acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0, acc4 = 0;
+    double acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0, acc4 = 0, bad = 0;
     for (int64_t k = 0; k < len; k += kBlock) {
       const int64_t m = min64(kBlock, len - k);
       const T* xb = xc + k;
       const U* yb = yc + k;
       float* mb = SAVE ? mc + k : nullptr;
-      C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4)
+      C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, sb = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, sb)
       for (int64_t i = 0; i < m; ++i) {
         const C x = X::load(xb, i);
         const C y = static_cast<C>(yb[i]);
@@ -280,14 +287,17 @@ void stats_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
         s2 += q * y;
         s3 += y * (sp + max0(-x));   // y * softplus(-x)
         s4 += ny * (sp + max0(x));   // (1 - y) * softplus(x)
+        sb += invalid_target(y);
         if constexpr (SAVE) mb[i] = saved_m(x, p, q);
       }
+      bad += sb;
       acc0 += s0;
       acc1 += s1;
       acc2 += s2;
       acc3 += s3;
       acc4 += s4;
     }
+    write_invalid(a, c, bad);
     double* out = partials + c * kStatsK;
     out[0] = acc0;
     out[1] = acc1;
@@ -366,14 +376,15 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
     const U* yc = ys + b * a.n + start;
     float* mc = SAVE ? a.saved + b * a.n + start : nullptr;
     double acc[kExpK] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    double bad = 0;
     for (int64_t k = 0; k < len; k += kBlock) {
       const int64_t m = min64(kBlock, len - k);
       const T* xb = xc + k;
       const U* yb = yc + k;
       float* mb = SAVE ? mc + k : nullptr;
-      C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+      C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0, sb = 0;
       if constexpr (!LOGS) {
-#pragma omp simd reduction(+ : s0, s1, s2, s5, s6)
+#pragma omp simd reduction(+ : s0, s1, s2, s5, s6, sb)
         for (int64_t i = 0; i < m; ++i) {
           const C x = X::load(xb, i);
           const C y = static_cast<C>(yb[i]);
@@ -390,10 +401,11 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           s2 += y * qt;
           s5 += y * pw;
           s6 += ny * pw;
+          sb += invalid_target(y);
           if constexpr (SAVE) mb[i] = saved_m(x, p, q);
         }
       } else {
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8, sb)
         for (int64_t i = 0; i < m; ++i) {
           const C x = X::load(xb, i);
           const C y = static_cast<C>(yb[i]);
@@ -426,9 +438,11 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           s6 += ny * pw;
           s7 += y * pw * nlpt;
           s8 += ny * pw * nlqt;
+          sb += invalid_target(y);
           if constexpr (SAVE) mb[i] = saved_m(x, p, q);
         }
       }
+      bad += sb;
       acc[0] += s0;
       acc[1] += s1;
       acc[2] += s2;
@@ -439,6 +453,7 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
       acc[7] += s7;
       acc[8] += s8;
     }
+    write_invalid(a, c, bad);
     double* out = partials + c * kExpK;
     for (int k = 0; k < kExpK; ++k) out[k] = acc[k];
   }

@@ -35,6 +35,8 @@ struct Args {
   // m = (x >= 0 ? -q : p), the smaller of p and q with the sign bit telling which, so that the
   // backward gets p and q without exp or division, and needs no new gradient buffer.
   float* saved = nullptr;
+  // Forwards: when set, invalid[c] = the number of target values of chunk c outside [0, 1].
+  double* invalid = nullptr;
 };
 
 // Forward kernels process chunks [c0, c1) (chunk c = sample c / chunks_per_sample) and write K

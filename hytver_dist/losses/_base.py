@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from .. import ops
-from ._inputs import as_float_pair, assert_target_async, check_backend, is_hard, prepare_inputs
+from ._inputs import (
+    as_float_pair,
+    check_backend,
+    check_target_values,
+    is_hard,
+    prepare_inputs,
+)
 
 # Device types with a compiled kernel, fixed at import (a frozenset lookup is traceable by
 # torch.compile).
@@ -42,12 +48,13 @@ class SigmoidLoss(nn.Module):
         self.backend = check_backend(backend)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = prepare_inputs(logits, target)
+        logits, target = prepare_inputs(logits, target, check_values=False)
         if self._fused_applies(logits, target):
+            # The op checks the target's values in its own pass (CPU: ValueError; GPU: on the
+            # device, without a host synchronisation).
             return ops.loss(logits, fused_target(target, logits), self.kind, self.fused_params(),
                             self.per_sample)
-        if logits.device.type != "cpu":
-            assert_target_async(target)
+        check_target_values(target)
         return self._reference(*as_float_pair(logits, target))
 
     def reference(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -41,10 +41,8 @@ def prepare_inputs(logits: torch.Tensor, target: torch.Tensor,
 
     A target without the channel axis is accepted when C == 1. Dtypes are left as they are
     (the fused kernels read uint8/bool targets and half logits directly); :func:`as_float_pair`
-    gives the reference path its working dtypes. The value range of the target is checked here
-    for CPU tensors (a host-side check); on other devices the fused op checks it on the device
-    and the reference path with ``torch._assert_async`` (:func:`assert_target_async`), so that
-    nothing waits for the GPU.
+    gives the reference path its working dtypes. ``check_values``: also
+    :func:`check_target_values` (the fused op checks the values itself, in its own pass).
     """
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise ValueError("logits and target must be torch.Tensor objects, got "
@@ -68,20 +66,24 @@ def prepare_inputs(logits: torch.Tensor, target: torch.Tensor,
                          "axis when there is one channel)")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
-    if (check_values and target.dtype != torch.bool and target.device.type == "cpu"
-            and not torch.compiler.is_compiling()):
+    if check_values:
+        check_target_values(target)
+    return logits, target
+
+
+def check_target_values(target: torch.Tensor) -> None:
+    """Target values in [0, 1]: a ValueError for CPU tensors (host memory, a cheap check; not
+    while torch.compile traces), a device-side assertion elsewhere (no host synchronisation)."""
+    if target.dtype == torch.bool:
+        return
+    if target.device.type != "cpu":
+        ok = ((target >= 0) & (target <= 1)).all()
+        torch._assert_async(ok, "target values must lie in [0, 1] (and not be NaN)")
+    elif not torch.compiler.is_compiling():
         low, high = torch.stack(torch.aminmax(target.detach())).tolist()
         if not (low >= 0 and high <= 1):  # NaN fails both comparisons
             raise ValueError("target values must lie in [0, 1] (and not be NaN), found range "
                              f"[{low}, {high}]")
-    return logits, target
-
-
-def assert_target_async(target: torch.Tensor) -> None:
-    """The target's [0, 1] check without a host synchronisation (a device-side assertion)."""
-    if target.dtype != torch.bool:
-        ok = ((target >= 0) & (target <= 1)).all()
-        torch._assert_async(ok, "target values must lie in [0, 1] (and not be NaN)")
 
 
 def as_float_pair(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
