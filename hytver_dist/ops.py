@@ -240,11 +240,12 @@ def _sums_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _save_for_backward(logits: torch.Tensor) -> bool:
-    """Use the ``*_save`` ops: when a backward will follow, the forward keeps 4 bytes per voxel
-    so that the backward is a memory pass instead of a second round of exp and division, and
-    writes the gradient over them. CPU only (a GPU recomputes faster than it reads), and not for
-    float64 logits (gradcheck: the plain ops recompute in float64), nor under torch.compile
-    (the in-place backward would be functionalised into a copy)."""
+    """Use the saving variant of the loss op (``save=True``): when a backward will follow, the
+    forward keeps 4 bytes per voxel so that the backward is a memory pass instead of a second
+    round of exp and division, and writes the gradient over them. CPU only (a GPU recomputes
+    faster than it reads), and not for float64 logits (gradcheck: the plain op recomputes in
+    float64), nor under torch.compile (the in-place backward would be functionalised into a
+    copy)."""
     return (
         logits.device.type == "cpu"
         and logits.dtype != torch.float64
@@ -271,8 +272,10 @@ def loss(logits: torch.Tensor, target: torch.Tensor, kind: str, params: list[flo
     :data:`LOSS_PARAMS`) on logits ``(B, C, *spatial)`` and a target of the same shape, as one
     fused op per direction (0-dim; float64 for float64 logits, else float32).
 
-    Callers validate (the loss classes do: value range, and hard labels for :data:`EXP_KINDS`);
-    on a GPU the op itself checks the target's values on the device. Differentiable w.r.t.
+    The op checks that the target's values lie in [0, 1] in its own pass (CPU: ValueError; GPU:
+    on the device, which for :data:`EXP_KINDS` also requires hard labels); callers route soft
+    labels of the exponent kinds elsewhere (the loss classes use their reference form). Shapes
+    and dtypes are checked by the op too. Differentiable w.r.t.
     ``logits``. On the CPU in eager training it uses the saving variant (see the module
     docstring) when that pays.
     """
