@@ -272,9 +272,9 @@ def loss(logits: torch.Tensor, target: torch.Tensor, kind: str, params: list[flo
     :data:`LOSS_PARAMS`) on logits ``(B, C, *spatial)`` and a target of the same shape, as one
     fused op per direction (0-dim; float64 for float64 logits, else float32).
 
-    The op checks that the target's values lie in [0, 1] in its own pass (CPU: ValueError; GPU:
-    on the device, which for :data:`EXP_KINDS` also requires hard labels); callers route soft
-    labels of the exponent kinds elsewhere (the loss classes use their reference form). Shapes
+    The op checks in its own pass that the target's values lie in [0, 1], and for
+    :data:`EXP_KINDS` that they are 0 or 1 (CPU: ValueError; GPU: on the device); callers route
+    soft labels of the exponent kinds elsewhere (the loss classes use their reference form). Shapes
     and dtypes are checked by the op too. Differentiable w.r.t.
     ``logits``. On the CPU in eager training it uses the saving variant (see the module
     docstring) when that pays.

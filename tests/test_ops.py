@@ -540,6 +540,12 @@ def test_loss_op_errors_name_the_problem():
             for save in (False, True):
                 with pytest.raises(ValueError, match=r"target values must lie in \[0, 1\]"):
                     torch.ops.hytver.loss(x, yb, kind, params, False, save)
+    soft = y.clone()
+    soft[0, 0, 1, 1] = 0.5
+    torch.ops.hytver.loss(x, soft, "hytver", KIND_PARAMS["hytver"])  # soft labels: fine
+    for save in (False, True):  # the exponent kinds' sums need hard labels
+        with pytest.raises(ValueError, match="need hard labels"):
+            torch.ops.hytver.loss(x, soft, "dice_pp", [2.0], False, save)
     with pytest.raises(ValueError, match="float64 logits have no saving variant"):
         torch.ops.hytver.loss(x.double(), y, "dice", [1.0], False, True)
     with pytest.raises(ValueError, match="saving variant takes float32 logits"):

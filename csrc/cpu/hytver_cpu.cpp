@@ -211,9 +211,12 @@ at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind
   for (double v : invalid) {
     if (v != 0.0) {  // the error path: the range for the message
       const auto range = at::aminmax(target.to(at::kDouble));
+      const double lo = std::get<0>(range).item<double>(), hi = std::get<1>(range).item<double>();
+      TORCH_CHECK_VALUE(kind != Kind::kExp || !(lo >= 0.0 && hi <= 1.0), "hytver::", op,
+                        ": this loss's fused sums need hard labels (target values 0 or 1), "
+                        "found a value strictly between 0 and 1");
       TORCH_CHECK_VALUE(false, "hytver::", op, ": target values must lie in [0, 1] (and not be "
-                        "NaN), found range [", std::get<0>(range).item<double>(), ", ",
-                        std::get<1>(range).item<double>(), "]");
+                        "NaN), found range [", lo, ", ", hi, "]");
     }
   }
   at::Tensor sums = at::empty({p.B, K}, logits.options().dtype(at::kDouble));

@@ -214,6 +214,8 @@ template <class C> struct ClampConsts {
 // 1 for a target value outside [0, 1] (NaN included), else 0: summed per chunk into
 // Args::invalid (one compare pair per voxel in the vector loop; the glue reports the error).
 template <class C> inline C invalid_target(C y) { return (y >= C(0) && y <= C(1)) ? C(0) : C(1); }
+// The exp sums are defined for hard labels: 1 for a target value other than 0 and 1.
+template <class C> inline C soft_target(C y) { return (y == C(0) || y == C(1)) ? C(0) : C(1); }
 inline void write_invalid(const Args& a, int64_t c, double v) {
   if (a.invalid != nullptr) a.invalid[c] = v;
 }
@@ -401,7 +403,7 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           s2 += y * qt;
           s5 += y * pw;
           s6 += ny * pw;
-          sb += invalid_target(y);
+          sb += soft_target(y);
           if constexpr (SAVE) mb[i] = saved_m(x, p, q);
         }
       } else {
@@ -438,7 +440,7 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           s6 += ny * pw;
           s7 += y * pw * nlpt;
           s8 += ny * pw * nlqt;
-          sb += invalid_target(y);
+          sb += soft_target(y);
           if constexpr (SAVE) mb[i] = saved_m(x, p, q);
         }
       }
