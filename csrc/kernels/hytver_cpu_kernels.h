@@ -215,6 +215,7 @@ template <class C> struct ClampConsts {
 // arithmetic loop slowed that loop by a sixth. Invalid: a uint8 value above 1; a float value
 // outside [0, 1] or NaN (stats), or other than 0 and 1 (the exp sums, for hard labels).
 template <class T> inline T maxv(T a, T b) { return a > b ? a : b; }
+template <class T> inline T minv(T a, T b) { return a < b ? a : b; }
 template <bool HARD, class U> inline bool block_invalid(const U* y, int64_t m) {
   U worst = 0;
   if constexpr (sizeof(U) == 1) {
@@ -410,9 +411,10 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           const C ny = C(1) - y;
           C p, q;
           sig_pq(x, p, q);
-          bool plo, qlo;
-          C pt, qt;
-          clamp_pq(p, q, lo, hi, plo, qlo, pt, qt);
+          // clamp_pq's values as plain min / max (no logs to select here): below lo one of p, q
+          // goes to lo and the other, then at least hi, to hi.
+          const C pt = minv(maxv(p, lo), hi);
+          const C qt = minv(maxv(q, lo), hi);
           const C base = y > C(0.5) ? qt : pt;
           const C pw = base * base;
           s0 += y * pt;
@@ -514,37 +516,42 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
     for (int64_t i = 0; i < len; ++i) {
       const C y = static_cast<C>(yc[i]);
       const C ny = C(1) - y;
-      C p, q, nlp, nlq;
+      C p, q;
+      C v;
       if constexpr (FROM_SAVED) {
         float ps, qs;
         pq_from_saved(mc[i], ps, qs);
         p = ps;
         q = qs;
-        nlp = nlq = C(0);  // multiplied by g7 / g8 == 0 below
+        // gamma == 2, no F1 / F0 terms: the power terms, -y*q^2*2p*g5 + (1-y)*p^2*2q*g6 for
+        // hard labels, share the factor p*q with the others.
+        const C two = C(2);
+        v = p * q * (y * (g0m2 - two * q * g5) + ny * (g1 + two * p * g6)) +
+            (g4 * ny * p - g3 * y * q);
       } else {
         const C x = X::load(xc, i);
         C sp;
         sig_pq_sp(x, p, q, sp);
-        nlp = sp + max0(-x);
-        nlq = sp + max0(x);
+        const C nlp = sp + max0(-x);
+        const C nlq = sp + max0(x);
+        // Hard labels: q^gamma where y = 1, p^gamma where y = 0 (one exp, see exp_fwd).
+        C qg;
+        if constexpr (SQUARE) {
+          const C base = y > C(0.5) ? q : p;
+          qg = base * base;
+        } else {
+          qg = hexp(-gam * (y > C(0.5) ? nlq : nlp));
+        }
+        const C pg = qg;
+        const C gp = gam * p;
+        const C gq = gam * q;
+        v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) - y * qg * (gp * g5) +
+            ny * pg * (gq * g6) + ny * pg * (g8 * (p + gq * nlq)) -
+            y * qg * (g7 * (gp * nlp + q));
       }
       // Inside [eps, 1 - eps] (all of it when eps == 0) the clamp is the identity; outside,
       // torch.clamp passes no gradient.
-      // Hard labels: q^gamma where y = 1, p^gamma where y = 0 (one exp, see exp_fwd).
-      C qg;
-      if constexpr (SQUARE) {
-        const C base = y > C(0.5) ? q : p;
-        qg = base * base;
-      } else {
-        qg = hexp(-gam * (y > C(0.5) ? nlq : nlp));
-      }
-      const C pg = qg;
-      const C gp = gam * p;
-      const C gq = gam * q;
-      C v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) - y * qg * (gp * g5) +
-            ny * pg * (gq * g6);
-      if constexpr (!FROM_SAVED) v += ny * pg * (g8 * (p + gq * nlq)) - y * qg * (g7 * (gp * nlp + q));
-      store_grad<FROM_SAVED, X>(gc, i, p < lo ? C(0) : (q < lo ? C(0) : v));
+      store_grad<FROM_SAVED, X>(gc, i, (p < lo || q < lo) ? C(0) : v);
     }
   }
 }
