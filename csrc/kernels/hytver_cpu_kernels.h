@@ -212,7 +212,7 @@ template <class C> struct ClampConsts {
 // kernels
 
 // Target check of one block (while it is in L1), in its own short loop: folding it into the
-// arithmetic loop slowed that loop by a sixth. Invalid: a uint8 value above 1; a float value
+// arithmetic loop slowed that loop down noticeably. Invalid: a uint8 value above 1; a float value
 // outside [0, 1] or NaN (stats), or other than 0 and 1 (the exp sums, for hard labels).
 template <class T> inline T maxv(T a, T b) { return a > b ? a : b; }
 template <class T> inline T minv(T a, T b) { return a < b ? a : b; }
