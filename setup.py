@@ -13,6 +13,7 @@ always built when torch is importable. The CUDA part (csrc/cuda/*.cu) is control
 * ``auto`` (default): build it when ``torch.version.cuda`` is set and nvcc is found under
   CUDA_HOME (a GPU is not needed; ``torch.cuda.is_available()`` is deliberately not consulted).
 
+``HYTVER_LIMITED_API=0`` builds without the limited (abi3) Python API.
 CUDA builds also want ``TORCH_CUDA_ARCH_LIST`` (e.g. ``9.0``) when no GPU is visible, and usually
 ``CUDA_HOME=/usr/local/cuda``. ``MAX_JOBS`` limits parallel compilation (ninja).
 Without an importable torch (an isolated build) the package installs without the extension, and
@@ -92,8 +93,12 @@ def _extensions():
     cuda_home = cpp_extension.CUDA_HOME or os.environ.get("CUDA_HOME")
     with_cuda = _cuda_wanted(torch, cuda_home)
     # py_limited_api (one abi3 build for all CPython versions) needs torch >= 2.6.
+    # HYTVER_LIMITED_API=0 builds a plain CPython extension instead (per-machine builds gain
+    # nothing from abi3; the GPU check builds so, to rule the stable-ABI path out when an op's
+    # C++ exception misbehaves).
     torch_version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
-    limited_api = torch_version >= (2, 6)
+    limited_api = (torch_version >= (2, 6)
+                   and os.environ.get("HYTVER_LIMITED_API", "1").strip() not in ("0", "no", "off"))
     kwargs = dict(
         name=EXT_NAME,
         extra_link_args=link_flags,

@@ -8,13 +8,19 @@
 #   1. build the extension with its CUDA kernels (pip editable install without build isolation,
 #      falling back to `setup.py build_ext --inplace`), meanwhile nvcc-compile the
 #      framework-free self-test tests/cuda_standalone/check.cu;
-#   2. run the self-test against a double host reference, plus raw kernel timings (--bench);
-#   3. pytest tests/test_ops.py (CUDA tests included; also every CPU ISA path of this host);
+#   2. run the self-test against a double host reference (sums ops and the loss ops with the
+#      loss algebra on the device), plus raw kernel timings (--bench);
+#   3. pytest tests/test_ops.py tests/test_losses_fused.py (CUDA tests included: the loss op
+#      against the CPU, no host sync and launch counts, CUDA-graph capture, device-side target
+#      check and argument errors in subprocesses; also every CPU ISA path of this host);
 #   4. compute-sanitizer memcheck on the self-test (small cases);
 #   5. op benchmarks, fused vs eager reference -> $OUT/bench_gpu.json; loss benchmarks on CUDA
-#      -> $OUT/bench_losses_gpu.json;
+#      -> $OUT/bench_losses_gpu.json; the performance targets (fused HyTver fwd+bwd at 4x1x80^3
+#      vs 100 us and vs torch.compile(reference), effective bandwidth at 2x1x160x192x160 vs
+#      50 % of 4.3 TB/s at 14 bytes/voxel; CUDA events) -> $OUT/bench_targets_gpu.json;
 #   6. compute-sanitizer memcheck on a small torch case, racecheck on the self-test;
 #   7. benchmarks of torch.compile(reference) on CUDA -> $OUT/bench_gpu_compiled.json.
+# The extension is built without the limited Python API (HYTVER_LIMITED_API=0).
 # Logs end up packed in $OUT/logs.tgz.
 # $OUT/summary.txt lists each step's exit code and time. Without a GPU (nvidia-smi fails) the
 # script still builds (CPU-only unless HYTVER_CUDA=1), compiles the self-test and runs the CPU
@@ -38,6 +44,7 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-16}
+export HYTVER_LIMITED_API=${HYTVER_LIMITED_API:-0}
 if [ "$HAVE_GPU" = 1 ]; then export HYTVER_CUDA=${HYTVER_CUDA:-1}; else export HYTVER_CUDA=${HYTVER_CUDA:-auto}; fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
@@ -100,7 +107,7 @@ step import 60 "$PY" -c "
 import torch
 from hytver_dist import ops
 print('extension', ops.is_available(), 'cuda kernels', ops.has_cuda(), 'cpu isa', ops.cpu_isa(), ops.supported_cpu_isas())
-print(torch._C._dispatch_dump('hytver::stats'))
+print(torch._C._dispatch_dump('hytver::loss'))
 assert ops.is_available(), ops.extension_error()
 assert ops.has_cuda() or '$HYTVER_CUDA' != '1', 'built without CUDA kernels'
 "
@@ -148,7 +155,11 @@ fi
 
 if [ "$HAVE_GPU" = 1 ] && [ "$BUILT" = 0 ]; then
   step bench_losses 120 "$PY" -m pytest benchmarks/test_bench_losses.py "${BENCH_ARGS[@]}" \
-    -k "not compiled and not monai" --bench-devices=cuda --benchmark-json="$OUT/bench_losses_gpu.json"
+    -k "not compiled and not monai and not target_ratios" --bench-devices=cuda \
+    --benchmark-json="$OUT/bench_losses_gpu.json"
+  step bench_targets 150 "$PY" -m pytest benchmarks/test_bench_losses.py "${BENCH_ARGS[@]}" \
+    -k target_ratios --bench-devices=cuda --bench-sizes=all --bench-rounds=100 \
+    --benchmark-json="$OUT/bench_targets_gpu.json"
 else
   skip bench_losses "needs a GPU and the extension"
 fi
@@ -166,6 +177,9 @@ for xdt in (torch.float32, torch.bfloat16, torch.float64):
         x = xb[off:].view(2, 3, 1001).requires_grad_(True)
         y = yb[off:].view(2, 3, 1001)
         (ops.stats(x, y).sum() + ops.exp_stats(x, y, 2.0, 1e-7).sum()).backward()
+        for kind, params in (("hytver", [0.7, 0.7, 0.5, 1.0]), ("dice_pp", [2.0])):
+            xc = x.detach().view(2, 3, 1001).requires_grad_(True)
+            ops.loss(xc, y.view(2, 3, 1001), kind, params, True).backward()
 torch.cuda.synchronize()
 print("small case ok")
 EOF
@@ -186,7 +200,7 @@ else
 fi
 
 echo "total $((SECONDS - START))s of ${BUDGET}s" | tee -a "$SUMMARY"
-for f in check pytest bench bench_losses; do
+for f in check pytest bench bench_losses bench_targets; do
   if [ -f "$OUT/$f.log" ]; then
     echo "===== tail $f.log"
     tail -n 40 "$OUT/$f.log"

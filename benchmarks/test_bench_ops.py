@@ -4,12 +4,9 @@
         [--bench-sizes=all] [--bench-devices=cuda] [--benchmark-json=bench.json]
 
 Groups: "<op> <mode> <shape> <dtype> <device>" with providers side by side:
-  fused      hytver_dist.ops.stats / exp_stats (the C++/CUDA kernels; on the CPU, stats with
-             a backward to follow runs the saving variant: the backward reads one saved float
-             per voxel and writes the gradient over it. exp_stats saves only with logs=False,
-             DSC++'s case, timed at loss level by test_bench_losses.py)
-  recompute  torch.ops.hytver.stats called directly (CPU): the backward recomputes the sigmoid
-             from the logits into a new buffer
+  fused      hytver_dist.ops.stats / exp_stats (the C++/CUDA sum kernels; the backward
+             recomputes from the logits. The whole-loss op with its CPU saving variant is timed
+             at loss level by test_bench_losses.py)
   reference  hytver_dist.ops.reference_stats / reference_exp_stats (eager composite)
   compiled   torch.compile(reference_*) (inductor)
 Modes: fwd (sums only, no autograd), bwd (backward of a weighted sum of the sums, forward
@@ -31,7 +28,7 @@ OPS = {
     "stats": (ops.stats, ops.reference_stats, ()),
     "exp_stats": (ops.exp_stats, ops.reference_exp_stats, (GAMMA, EPS)),
 }
-PROVIDERS = ("fused", "recompute", "reference", "compiled")
+PROVIDERS = ("fused", "reference", "compiled")
 MODES = ("fwd", "bwd", "full")
 
 
@@ -46,8 +43,6 @@ def _provider_fn(op: str, provider: str):
         if not ops.is_available():
             pytest.skip("hytver_dist._C is not built")
         return fused
-    if provider == "recompute":
-        return torch.ops.hytver.stats
     if provider == "reference":
         return reference
     return _compiled(op)
@@ -56,7 +51,7 @@ def _provider_fn(op: str, provider: str):
 def _bytes_moved(case: BenchCase, mode: str) -> int:
     xb = torch.empty((), dtype=case.dtype).element_size() * case.numel
     yb = torch.empty((), dtype=case.target_dtype).element_size() * case.numel
-    fwd, bwd = xb + yb, 2 * xb + yb  # bwd reads x (or the saved floats), y and writes dL/dx
+    fwd, bwd = xb + yb, 2 * xb + yb  # bwd reads x and y and writes dL/dx
     return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode]
 
 
@@ -64,10 +59,8 @@ def _bytes_moved(case: BenchCase, mode: str) -> int:
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("op", tuple(OPS))
 def test_ops(benchmark, bench_case: BenchCase, op: str, provider: str, mode: str):
-    if provider in ("fused", "recompute") and not ops.supports(bench_case.device):
+    if provider == "fused" and not ops.supports(bench_case.device):
         pytest.skip(f"no fused kernel for {bench_case.device}")
-    if provider == "recompute" and (op != "stats" or bench_case.device != "cpu"):
-        pytest.skip("ops.stats' saving variant (and so this comparison) exists on the CPU only")
     fn = _provider_fn(op, provider)
     args = OPS[op][2]
     x, y = make_batch(bench_case)

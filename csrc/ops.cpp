@@ -34,26 +34,24 @@ TORCH_LIBRARY(hytver, m) {
       "exp_stats_backward(Tensor grad, Tensor logits, Tensor target, float gamma, float eps) "
       "-> Tensor",
       {at::Tag::pt2_compliant_tag});
-  // CPU training variants (stats: float32 / bfloat16 / float16 logits; exp_stats: float32):
-  // the forward also returns one float32 per voxel (the logits' shape) from which the backward
-  // gets the gradient without exp or division, and which it overwrites with that float32
-  // gradient (so training allocates no gradient buffer). The backwards read only the logits'
-  // shape and dtype, except exp_stats_backward_saved_ where it must recompute (gamma != 2 or a
-  // nonzero F1 / F0 gradient).
-  m.def("stats_save(Tensor logits, Tensor target) -> (Tensor, Tensor)",
-        {at::Tag::pt2_compliant_tag});
+  // The loss of a registered loss kind (hytver_dist/losses/registry.py names; hyperparameters
+  // in the order of csrc/kernels/hytver_loss_algebra.h) on logits (B, C, *spatial) and a target
+  // of the same shape: (loss, coef, saved). loss: 0-dim (float64 for float64 logits, else
+  // float32); coef: float64 (B*C, K), the gradient of the loss w.r.t. the per-(sample, channel)
+  // sums, which the backward needs. save=True (CPU, non-float64 logits): saved holds one float32
+  // per voxel (the logits' shape) from which loss_backward_saved_ gets the gradient without exp
+  // or division, writing it over saved (no gradient buffer); else saved is empty.
   m.def(
-      "stats_backward_saved_(Tensor grad_stats, Tensor(a!) saved, Tensor logits, "
-      "Tensor target) -> ()",
+      "loss(Tensor logits, Tensor target, str kind, float[] params, bool per_sample=False, "
+      "bool save=False) -> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
-  // logs=False: C1, C0, F1, F0 come back as 0 (DSC++ needs none of them; with gamma == 2 the
-  // kernel then skips the log series).
+  // The logit gradient: grad (the loss's 0-dim gradient) * sum_k coef[row, k] * dsum_k/dx.
   m.def(
-      "exp_stats_save(Tensor logits, Tensor target, float gamma, float eps, bool logs=True) "
-      "-> (Tensor, Tensor)",
+      "loss_backward(Tensor grad, Tensor coef, Tensor logits, Tensor target, str kind, "
+      "float[] params) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
-      "exp_stats_backward_saved_(Tensor grad, Tensor(a!) saved, Tensor logits, Tensor target, "
-      "float gamma, float eps) -> ()",
+      "loss_backward_saved_(Tensor grad, Tensor coef, Tensor(a!) saved, Tensor logits, "
+      "Tensor target, str kind, float[] params) -> ()",
       {at::Tag::pt2_compliant_tag});
 }

@@ -1,24 +1,30 @@
-"""Fused per-sample loss sums (``torch.ops.hytver.*``) and their pure-PyTorch references.
+"""Fused loss ops (``torch.ops.hytver.*``) and their pure-PyTorch references.
 
 The C++/CUDA extension ``hytver_dist._C`` registers these custom operators (schemas in
 ``csrc/ops.cpp``)::
 
+    hytver::loss(Tensor logits, Tensor target, str kind, float[] params, bool per_sample=False,
+                 bool save=False) -> (Tensor loss, Tensor coef, Tensor saved)
+    hytver::loss_backward(Tensor grad, Tensor coef, Tensor logits, Tensor target, str kind,
+                          float[] params) -> Tensor
+    hytver::loss_backward_saved_(Tensor grad, Tensor coef, Tensor(a!) saved, Tensor logits,
+                                 Tensor target, str kind, float[] params) -> ()      # CPU only
     hytver::stats(Tensor logits, Tensor target) -> Tensor                       # (B, 5)
     hytver::stats_backward(Tensor grad_stats, Tensor logits, Tensor target) -> Tensor
     hytver::exp_stats(Tensor logits, Tensor target, float gamma, float eps) -> Tensor  # (B, 9)
     hytver::exp_stats_backward(Tensor grad, Tensor logits, Tensor target, float gamma,
                                float eps) -> Tensor
-    hytver::stats_save(Tensor logits, Tensor target) -> (Tensor, Tensor)        # CPU only
-    hytver::stats_backward_saved_(Tensor grad_stats, Tensor(a!) saved, Tensor logits,
-                                  Tensor target) -> ()
-    hytver::exp_stats_save(Tensor logits, Tensor target, float gamma, float eps,
-                           bool logs=True) -> (Tensor, Tensor)                 # CPU only
-    hytver::exp_stats_backward_saved_(Tensor grad, Tensor(a!) saved, Tensor logits,
-                                      Tensor target, float gamma, float eps) -> ()
 
-The ``*_save`` ops are the CPU training path: besides the sums they return one float32 per voxel
-(the logits' shape; m = x >= 0 ? -q : p) from which the ``*_saved_`` backwards get the gradient
-without exp or division, writing it over m (so a training step allocates no gradient buffer).
+``loss`` is a whole loss of the registry (``kind`` = its name, ``params`` = its hyperparameters
+in the order of :data:`LOSS_PARAMS`) on logits ``(B, C, *spatial)`` and a target of the same
+shape, in one call per direction: the forward reduces the per-(sample, channel) sums and
+evaluates the loss and its gradient w.r.t. the sums (``coef``, float64 ``(B*C, K)``) on the
+device (on a GPU: two kernel launches, no host synchronisation); the backward is one elementwise
+pass. ``save=True`` (CPU) also returns one float32 per voxel, m = x >= 0 ? -q : p, from which
+``loss_backward_saved_`` gets the gradient without exp or division, writing it over m (so a
+training step allocates no gradient buffer). :func:`loss` picks the variant.
+
+``stats`` / ``exp_stats`` are the per-sample sums alone (the kernels' building block).
 
 This module adds their fake (meta) kernels and autograd formulas, so that they work under
 ``torch.compile(fullgraph=True)`` and ``torch.library.opcheck``, and the Python API below. It
@@ -38,11 +44,13 @@ q~ = 1 - p~, lp = log p~, lq = log q~ (= -softplus(-x), -softplus(x) when eps ==
 sum (1-y)*p~^gamma*(-lq)]. Powers are exp(gamma*log): q~^0 == 1. The gradient through the clamp
 follows torch.clamp (zero where p is outside [eps, 1-eps]). The kernels compute q and the logs
 from the logits (no 1 - p cancellation); for float32 inputs the clamp bounds are float32(eps)
-and float32(1 - eps), as in a float32 torch.clamp.
+and float32(1 - eps), as in a float32 torch.clamp. The exponent losses (:data:`EXP_KINDS`) use
+these sums, so their fused op is defined for hard labels only (on a GPU the op checks that on
+the device).
 
 Gradients flow to the logits only (the target gets none). Logits: float32, float64, bfloat16 or
-float16, shape (B, ...); target: float32, float64, uint8 or bool with the same batch size and
-number of elements (any shape). Non-finite logits give NaN sums, as the composite does.
+float16; target: float32, float64, uint8 or bool. Non-finite logits give NaN, as the composite
+does.
 """
 
 from __future__ import annotations
@@ -56,6 +64,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "LOSS_PARAMS",
+    "EXP_KINDS",
+    "loss",
     "STATS_FIELDS",
     "EXP_STATS_FIELDS",
     "is_available",
@@ -74,6 +85,28 @@ __all__ = [
 #: Column names of :func:`stats` and :func:`exp_stats`.
 STATS_FIELDS = ("TP", "FP", "FN", "C1", "C0")
 EXP_STATS_FIELDS = ("TP", "FP", "FN", "C1", "C0", "Eq", "Ep", "F1", "F0")
+
+#: Hyperparameters of each loss kind of :func:`loss`, in the order the op takes them (focal
+#: alpha None is passed as -1).
+LOSS_PARAMS: dict[str, tuple[str, ...]] = {
+    "dice": ("smooth",),
+    "tversky": ("alpha", "smooth"),
+    "focal_tversky": ("alpha", "gamma", "smooth"),
+    "logcosh_dice": ("smooth",),
+    "ce": (),
+    "weighted_ce": ("w_bg", "w_fg"),
+    "focal": ("alpha", "gamma"),
+    "dice_ce": ("lambda_dice", "lambda_ce", "smooth"),
+    "focal_dice": ("lambda_dice", "lambda_focal", "alpha", "gamma", "smooth"),
+    "combo": ("beta", "gamma", "smooth"),
+    "hytver": ("alpha", "beta", "gamma", "smooth"),
+    "symmetric_unified_focal": ("weight", "delta", "gamma"),
+    "asymmetric_unified_focal": ("weight", "delta", "gamma"),
+    "dice_pp": ("gamma",),
+}
+#: Kinds whose sums are the exp_stats columns (per-voxel powers; hard labels).
+EXP_KINDS = frozenset(
+    {"focal", "focal_dice", "symmetric_unified_focal", "asymmetric_unified_focal", "dice_pp"})
 
 _LOGIT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _TARGET_DTYPES = (torch.float32, torch.float64, torch.uint8, torch.bool)
@@ -207,11 +240,12 @@ def _sums_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _save_for_backward(logits: torch.Tensor) -> bool:
-    """Use the ``*_save`` ops: when a backward will follow, the forward keeps 4 bytes per voxel
-    so that the backward is a memory pass instead of a second round of exp and division, and
-    writes the gradient over them. CPU only (a GPU recomputes faster than it reads), and not for
-    float64 logits (gradcheck: the plain ops recompute in float64), nor under torch.compile
-    (the in-place backward would be functionalised into a copy)."""
+    """Use the saving variant of the loss op (``save=True``): when a backward will follow, the
+    forward keeps 4 bytes per voxel so that the backward is a memory pass instead of a second
+    round of exp and division, and writes the gradient over them. CPU only (a GPU recomputes
+    faster than it reads), and not for float64 logits (gradcheck: the plain op recomputes in
+    float64), nor under torch.compile (the in-place backward would be functionalised into a
+    copy)."""
     return (
         logits.device.type == "cpu"
         and logits.dtype != torch.float64
@@ -232,6 +266,35 @@ def functorch_active() -> bool:
 # public API
 
 
+def loss(logits: torch.Tensor, target: torch.Tensor, kind: str, params: list[float],
+         per_sample: bool = False) -> torch.Tensor:
+    """The loss ``kind`` (a registry name) with hyperparameters ``params`` (order:
+    :data:`LOSS_PARAMS`) on logits ``(B, C, *spatial)`` and a target of the same shape, as one
+    fused op per direction (0-dim; float64 for float64 logits, else float32).
+
+    The op checks in its own pass that the target's values lie in [0, 1], and for
+    :data:`EXP_KINDS` that they are 0 or 1 (CPU: ValueError; GPU: on the device); callers route
+    soft labels of the exponent kinds elsewhere (the loss classes use their reference form). Shapes
+    and dtypes are checked by the op too. Differentiable w.r.t.
+    ``logits``. On the CPU in eager training it uses the saving variant (see the module
+    docstring) when that pays.
+    """
+    params = [float(v) for v in params]
+    x, y = logits.contiguous(), target.contiguous()
+    if _save_for_backward(logits) and _saves(kind, params, logits.dtype):
+        return _TrainingLoss.apply(x, y, kind, params, per_sample)
+    return torch.ops.hytver.loss(x, y, kind, params, per_sample)[0]
+
+
+def _saves(kind: str, params: list[float], dtype: torch.dtype) -> bool:
+    """Whether the saving variant pays: its backward then runs from the saved values. The exp
+    sums' backward can do that only for gamma == 2 without log terms (DSC++); other exponent
+    kinds would recompute anyway, so saving would only cost 4 bytes per voxel."""
+    if kind in EXP_KINDS:
+        return kind == "dice_pp" and params[0] == 2.0 and dtype == torch.float32
+    return dtype != torch.float64
+
+
 def stats(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample sums ``(B, 5)``: [TP, FP, FN, C1, C0] (see the module docstring).
 
@@ -240,23 +303,15 @@ def stats(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     _check_inputs(logits, target, "stats")
     if _supports_type(logits.device.type):
-        if _save_for_backward(logits):
-            return _TrainingSums.apply(logits.contiguous(), target.contiguous(), ())
         return torch.ops.hytver.stats(logits.contiguous(), target.contiguous())
     return reference_stats(logits, target)
 
 
 def exp_stats(
-    logits: torch.Tensor, target: torch.Tensor, gamma: float, eps: float = 0.0,
-    logs: bool = True,
+    logits: torch.Tensor, target: torch.Tensor, gamma: float, eps: float = 0.0
 ) -> torch.Tensor:
-    """Per-sample sums ``(B, 9)``: [TP, FP, FN, C1, C0, Eq, Ep, F1, F0] for HARD labels (the kernels
-    take q^gamma where y = 1 and p^gamma where y = 0: soft labels give meaningless sums).
-
-    ``logs=False``: the caller uses none of the log columns C1, C0, F1, F0 (DSC++): they come
-    back as 0 (constants: no gradient flows through them). With gamma == 2 the CPU training path
-    then skips their per-voxel log series in the forward and needs only the saved p / q in the
-    backward.
+    """Per-sample sums ``(B, 9)``: [TP, FP, FN, C1, C0, Eq, Ep, F1, F0] for HARD labels (the
+    kernels take q^gamma where y = 1 and p^gamma where y = 0: soft labels give meaningless sums).
     See the module docstring. Differentiable w.r.t. ``logits``. Uses the fused kernel when
     :func:`supports` the device, else :func:`reference_exp_stats`.
     """
@@ -265,23 +320,8 @@ def exp_stats(
     eps = float(eps)
     _check_hyper(gamma, eps, "exp_stats")
     if _supports_type(logits.device.type):
-        x, y = logits.contiguous(), target.contiguous()
-        # Saving pays only when the backward can run from the saved values (no logs needed);
-        # else the forward's extra 8 MB per 2M voxels is wasted.
-        if not logs and gamma == 2.0 and logits.dtype == torch.float32 and _save_for_backward(
-                logits):
-            return _TrainingSums.apply(x, y, (gamma, eps), False)
-        sums = torch.ops.hytver.exp_stats(x, y, gamma, eps)
-    else:
-        sums = reference_exp_stats(logits, target, gamma, eps)
-    return sums if logs else _without_logs(sums)
-
-
-def _without_logs(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (B, 9) with the log columns C1, C0, F1, F0 of exp_stats zeroed (logs=False). The
-    mask is made here, not kept as a module constant, so that fake-tensor tracing accepts it."""
-    mask = torch.tensor([1.0, 1, 1, 0, 0, 1, 1, 0, 0], dtype=t.dtype, device=t.device)
-    return t * mask
+        return torch.ops.hytver.exp_stats(logits.contiguous(), target.contiguous(), gamma, eps)
+    return reference_exp_stats(logits, target, gamma, eps)
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,143 +399,143 @@ def reference_exp_stats(
 # fake kernels and autograd of the registered ops
 
 
+def _sums_fake(logits, k):
+    torch._check(logits.dim() >= 1, lambda: "logits need a batch dimension (B, ...)")
+    return logits.new_empty((logits.shape[0], k), dtype=_sums_dtype(logits.dtype))
+
+
+def _grad_fake(logits):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _check_loss_shapes(logits, target):
+    torch._check(logits.dim() >= 2, lambda: "logits must have shape (B, C, *spatial)")
+    torch._check(target.dim() == logits.dim(), lambda: "target must have the logits' shape")
+    for a, b in zip(target.shape, logits.shape, strict=True):
+        torch._check(a == b, lambda: "target must have the logits' shape")
+
+
 def _register() -> None:
     @torch.library.register_fake("hytver::stats")
     def _stats_fake(logits, target):
-        return logits.new_empty(
-            (logits.shape[0], len(STATS_FIELDS)), dtype=_sums_dtype(logits.dtype)
-        )
+        return _sums_fake(logits, len(STATS_FIELDS))
 
     @torch.library.register_fake("hytver::stats_backward")
     def _stats_backward_fake(grad_stats, logits, target):
-        return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        return _grad_fake(logits)
 
     @torch.library.register_fake("hytver::exp_stats")
     def _exp_stats_fake(logits, target, gamma, eps):
-        return logits.new_empty(
-            (logits.shape[0], len(EXP_STATS_FIELDS)), dtype=_sums_dtype(logits.dtype)
-        )
+        return _sums_fake(logits, len(EXP_STATS_FIELDS))
 
     @torch.library.register_fake("hytver::exp_stats_backward")
     def _exp_stats_backward_fake(grad, logits, target, gamma, eps):
-        return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        return _grad_fake(logits)
 
-    @torch.library.register_fake("hytver::stats_save")
-    def _stats_save_fake(logits, target):
-        return _stats_fake(logits, target), torch.empty_like(logits, dtype=torch.float32)
+    @torch.library.register_fake("hytver::loss")
+    def _loss_fake(logits, target, kind, params, per_sample=False, save=False):
+        _check_loss_shapes(logits, target)
+        torch._check(len(params) == len(LOSS_PARAMS.get(kind, ())),
+                     lambda: f"loss {kind!r} takes {LOSS_PARAMS.get(kind)} hyperparameters")
+        rows = logits.shape[0] * logits.shape[1]
+        k = len(EXP_STATS_FIELDS) if kind in EXP_KINDS else len(STATS_FIELDS)
+        value = logits.new_empty((), dtype=_sums_dtype(logits.dtype))
+        coef = logits.new_empty((rows, k), dtype=torch.float64)
+        saved = logits.new_empty(logits.shape if save else (0,), dtype=torch.float32)
+        return value, coef, saved
 
-    @torch.library.register_fake("hytver::stats_backward_saved_")
-    def _stats_backward_saved_fake(grad_stats, saved, logits, target):
-        return None
+    @torch.library.register_fake("hytver::loss_backward")
+    def _loss_backward_fake(grad, coef, logits, target, kind, params):
+        _check_loss_shapes(logits, target)
+        torch._check(grad.numel() == 1, lambda: "grad must be the loss's 0-dim gradient")
+        torch._check(coef.dim() == 2 and coef.shape[0] == logits.shape[0] * logits.shape[1],
+                     lambda: "coef must be the forward's (B*C, K) coefficients")
+        return _grad_fake(logits)
 
-    @torch.library.register_fake("hytver::exp_stats_save")
-    def _exp_stats_save_fake(logits, target, gamma, eps, logs=True):
-        sums = _exp_stats_fake(logits, target, gamma, eps)
-        return sums, torch.empty_like(logits, dtype=torch.float32)
-
-    @torch.library.register_fake("hytver::exp_stats_backward_saved_")
-    def _exp_stats_backward_saved_fake(grad, saved, logits, target, gamma, eps):
+    @torch.library.register_fake("hytver::loss_backward_saved_")
+    def _loss_backward_saved_fake(grad, coef, saved, logits, target, kind, params):
+        _check_loss_shapes(logits, target)
+        torch._check(saved.shape == logits.shape, lambda: "saved must have the logits' shape")
         return None
 
     def _stats_setup(ctx, inputs, output):
-        logits, target = inputs
+        logits, target = inputs[:2]
         ctx.save_for_backward(logits, target)
+        ctx.hyper = tuple(inputs[2:])  # (gamma, eps) of exp_stats, () for stats
 
     def _stats_backward(ctx, grad):
         logits, target = ctx.saved_tensors
         grad_logits = None
         if ctx.needs_input_grad[0]:
-            grad_logits = torch.ops.hytver.stats_backward(grad, logits, target)
-        return grad_logits, None
+            if ctx.hyper:
+                grad_logits = torch.ops.hytver.exp_stats_backward(grad, logits, target,
+                                                                  *ctx.hyper)
+            else:
+                grad_logits = torch.ops.hytver.stats_backward(grad, logits, target)
+        return (grad_logits,) + (None,) * (1 + len(ctx.hyper))
 
-    def _exp_stats_setup(ctx, inputs, output):
-        logits, target, gamma, eps = inputs
-        ctx.save_for_backward(logits, target)
-        ctx.gamma = gamma
-        ctx.eps = eps
-
-    def _exp_stats_backward(ctx, grad):
-        logits, target = ctx.saved_tensors
-        grad_logits = None
-        if ctx.needs_input_grad[0]:
-            grad_logits = torch.ops.hytver.exp_stats_backward(
-                grad, logits, target, ctx.gamma, ctx.eps
-            )
-        return grad_logits, None, None, None
-
-    # The saving variants as registered ops (opcheck, direct callers): the saved values are an
-    # output the caller may keep, so the backward writes the gradient into a copy of them. The
-    # training path of stats() / exp_stats() keeps them private instead (_TrainingSums).
-    def _save_setup(ctx, inputs, output):
-        logits, target = inputs[:2]
-        ctx.save_for_backward(output[1], logits, target)
-        ctx.hyper = tuple(inputs[2:4])  # (gamma, eps) of exp_stats_save, () for stats_save
-        ctx.logs = inputs[4] if len(inputs) > 4 else True
+    # The loss op as registered (torch.compile, CUDA, direct callers). With save=True the saved
+    # values are an output the caller may keep, so the backward writes into a copy of them; the
+    # eager CPU training path keeps them private instead (_TrainingLoss).
+    def _loss_setup(ctx, inputs, output):
+        logits, target, kind, params = inputs[:4]
+        ctx.save_for_backward(logits, target, output[1], output[2])
+        ctx.kind, ctx.params = kind, params
         ctx.n_inputs = len(inputs)
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)  # no zero-filled gradient for the saved values
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.set_materialize_grads(False)
 
-    def _saving_backward(ctx, grad, _grad_saved):
-        saved, logits, target = ctx.saved_tensors
+    def _loss_backward(ctx, grad, _grad_coef, _grad_saved):
+        logits, target, coef, saved = ctx.saved_tensors
         grad_logits = None
         if grad is not None and ctx.needs_input_grad[0]:
-            if not ctx.logs:  # the log columns are constant zeros
-                grad = _without_logs(grad)
-            grad_logits = _grad_into_saved(grad, saved.clone(), logits, target, ctx.hyper)
+            if saved.numel() > 0:
+                grad_logits = _grad_into_saved(grad, coef, saved.clone(), logits, target,
+                                               ctx.kind, ctx.params)
+            else:
+                grad_logits = torch.ops.hytver.loss_backward(grad, coef, logits, target,
+                                                             ctx.kind, ctx.params)
         return (grad_logits,) + (None,) * (ctx.n_inputs - 1)
 
-    torch.library.register_autograd("hytver::stats", _stats_backward, setup_context=_stats_setup)
-    for name in ("hytver::stats_save", "hytver::exp_stats_save"):
-        torch.library.register_autograd(name, _saving_backward, setup_context=_save_setup)
-
-    torch.library.register_autograd(
-        "hytver::exp_stats", _exp_stats_backward, setup_context=_exp_stats_setup
-    )
+    for name in ("hytver::stats", "hytver::exp_stats"):
+        torch.library.register_autograd(name, _stats_backward, setup_context=_stats_setup)
+    torch.library.register_autograd("hytver::loss", _loss_backward, setup_context=_loss_setup)
 
 
-def _grad_into_saved(grad: torch.Tensor, saved: torch.Tensor, logits: torch.Tensor,
-                     target: torch.Tensor, hyper: tuple) -> torch.Tensor:
+def _grad_into_saved(grad: torch.Tensor, coef: torch.Tensor, saved: torch.Tensor,
+                     logits: torch.Tensor, target: torch.Tensor, kind: str,
+                     params: list[float]) -> torch.Tensor:
     """The logit gradient, written over ``saved`` (the saving forward's values)."""
-    if hyper:
-        torch.ops.hytver.exp_stats_backward_saved_(grad, saved, logits, target, *hyper)
-    else:
-        torch.ops.hytver.stats_backward_saved_(grad, saved, logits, target)
+    torch.ops.hytver.loss_backward_saved_(grad, coef, saved, logits, target, kind, params)
     return saved.to(logits.dtype)  # no copy for float32 logits
 
 
-class _TrainingSums(torch.autograd.Function):
-    """The eager CPU training path of :func:`stats` / :func:`exp_stats`: the saving forward's
-    per-voxel values stay private to this node, so its first backward turns them into the
-    gradient in place (no gradient buffer to allocate: with two large buffers alive per step,
-    glibc hands the memory back to the kernel and every step faults it in again). A second
-    backward of the same graph (retain_graph=True) finds them consumed and recomputes from the
-    logits."""
+class _TrainingLoss(torch.autograd.Function):
+    """The eager CPU training path of :func:`loss`: the saving forward's per-voxel values stay
+    private to this node, so its first backward turns them into the gradient in place (no
+    gradient buffer to allocate: with two large buffers alive per step, glibc hands the memory
+    back to the kernel and every step faults it in again). A second backward of the same graph
+    (retain_graph=True) finds them consumed and recomputes from the logits."""
 
     @staticmethod
-    def forward(ctx, logits, target, hyper, logs=True):
-        if hyper:
-            sums, saved = torch.ops.hytver.exp_stats_save(logits, target, *hyper, logs)
-        else:
-            sums, saved = torch.ops.hytver.stats_save(logits, target)
-        ctx.save_for_backward(logits, target)
-        ctx.hyper = hyper
-        ctx.logs = logs
+    def forward(ctx, logits, target, kind, params, per_sample):
+        value, coef, saved = torch.ops.hytver.loss(logits, target, kind, params, per_sample, True)
+        ctx.save_for_backward(logits, target, coef)
+        ctx.kind, ctx.params = kind, params
         ctx.saved_values = saved
-        return sums
+        return value
 
     @staticmethod
     def backward(ctx, grad):
-        logits, target = ctx.saved_tensors
+        logits, target, coef = ctx.saved_tensors
         saved, ctx.saved_values = ctx.saved_values, None
-        if not ctx.logs:  # the log columns are constant zeros
-            grad = _without_logs(grad)
         if saved is not None:
-            grad_logits = _grad_into_saved(grad, saved, logits, target, ctx.hyper)
-        elif ctx.hyper:
-            grad_logits = torch.ops.hytver.exp_stats_backward(grad, logits, target, *ctx.hyper)
+            grad_logits = _grad_into_saved(grad, coef, saved, logits, target, ctx.kind,
+                                           ctx.params)
         else:
-            grad_logits = torch.ops.hytver.stats_backward(grad, logits, target)
-        return grad_logits, None, None, None
+            grad_logits = torch.ops.hytver.loss_backward(grad, coef, logits, target, ctx.kind,
+                                                         ctx.params)
+        return grad_logits, None, None, None, None
 
 
 if _AVAILABLE:

@@ -1,8 +1,10 @@
 """Compile the framework-free CUDA kernels with nvcc (no GPU and no CUDA torch needed).
 
-tests/cuda_standalone/check.cu instantiates every kernel of csrc/kernels/hytver_cuda_kernels.cuh;
-on a machine with a GPU the compiled program also runs its self-test against a double host
-reference. Every other .cu under csrc/ that includes no torch header is compiled too (the torch
+tests/cuda_standalone/check.cu instantiates every kernel of csrc/kernels/hytver_cuda_kernels.cuh
+(including the loss ops, whose finalize kernel runs the loss algebra of
+csrc/kernels/hytver_loss_algebra.h on the device); on a machine with a GPU the compiled program
+also runs its self-test against a double host reference. Each framework-free kernel header also
+compiles alone. Every other .cu under csrc/ that includes no torch header is compiled too (the torch
 glue, csrc/cuda/hytver_cuda.cu, is built by setup.py with HYTVER_CUDA=1 instead). Skipped when
 nvcc is not found (CUDA_HOME/bin, PATH, /usr/local/cuda/bin).
 """
@@ -96,3 +98,21 @@ def test_torch_glue_is_the_only_torch_dependent_cu():
         p.name for p in (ROOT / "csrc").rglob("*.cu") if _TORCH_INCLUDE.search(p.read_text())
     )
     assert torch_cu == ["hytver_cuda.cu"]
+
+
+KERNEL_HEADERS = ["hytver_cuda_kernels.cuh", "hytver_loss_algebra.h"]
+
+
+@pytest.mark.parametrize("name", KERNEL_HEADERS)
+def test_kernel_headers_are_framework_free_and_compile_alone(name, tmp_path):
+    """The loss algebra is shared by the CPU glue (host C++) and the CUDA finalize kernel
+    (``__host__ __device__``): it must compile under nvcc on its own, without torch."""
+    header = ROOT / "csrc" / "kernels" / name
+    assert not _TORCH_INCLUDE.search(header.read_text())
+    src = tmp_path / f"{header.stem}_alone.cu"
+    src.write_text(f'#include "{header}"\n'
+                   "__global__ void touch(double* out, const double* sums) {\n"
+                   "  hytver::algebra::Spec spec;\n"
+                   "  out[0] = hytver::algebra::loss_and_coef(spec, sums, 1, 1, 8, out + 1);\n"
+                   "}\n")
+    _compile(["-c", str(src), "-o", str(tmp_path / "alone.o")])

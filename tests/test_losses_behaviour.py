@@ -150,8 +150,10 @@ def test_half_logits_are_computed_in_float32():
     (torch.zeros(2, 1, 4, 4, dtype=torch.bool), torch.zeros(2, 1, 4, 4), "floating-point"),
     (torch.zeros(0, 1, 4, 4), torch.zeros(0, 1, 4, 4), "empty"),
     (torch.zeros(2, 1, 0, 4), torch.zeros(2, 1, 0, 4), "empty"),
-    (torch.zeros(2, 2, 4, 4), torch.zeros(2, 2, 4, 4), r"\(B, 1, \*spatial\)"),
-    (torch.zeros(2, 1), torch.zeros(2, 1), r"\(B, 1, \*spatial\)"),
+    (torch.zeros(2, 2, 4, 4), torch.zeros(2, 4, 4), "without the channel axis when there is "
+     "one channel"),
+    (torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), "does not match logits shape"),
+    (torch.zeros(2, 1), torch.zeros(2, 1), r"\(B, C, \*spatial\)"),
 ])
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_bad_inputs_raise_value_error(name, x, y, match):

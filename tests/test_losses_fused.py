@@ -8,12 +8,13 @@ skipping when it is missing.
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
 
 from hytver_dist import ops
-from hytver_dist.losses import LOSSES, ExponentLoss, get_loss
+from hytver_dist.losses import LOSSES, get_loss
 
 pytestmark = pytest.mark.skipif(
     not ops.is_available() and not os.environ.get("HYTVER_REQUIRE_EXT"),
@@ -42,10 +43,12 @@ def both(name, x, y, **kwargs):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("batch,spatial", [(1, (7, 9, 11)), (3, (5, 13, 17)), (2, (33, 31))])
+@pytest.mark.parametrize("batch,channels,spatial",
+                         [(1, 1, (7, 9, 11)), (3, 1, (5, 13, 17)), (2, 1, (33, 31)),
+                          (2, 3, (6, 7, 5)), (1, 4, (9, 8))])
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_fused_equals_reference_float64(name, batch, spatial, device):
-    x, y = inputs((batch, 1, *spatial), torch.float64, device=device)
+def test_fused_equals_reference_float64(name, batch, channels, spatial, device):
+    x, y = inputs((batch, channels, *spatial), torch.float64, device=device)
     for kwargs in ([{}, {"per_sample": True}] if name in SCOPED else [{}]):
         (vf, gf), (vr, gr) = both(name, x, y, **kwargs)
         torch.testing.assert_close(vf, vr, rtol=1e-10, atol=0)
@@ -54,9 +57,10 @@ def test_fused_equals_reference_float64(name, batch, spatial, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("target_dtype", [torch.float32, torch.uint8, torch.bool])
+@pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_fused_equals_reference_float32(name, target_dtype, device):
-    x, y = inputs((3, 1, 19, 21, 23), torch.float32, device=device)
+def test_fused_equals_reference_float32(name, target_dtype, device, channels):
+    x, y = inputs((3, channels, 19, 21, 23), torch.float32, device=device)
     y = y.to(target_dtype)
     (vf, gf), (vr, gr) = both(name, x, y)
     assert vf.dtype == torch.float32
@@ -94,32 +98,36 @@ def test_half_logits_fused(name):
         torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-6)
 
 
-def test_fullgraph_compile_fused_hytver():
-    x, y = inputs((2, 1, 12, 12, 12), torch.float32)
-    y = y.to(torch.uint8)
-    loss = get_loss("hytver", backend="fused")
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
-    vc, ve = compiled(xc, y), loss(xe, y)
-    vc.backward()
-    ve.backward()
-    torch.testing.assert_close(vc, ve)
-    torch.testing.assert_close(xc.grad, xe.grad)
-
-
 def test_auto_picks_fused_and_fused_errors_without_extension(monkeypatch):
-    from hytver_dist.losses import _sums
+    from hytver_dist.losses import _base
 
     x, y = inputs((1, 1, 4, 4, 4), torch.float32)
     calls = []
-    monkeypatch.setattr(ops, "stats", lambda *a: calls.append(a) or ops.reference_stats(*a))
+    real = ops.loss
+    monkeypatch.setattr(ops, "loss", lambda *a: calls.append(a) or real(*a))
     get_loss("dice")(x, y)
     assert len(calls) == 1  # auto went through the fused op
-    monkeypatch.setattr(_sums, "FUSED_DEVICE_TYPES", frozenset())
+    monkeypatch.setattr(_base, "FUSED_DEVICE_TYPES", frozenset())
     get_loss("dice")(x, y)  # auto falls back silently
     assert len(calls) == 1
     with pytest.raises(RuntimeError, match="backend='fused'"):
         get_loss("dice", backend="fused")(x, y)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_one_fused_call_per_loss(name, monkeypatch):
+    """Every loss is one call of the fused op (hard labels), with its registry name as kind and
+    its hyperparameters in the op's order."""
+    x, y = inputs((2, 2, 5, 6, 7), torch.float32)
+    calls = []
+    real = torch.ops.hytver.loss
+    monkeypatch.setattr(torch.ops.hytver, "loss",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    loss = get_loss(name)
+    with torch.no_grad():  # the plain op (no saving autograd node)
+        loss(x, y)
+    assert len(calls) == 1
+    assert calls[0][2] == name and len(calls[0][3]) == len(ops.LOSS_PARAMS[name])
 
 
 def test_torch_func_transforms_use_the_reference():
@@ -134,7 +142,50 @@ def test_torch_func_transforms_use_the_reference():
             torch.func.grad(lambda t, n=name: get_loss(n, backend="fused")(t, y))(x)
 
 
-def test_every_exponent_loss_has_a_fused_path():
-    exponent = [n for n, c in LOSSES.items() if issubclass(c, ExponentLoss)]
-    assert sorted(exponent) == sorted(["focal", "focal_dice", "symmetric_unified_focal",
-                                       "asymmetric_unified_focal", "dice_pp"])
+def test_exponent_losses_need_hard_labels():
+    exponent = [n for n, c in LOSSES.items() if c.needs_hard_labels]
+    assert sorted(exponent) == sorted(ops.EXP_KINDS)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fullgraph_compile_traces_the_fused_op(name, channels):
+    """torch.compile(fullgraph=True) traces the fused op (one graph, no break), forward and
+    backward, and gives the eager fused values."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()  # every loss compiles SigmoidLoss.forward: no recompile limit here
+    x, y = inputs((2, channels, 6, 7, 8), torch.float32)
+    y = y.to(torch.uint8)
+    loss = get_loss(name, backend="fused")
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(loss, fullgraph=True, backend=counter)
+    xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    vc, ve = compiled(xc, y), loss(xe, y)
+    vc.backward()
+    ve.backward()
+    assert counter.frame_count == 1
+    graph = "\n".join(str(g.graph) for g in counter.graphs)
+    assert "hytver.loss" in graph
+    torch.testing.assert_close(vc, ve, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_monai_metatensor_inputs(name, backend):
+    """MONAI's MetaTensor (a tensor subclass) works as logits and target, without a warning
+    (the tests run with warnings as errors here), and gives the plain tensors' values."""
+    from monai.data import MetaTensor
+
+    x, y = inputs((2, 2, 5, 6, 7), torch.float32)
+    xm = MetaTensor(x.clone()).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = get_loss(name, backend=backend)(xm, MetaTensor(y))
+        value.backward()
+    xp = x.clone().requires_grad_()
+    want = get_loss(name, backend=backend)(xp, y)
+    want.backward()
+    torch.testing.assert_close(value.as_subclass(torch.Tensor), want)
+    torch.testing.assert_close(xm.grad.as_subclass(torch.Tensor), xp.grad)

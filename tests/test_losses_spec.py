@@ -1,14 +1,21 @@
-"""Every loss against an independent float64 implementation written here from the spec
-(../shared/spec/losses.md), values and autograd gradients, 1e-10 relative."""
+"""Every loss against an independent float64 implementation written here from the loss
+contract (docs/losses.md), values and autograd gradients, 1e-10 relative: both backends
+(the reference and the fused op), one and three channels, hard and soft labels, global and
+per-sample.
+
+The oracles below are single-channel; C channels are, by definition, the mean over channels
+of the single-channel loss of each channel (:func:`channel_mean`)."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import zlib
 
 import pytest
 import torch
 
+from hytver_dist import ops
 from hytver_dist.losses import LOSSES, get_loss
 
 EPS = 1e-7
@@ -171,22 +178,29 @@ SCOPED = {"dice", "tversky", "focal_tversky", "logcosh_dice", "dice_ce", "focal_
           "hytver"}
 
 
-def make_inputs(batch, dims, soft, seed=0):
+def channel_mean(oracle, x, y, **kwargs):
+    """The loss of C channels: the mean over channels of the single-channel loss."""
+    c = x.shape[1]
+    return sum(oracle(x[:, i:i + 1], y[:, i:i + 1], **kwargs) for i in range(c)) / c
+
+
+def make_inputs(batch, dims, soft, seed=0, channels=1):
     g = torch.Generator().manual_seed(seed)
     spatial = (5, 6) if dims == 2 else (4, 5, 3)
-    x = (torch.randn(batch, 1, *spatial, generator=g, dtype=torch.float64) * 2.5)
+    shape = (batch, channels, *spatial)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2.5)
     if soft:
-        y = torch.rand(batch, 1, *spatial, generator=g, dtype=torch.float64)
+        y = torch.rand(shape, generator=g, dtype=torch.float64)
     else:
-        y = (torch.rand(batch, 1, *spatial, generator=g, dtype=torch.float64) < 0.3).double()
+        y = (torch.rand(shape, generator=g, dtype=torch.float64) < 0.3).double()
     return x, y
 
 
-def check_against_oracle(name, kwargs, x, y):
+def check_against_oracle(name, kwargs, x, y, backend="reference"):
     x1 = x.clone().requires_grad_()
     x2 = x.clone().requires_grad_()
-    got = get_loss(name, backend="reference", **kwargs)(x1, y)
-    want = ORACLES[name](x2, y, **kwargs)
+    got = get_loss(name, backend=backend, **kwargs)(x1, y)
+    want = channel_mean(ORACLES[name], x2, y, **kwargs)
     assert got.dim() == 0 and got.dtype == torch.float64
     torch.testing.assert_close(got, want, rtol=RTOL, atol=0)
     got.backward()
@@ -202,15 +216,45 @@ CASES = [
                                                           (1, 3))
     for per_sample in ((False, True) if name in SCOPED else (False,))
 ]
+# Without the extension (and without HYTVER_REQUIRE_EXT=1, which makes that a failure), the
+# fused cases cannot run.
+needs_ext = pytest.mark.skipif(not ops.is_available() and not os.environ.get("HYTVER_REQUIRE_EXT"),
+                               reason="C++ extension not built")
+BACKENDS = ["reference", pytest.param("fused", marks=needs_ext)]
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,defaults,dims,soft,batch,per_sample", CASES)
-def test_matches_spec(name, defaults, dims, soft, batch, per_sample):
+def test_matches_spec(name, defaults, dims, soft, batch, per_sample, backend, channels):
     kwargs = {} if defaults else dict(NON_DEFAULT[name])
     if per_sample:
         kwargs["per_sample"] = True
-    x, y = make_inputs(batch, dims, soft, seed=zlib.crc32(f"{name}{dims}{soft}{batch}".encode()))
-    check_against_oracle(name, kwargs, x, y)
+    seed = zlib.crc32(f"{name}{dims}{soft}{batch}{channels}".encode())
+    x, y = make_inputs(batch, dims, soft, seed=seed, channels=channels)
+    check_against_oracle(name, kwargs, x, y, backend)
+
+
+@needs_ext
+@pytest.mark.parametrize("name", sorted(ORACLES))
+def test_fused_op_matches_spec_without_the_fallbacks(name):
+    """The raw op, called directly (hard labels, float64, C = 3, per_sample where it exists):
+    value and gradient against the oracle, so that no reference fallback can hide in the
+    comparison above."""
+    x, y = make_inputs(2, 3, soft=False, seed=7, channels=3)
+    kwargs = dict(NON_DEFAULT[name])
+    if name in SCOPED:
+        kwargs["per_sample"] = True
+    loss = get_loss(name, **kwargs)
+    x1 = x.clone().requires_grad_()
+    got = ops.loss(x1, y, name, loss.fused_params(), kwargs.get("per_sample", False))
+    x2 = x.clone().requires_grad_()
+    want = channel_mean(ORACLES[name], x2, y, **kwargs)
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=0)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=RTOL,
+                               atol=RTOL * float(x2.grad.abs().max()))
 
 
 def test_registry_is_the_spec():

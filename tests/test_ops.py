@@ -1,7 +1,8 @@
-"""Tests of the fused loss-sum ops (hytver_dist.ops, torch.ops.hytver.*).
+"""Tests of the fused ops (hytver_dist.ops, torch.ops.hytver.*): the sums and the loss op.
 
 The fused kernels are checked against the pure-PyTorch references in float64, which are checked
-against textbook formulas. CUDA tests are marked ``cuda`` and run only where a GPU is visible.
+against textbook formulas (the losses' values against their own oracles: test_losses_spec.py).
+CUDA tests are marked ``cuda`` and run only where a GPU is visible.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUD
 GAMMAS = (0.0, 0.5, 2.0, 2.5)
 EPSS = (0.0, 1e-7)
 SHAPES = ((1, 1, 5, 7, 3), (3, 1, 17, 9, 5), (3, 2, 11, 13))  # odd sizes, batch 1 and 3
-NO_LOGS = torch.tensor([1.0, 1, 1, 0, 0, 1, 1, 0, 0], dtype=torch.float64)  # exp_stats logs=False
+# Every loss kind with non-default hyperparameters (a swapped one changes the value), and the
+# hyperparameters of the saving path's kinds.
+KIND_PARAMS = {
+    "dice": [0.5], "tversky": [0.2, 2.0], "focal_tversky": [0.85, 1.6, 0.3],
+    "logcosh_dice": [0.1], "ce": [], "weighted_ce": [0.35, 2.0], "focal": [0.8, 1.3],
+    "dice_ce": [0.3, 1.7, 0.2], "focal_dice": [0.6, 1.4, -1.0, 2.0, 2.0],
+    "combo": [0.8, 0.3, 0.4], "hytver": [0.8, 0.3, 0.4, 0.25],
+    "symmetric_unified_focal": [0.3, 0.75, 0.2], "asymmetric_unified_focal": [0.7, 0.35, 0.8],
+    "dice_pp": [2.0],
+}
 
 
 def make_inputs(
@@ -276,16 +286,10 @@ def test_every_cpu_isa_path():
             out, gx = value_and_grad(ops.exp_stats, x32, y, 2.0, 1e-7)
             assert_sums_close(out, eref, 5e-6)
             assert_grad_close(gx, egref, 2e-5)
-            # logs=False (DSC++): the saving forward without the log series, the backward from
-            # the saved values
-            xg = x32.detach().clone().requires_grad_(True)
-            xr = x32.double().requires_grad_(True)
-            w = weights(eref) * NO_LOGS
-            out = ops.exp_stats(xg, y, 2.0, 1e-7, logs=False)
-            assert_sums_close(out, eref * NO_LOGS, 5e-6)
-            (out * w).sum().backward()
-            (ops.reference_exp_stats(xr, y, 2.0, 1e-7) * w).sum().backward()
-            assert_grad_close(xg.grad, xr.grad, 2e-5)
+            # the loss op on this path, saving (CPU training) and plain: DSC++ from the saved
+            # values without logs, HyTver from the saved values, a focal kind recomputing
+            for kind in ("dice_pp", "hytver", "focal"):
+                assert_loss_op_close(kind, KIND_PARAMS[kind], x32, y, True, 2e-5)
             xb = x.to(torch.bfloat16)
             torch.testing.assert_close(
                 ops.stats(xb, y).double(), ops.reference_stats(xb.double(), y), rtol=2e-6, atol=1e-5
@@ -306,11 +310,40 @@ def test_cpu_isa_env_errors():
         assert ops.cpu_isa() == ops.supported_cpu_isas()[-1]
 
 
+def loss_value_and_grad(kind, params, x, y, per_sample=False, save=None):
+    """The loss op's value and logit gradient (upstream gradient 0.7) via ops.loss (save=None:
+    its own choice) or the raw op with the given save flag and the matching backward."""
+    x = x.detach().clone()
+    if save is None:
+        x.requires_grad_(True)
+        value = ops.loss(x, y, kind, params, per_sample)
+        (value * 0.7).backward()
+        return value.detach(), x.grad
+    value, coef, saved = torch.ops.hytver.loss(x, y, kind, params, per_sample, save)
+    grad = torch.tensor(0.7, dtype=value.dtype)
+    if save:
+        torch.ops.hytver.loss_backward_saved_(grad, coef, saved, x, y, kind, params)
+        return value, saved
+    return value, torch.ops.hytver.loss_backward(grad, coef, x, y, kind, params)
+
+
+def assert_loss_op_close(kind, params, x, y, per_sample, grel):
+    """ops.loss (float32 / half logits) against the float64 op on the same values."""
+    ref, gref = loss_value_and_grad(kind, params, x.double(), y, per_sample)
+    out, g = loss_value_and_grad(kind, params, x, y, per_sample)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=1e-7)
+    assert_grad_close(g, gref, grel)
+
+
 @requires_ext
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_bitwise_equal_for_1_and_2_threads(xdtype):
+    """Fixed chunks and a fixed reduction order: the sums, the losses and their gradients are
+    bitwise the same for 1 and 2 threads, C = 1 and C = 3."""
     x, y = make_inputs((2, 1, 71, 67, 13), tdtype=torch.uint8, seed=29)  # 4 chunks per sample
     x = x.to(xdtype)
+    x3, y3 = make_inputs((2, 3, 41, 37, 11), tdtype=torch.uint8, seed=30)
+    x3 = x3.to(xdtype)
     old = torch.get_num_threads()
     results = []
     try:
@@ -318,11 +351,126 @@ def test_bitwise_equal_for_1_and_2_threads(xdtype):
             torch.set_num_threads(threads)
             s, gs = value_and_grad(ops.stats, x, y)
             e, ge = value_and_grad(ops.exp_stats, x, y, 2.5, 1e-7)
-            results.append((s, gs, e, ge))
+            run = [s, gs, e, ge]
+            for kind in ("hytver", "dice_pp", "asymmetric_unified_focal"):
+                for xi, yi in ((x, y), (x3, y3)):
+                    run += loss_value_and_grad(kind, KIND_PARAMS[kind], xi, yi)
+            results.append(run)
     finally:
         torch.set_num_threads(old)
     for a, b in zip(results[0], results[1], strict=True):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------
+# the loss op
+
+
+@requires_ext
+@pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_loss_op_float32_matches_float64(kind, channels, per_sample):
+    """float32 logits with a uint8 target (the training case, saving path where it pays)
+    against the float64 op, whose value and gradient test_losses_spec checks against the
+    oracles."""
+    x, y = make_inputs((3, channels, 9, 8, 7), seed=61)
+    assert_loss_op_close(kind, KIND_PARAMS[kind], x.float(), y, per_sample, 5e-5)
+
+
+@requires_ext
+def test_loss_op_is_the_mean_over_channels():
+    """C channels = the mean over channels of the single-channel op, value and gradient."""
+    x, y = make_inputs((2, 3, 7, 6, 5), seed=67)
+    for kind, params in KIND_PARAMS.items():
+        for per_sample in (False, True):
+            value, grad = loss_value_and_grad(kind, params, x, y, per_sample)
+            parts = [loss_value_and_grad(kind, params, x[:, c:c + 1], y[:, c:c + 1], per_sample)
+                     for c in range(3)]
+            torch.testing.assert_close(value, sum(v for v, _ in parts) / 3, rtol=1e-12, atol=0)
+            torch.testing.assert_close(grad, torch.cat([g for _, g in parts], 1) / 3,
+                                       rtol=1e-10, atol=1e-15)
+
+
+SAVING_CASES = [
+    (xdtype, tdtype, kind)
+    for xdtype in (torch.float32, torch.bfloat16, torch.float16)
+    for tdtype in (torch.uint8, torch.bool, torch.float32)
+    for kind in ("hytver", "dice", "dice_pp", "focal", "symmetric_unified_focal")
+    if kind not in ops.EXP_KINDS or xdtype == torch.float32  # the op refuses the others
+]
+
+
+@requires_ext
+@pytest.mark.parametrize("xdtype,tdtype,kind", SAVING_CASES)
+def test_loss_saving_variant_matches_plain_op(xdtype, tdtype, kind):
+    """The CPU training path (the forward keeps per-voxel values, the backward writes the float32
+    gradient over them; exponent kinds other than DSC++ recompute into them) gives the plain
+    op's loss bit for bit and its gradient to float32 rounding, extremes included."""
+    x, y = make_inputs((3, 2, 11, 9, 5), tdtype=tdtype, seed=71)
+    x = x.to(xdtype)
+    params = KIND_PARAMS[kind]
+    value, grad = loss_value_and_grad(kind, params, x, y, save=True)
+    want, want_grad = loss_value_and_grad(kind, params, x, y, save=False)
+    assert torch.equal(value, want)
+    assert grad.dtype == torch.float32 and grad.shape == x.shape
+    if xdtype == torch.float32:
+        assert_grad_close(grad, want_grad, 2e-5)
+    else:  # the plain op's half gradient rounds (and goes subnormal below 6e-5 in float16)
+        assert_grad_close(grad, want_grad.float(), 2.0**-7, floor=1e-3)
+
+
+@requires_ext
+def test_saving_path_survives_retain_graph():
+    """The first backward turns the saved values into the gradient; a second backward of the
+    same graph recomputes from the logits and gives the same gradient."""
+    x, y = make_inputs((2, 1, 9, 7), seed=53)
+    x = x.float().requires_grad_(True)
+    for kind in ("hytver", "dice_pp"):
+        loss = ops.loss(x, y, kind, KIND_PARAMS[kind])
+        (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+        (second,) = torch.autograd.grad(loss, x)
+        assert_grad_close(second, first, 1e-5)
+        assert first.data_ptr() != second.data_ptr()
+
+
+@requires_ext
+def test_training_path_uses_saving_variant():
+    """ops.loss saves exactly when a CPU backward will follow and can use the saved values
+    (not for float64 logits; exponent kinds only DSC++ with gamma == 2 on float32 logits)."""
+    x, y = make_inputs((2, 1, 6, 5))
+    x32 = x.float().requires_grad_(True)
+    with torch.profiler.profile() as prof:
+        ops.loss(x32, y, "hytver", KIND_PARAMS["hytver"]).backward()  # saving
+        ops.loss(x32, y, "dice_pp", [2.0]).backward()  # saving
+        ops.loss(x32, y, "dice_pp", [2.5]).backward()  # gamma != 2: plain
+        ops.loss(x32, y, "focal", [0.25, 2.0]).backward()  # logs needed: plain
+        with torch.no_grad():
+            ops.loss(x32, y, "hytver", KIND_PARAMS["hytver"])  # no backward: plain
+        ops.loss(x.requires_grad_(True), y, "dice", [1.0]).backward()  # float64: plain
+    names = [e.name for e in prof.events()]
+    assert names.count("hytver::loss") == 6
+    assert names.count("hytver::loss_backward_saved_") == 2
+    assert names.count("hytver::loss_backward") == 3
+
+
+@requires_ext
+def test_loss_op_zero_denominators_give_nan_not_an_exception():
+    """IEEE semantics in the algebra: smooth = 0 with an empty group divides 0 by 0."""
+    x = torch.full((2, 1, 3, 3), -2000.0, dtype=torch.float64)  # p == 0 exactly
+    y = torch.zeros(2, 1, 3, 3, dtype=torch.float64)
+    for kind, params in (("dice", [0.0]), ("tversky", [0.7, 0.0]), ("logcosh_dice", [0.0])):
+        value, coef, _ = torch.ops.hytver.loss(x, y, kind, params, True)
+        assert math.isnan(value.item()) and torch.isnan(coef).any()
+
+
+@requires_ext
+def test_loss_op_nonfinite_logits_propagate():
+    x, y = make_inputs((2, 1, 4, 5), seed=3)
+    x[0, 0, 0, 0] = float("nan")
+    for kind, params in KIND_PARAMS.items():
+        value, grad = loss_value_and_grad(kind, params, x, y)
+        assert math.isnan(value.item()), kind
 
 
 # ------------------------------------------------------------------------------------------
@@ -353,16 +501,59 @@ def test_errors_name_the_problem():
         torch.ops.hytver.stats_backward(torch.ones(2, 9), x, y)
     with pytest.raises(ValueError, match="grad must have shape"):
         torch.ops.hytver.exp_stats_backward(torch.ones(2, 5), x, y, 2.0, 0.0)
+
+
+def loss_op_error_cases(device):
+    """(callable, error regex) for the loss ops' argument checks on ``device``."""
+    x = torch.zeros(2, 3, 4, 4, device=device)
+    y = torch.zeros(2, 3, 4, 4, device=device)
+    op = torch.ops.hytver
+    coef = torch.zeros(6, 5, dtype=torch.float64, device=device)
+    g = torch.tensor(1.0, device=device)
+    return [
+        (lambda: op.loss(x, y, "nope", []), "unknown loss kind 'nope'"),
+        (lambda: op.loss(x, y, "hytver", [0.7]), "takes 4 hyperparameters, got 1"),
+        (lambda: op.loss(x, y, "dice", [float("nan")]), "must be finite"),
+        (lambda: op.loss(x, y, "dice_pp", [-1.0]), "gamma must be finite and >= 0"),
+        (lambda: op.loss(x, y[:, :2], "dice", [1.0]), "does not match logits shape"),
+        (lambda: op.loss(x[0, 0, 0], y[0, 0, 0], "dice", [1.0]), r"shape \(B, C, \*spatial\)"),
+        (lambda: op.loss(x[:0], y[:0], "dice", [1.0]), "empty"),
+        (lambda: op.loss_backward(g, coef[:, :2], x, y, "dice", [1.0]), "coef must be"),
+        (lambda: op.loss_backward(g, coef.float(), x, y, "dice", [1.0]), "coef must be"),
+        (lambda: op.loss_backward(torch.ones(2, device=device), coef, x, y, "dice", [1.0]),
+         "grad must be one floating-point value"),
+    ]
+
+
+@requires_ext
+def test_loss_op_errors_name_the_problem():
+    for fn, match in loss_op_error_cases("cpu"):
+        with pytest.raises(ValueError, match=match):
+            fn()
+    x = torch.zeros(2, 1, 4, 4)
+    y = torch.zeros(2, 1, 4, 4)
+    # the target's values, checked in the kernels' own pass (every variant)
+    for bad, dtype in ((1.5, torch.float32), (float("nan"), torch.float64), (2, torch.uint8)):
+        yb = y.to(dtype, copy=True)
+        yb[1, 0, 3, 2] = bad
+        for kind, params in (("hytver", KIND_PARAMS["hytver"]), ("dice_pp", [2.0])):
+            for save in (False, True):
+                with pytest.raises(ValueError, match=r"target values must lie in \[0, 1\]"):
+                    torch.ops.hytver.loss(x, yb, kind, params, False, save)
+    soft = y.clone()
+    soft[0, 0, 1, 1] = 0.5
+    torch.ops.hytver.loss(x, soft, "hytver", KIND_PARAMS["hytver"])  # soft labels: fine
+    for save in (False, True):  # the exponent kinds' sums need hard labels
+        with pytest.raises(ValueError, match="need hard labels"):
+            torch.ops.hytver.loss(x, soft, "dice_pp", [2.0], False, save)
     with pytest.raises(ValueError, match="float64 logits have no saving variant"):
-        torch.ops.hytver.stats_save(x.double(), y)
+        torch.ops.hytver.loss(x.double(), y, "dice", [1.0], False, True)
     with pytest.raises(ValueError, match="saving variant takes float32 logits"):
-        torch.ops.hytver.exp_stats_save(x.to(torch.bfloat16), y, 2.0, 0.0)
-    _, saved = torch.ops.hytver.stats_save(x, y)
+        torch.ops.hytver.loss(x.bfloat16(), y, "dice_pp", [2.0], False, True)
+    _, coef, saved = torch.ops.hytver.loss(x, y, "dice", [1.0], False, True)
     with pytest.raises(ValueError, match="saved must be the contiguous float32"):
-        torch.ops.hytver.stats_backward_saved_(torch.ones(2, 5), saved[:, :, :2], x, y)
-    with pytest.raises(ValueError, match="saved must be the contiguous float32"):
-        torch.ops.hytver.exp_stats_backward_saved_(torch.ones(2, 9), saved.double(), x, y, 2.0,
-                                                   0.0)
+        torch.ops.hytver.loss_backward_saved_(torch.tensor(1.0), coef, saved[:, :, :2], x, y,
+                                              "dice", [1.0])
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,6 +565,10 @@ def opcheck_cases(device="cpu"):
     x32 = x.float()
     yb = y.bool()
     yf = y.float()
+    x3, y3 = make_inputs((2, 3, 5, 4), device=device, seed=5)
+    coef5 = torch.rand(6, 5, dtype=torch.float64, device=device)
+    coef9 = torch.rand(6, 9, dtype=torch.float64, device=device)
+    g32 = torch.tensor(0.7, device=device)
     return [
         (torch.ops.hytver.stats.default, (x32, y)),
         (torch.ops.hytver.stats.default, (x, yf)),
@@ -385,122 +580,48 @@ def opcheck_cases(device="cpu"):
             torch.ops.hytver.exp_stats_backward.default,
             (torch.rand(2, 9, device=device), x32, yf, 2.5, 1e-7),
         ),
+        (torch.ops.hytver.loss.default, (x32, y, "hytver", KIND_PARAMS["hytver"], False)),
+        (torch.ops.hytver.loss.default, (x3, y3.float().double(), "dice", [1.0], True)),
+        (torch.ops.hytver.loss.default, (x3.float(), y3.bool(), "dice_pp", [2.0])),
+        (torch.ops.hytver.loss.default, (x3.half(), y3, "weighted_ce", [0.1, 0.9])),
+        (torch.ops.hytver.loss_backward.default,
+         (g32, coef5, x3.float(), y3, "hytver", KIND_PARAMS["hytver"])),
+        (torch.ops.hytver.loss_backward.default,
+         (g32.double(), coef9, x3, y3, "focal", KIND_PARAMS["focal"])),
     ]
 
 
 def opcheck_saving_cases():
-    """The CPU saving variants (stats: float32 / half logits; exp_stats: float32), and their
-    in-place backwards on each path: from the saved values, and recomputing (gamma != 2 or a
-    focal gradient)."""
-    x, y = make_inputs((2, 1, 5, 7))
+    """The CPU saving variant of the loss op and its in-place backward (from the saved values,
+    and recomputing into them for an exponent kind)."""
+    x, y = make_inputs((2, 3, 5, 4), seed=9)
     x32 = x.float()
     xb = x32.to(torch.bfloat16)
-    _, saved = torch.ops.hytver.stats_save(xb, y.bool())
-    _, esaved = torch.ops.hytver.exp_stats_save(x32, y, 2.0, 1e-7)
-    g9 = torch.rand(2, 9)
-    no_focal = g9.clone()
-    no_focal[:, 7:] = 0
-    ebwd = torch.ops.hytver.exp_stats_backward_saved_.default
+    g = torch.tensor(0.7)
+    _, coef, saved = torch.ops.hytver.loss(xb, y, "combo", KIND_PARAMS["combo"], False, True)
+    _, ecoef, esaved = torch.ops.hytver.loss(x32, y, "focal", [0.25, 2.0], False, True)
+    bwd = torch.ops.hytver.loss_backward_saved_.default
     return [
-        (torch.ops.hytver.stats_save.default, (x32, y)),
-        (torch.ops.hytver.stats_save.default, (xb, y.float())),
-        (torch.ops.hytver.stats_backward_saved_.default, (torch.rand(2, 5), saved, xb, y.bool())),
-        (torch.ops.hytver.exp_stats_save.default, (x32, y, 2.0, 1e-7)),
-        (torch.ops.hytver.exp_stats_save.default, (x32, y.bool(), 0.5, 0.0)),
-        (torch.ops.hytver.exp_stats_save.default, (x32, y, 2.0, 1e-7, False)),
-        (ebwd, (no_focal, esaved, x32, y, 2.0, 1e-7)),
-        (ebwd, (g9, esaved.clone(), x32, y, 2.0, 1e-7)),
-        (ebwd, (no_focal, esaved.clone(), x32, y.float(), 2.5, 0.0)),
+        (torch.ops.hytver.loss.default, (x32, y, "hytver", KIND_PARAMS["hytver"], True, True)),
+        (torch.ops.hytver.loss.default, (xb, y.float(), "ce", [], False, True)),
+        (torch.ops.hytver.loss.default, (x32, y.bool(), "dice_pp", [2.0], False, True)),
+        (bwd, (g, coef, saved, xb, y, "combo", KIND_PARAMS["combo"])),
+        (bwd, (g, ecoef, esaved, x32, y, "focal", [0.25, 2.0])),
     ]
 
 
 @requires_ext
 def test_opcheck():
+    differentiable = (
+        torch.ops.hytver.stats.default,
+        torch.ops.hytver.exp_stats.default,
+        torch.ops.hytver.loss.default,
+    )
     for op, args in opcheck_cases() + opcheck_saving_cases():
         torch.library.opcheck(op, args)
-        if args[0].dtype.is_floating_point and op in (
-            torch.ops.hytver.stats.default,
-            torch.ops.hytver.exp_stats.default,
-            torch.ops.hytver.stats_save.default,
-            torch.ops.hytver.exp_stats_save.default,
-        ):
+        if args[0].dtype.is_floating_point and op in differentiable:
             a = (args[0].detach().clone().requires_grad_(True),) + args[1:]
             torch.library.opcheck(op, a)
-
-
-@requires_ext
-@pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("tdtype", [torch.uint8, torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_saving_variants_match_plain_ops(xdtype, tdtype, shape):
-    """The training path of stats (the forward keeps per-voxel values, the backward reads them
-    and writes the float32 gradient over them) gives the plain op's sums bit for bit and its
-    gradient to float32 rounding, extremes included."""
-    x, y = make_inputs(shape, tdtype=tdtype, seed=41)
-    x = x.to(xdtype)
-    g5 = weights(torch.zeros(shape[0], 5, dtype=torch.float32), seed=3) - 0.5
-    sums, saved = torch.ops.hytver.stats_save(x, y)
-    assert saved.shape == x.shape and saved.dtype == torch.float32
-    assert torch.equal(sums, torch.ops.hytver.stats(x, y))
-    torch.ops.hytver.stats_backward_saved_(g5, saved, x, y)
-    want = torch.ops.hytver.stats_backward(g5, x, y)
-    assert_grad_close(saved, want.float(), 2e-6 if xdtype == torch.float32 else 2.0**-7)
-
-
-@requires_ext
-@pytest.mark.parametrize("tdtype", [torch.uint8, torch.bool, torch.float32])
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("eps", EPSS)
-def test_exp_saving_variant_matches_plain_ops(tdtype, shape, eps):
-    """exp_stats' training path: sums bit for bit; the gradient from the saved values (gamma == 2
-    without focal gradients, DSC++) and the recomputed one written over them (a focal
-    gradient, or gamma != 2) both match the plain backward."""
-    x, y = make_inputs(shape, tdtype=tdtype, seed=47)
-    x = x.float()
-    g9 = weights(torch.zeros(shape[0], 9, dtype=torch.float32), seed=5) - 0.5
-    no_focal = g9.clone()
-    no_focal[:, 7:] = 0
-    for gamma, grad in ((2.0, no_focal), (2.0, g9), (2.5, no_focal), (0.5, g9)):
-        sums, saved = torch.ops.hytver.exp_stats_save(x, y, gamma, eps)
-        assert saved.shape == x.shape and saved.dtype == torch.float32
-        assert torch.equal(sums, torch.ops.hytver.exp_stats(x, y, gamma, eps))
-        torch.ops.hytver.exp_stats_backward_saved_(grad, saved, x, y, gamma, eps)
-        want = torch.ops.hytver.exp_stats_backward(grad, x, y, gamma, eps)
-        rel = 2e-6 if grad is g9 or gamma != 2.0 else 1e-5  # from m: p and q rounded once more
-        assert_grad_close(saved, want, rel)
-
-
-@requires_ext
-@pytest.mark.parametrize("xdtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("gamma", [2.0, 2.5])
-def test_exp_stats_without_logs(xdtype, gamma):
-    """logs=False: the log columns are constant zeros (no gradient through them, whatever their
-    weight), the rest as with logs; float32 with gamma == 2 runs the saving path, the other
-    cases the plain op."""
-    x, y = make_inputs((3, 1, 9, 8, 7), seed=59)
-    x = x.to(xdtype)
-    ref, gref = value_and_grad(lambda a, b: ops.reference_exp_stats(a, b, gamma, 1e-7) * NO_LOGS,
-                               x.double(), y)
-    out, g = value_and_grad(lambda a, b: ops.exp_stats(a, b, gamma, 1e-7, logs=False), x, y)
-    assert torch.all(out[:, NO_LOGS == 0] == 0)
-    rel = 1e-12 if xdtype == torch.float64 else 5e-6
-    assert_sums_close(out, ref, rel)
-    assert_grad_close(g, gref, 1e-10 if xdtype == torch.float64 else 2e-5)
-
-
-@requires_ext
-def test_saving_path_survives_retain_graph():
-    """The first backward turns the saved values into the gradient; a second backward of the
-    same graph recomputes from the logits and gives the same gradient."""
-    x, y = make_inputs((2, 1, 9, 7), seed=53)
-    x = x.float().requires_grad_(True)
-    for fn in (ops.stats, lambda a, b: ops.exp_stats(a, b, 2.0, 1e-7, logs=False)):
-        out = fn(x, y)
-        loss = (out * weights(out)).sum()
-        (first,) = torch.autograd.grad(loss, x, retain_graph=True)
-        (second,) = torch.autograd.grad(loss, x)
-        assert_grad_close(second, first, 1e-5)
-        assert first.data_ptr() != second.data_ptr()
 
 
 @requires_ext
@@ -521,30 +642,6 @@ def test_exp_stats_gamma_two_matches_general_path(xdtype, shape):
 
 
 @requires_ext
-def test_training_path_uses_saving_variants():
-    """ops.stats / ops.exp_stats pick the saving ops exactly when a CPU backward will follow
-    (exp_stats: only where the backward can use them, float32 logits, gamma == 2, logs=False)."""
-    x, y = make_inputs((2, 1, 6, 5))
-    x32 = x.float().requires_grad_(True)
-    with torch.profiler.profile() as prof:
-        ops.stats(x32, y).sum().backward()
-        ops.exp_stats(x32, y, 2.0, 1e-7, logs=False).sum().backward()
-        ops.exp_stats(x32, y, 2.0, 1e-7).sum().backward()  # logs: plain
-        ops.exp_stats(x32, y, 2.5, 1e-7, logs=False).sum().backward()  # gamma != 2: plain
-        xb = x32.detach().bfloat16().requires_grad_(True)
-        ops.exp_stats(xb, y, 2.0, 0.0, logs=False).sum().backward()  # bfloat16: plain
-        with torch.no_grad():
-            ops.stats(x32, y)
-        ops.stats(x.requires_grad_(True), y).sum().backward()  # float64: plain ops
-    names = [e.name for e in prof.events()]
-    counts = {"stats_save": 1, "stats_backward_saved_": 1, "exp_stats_save": 1,
-              "exp_stats_backward_saved_": 1, "exp_stats": 3, "exp_stats_backward": 3,
-              "stats": 2, "stats_backward": 1}  # no_grad, float64 stats
-    for name, count in counts.items():
-        assert names.count(f"hytver::{name}") == count, name
-
-
-@requires_ext
 @pytest.mark.parametrize("eps", EPSS)
 def test_gradcheck_float64(eps):
     x, y = make_inputs((2, 1, 3, 5), scale=2.0, extremes=False, seed=31)
@@ -559,13 +656,27 @@ def test_gradcheck_float64(eps):
     assert torch.autograd.gradcheck(ops.stats, (x, ys))
 
 
+@requires_ext
+@pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
+def test_gradcheck_loss_op(kind):
+    """gradcheck of the loss op (forward, its coefficients and the backward) in float64, C = 3,
+    global and per sample; soft labels for the non-exponent kinds."""
+    x, y = make_inputs((2, 3, 3, 4), scale=2.0, extremes=False, seed=37)
+    if kind not in ops.EXP_KINDS:
+        y = torch.rand(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x.requires_grad_(True)
+    for per_sample in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda t, p=per_sample: ops.loss(t, y, kind, KIND_PARAMS[kind], p), (x,))
+
+
 def _compiled_loss(x, y):
     s = ops.stats(x, y)
     e = ops.exp_stats(x, y, 2.0, 1e-7)
-    d = ops.exp_stats(x, y, 2.0, 1e-7, logs=False)
     tp, fp, fn = s[:, 0], s[:, 1], s[:, 2]
     tversky = 1 - (tp + 1) / (tp + 0.7 * fn + 0.3 * fp + 1)
-    return tversky.mean() + (s[:, 3:].sum() + e[:, 7:].sum() + d.sum()) / x.numel()
+    fused = ops.loss(x, y, "hytver", KIND_PARAMS["hytver"]) + ops.loss(x, y, "dice_pp", [2.0])
+    return tversky.mean() + (s[:, 3:].sum() + e[:, 7:].sum()) / x.numel() + fused
 
 
 @requires_ext
@@ -589,11 +700,13 @@ def test_import_without_extension():
         "import sys; sys.modules['hytver_dist._C'] = None\n"
         "import torch\n"
         "from hytver_dist import ops\n"
+        "from hytver_dist.losses import get_loss\n"
         "assert not ops.is_available() and not ops.supports('cpu')\n"
         "x = torch.randn(2, 1, 5, requires_grad=True); y = (torch.rand(2, 1, 5) > 0.5).float()\n"
         "s = ops.stats(x, y); s.sum().backward()\n"
         "torch.testing.assert_close(s, ops.reference_stats(x, y))\n"
         "e = ops.exp_stats(x, y, 2.0, 1e-7); assert e.shape == (2, 9)\n"
+        "get_loss('hytver')(x, y).backward()\n"
         "print('ok')\n"
     )
     res = subprocess.run(
@@ -685,6 +798,11 @@ def test_cuda_opcheck_and_gradcheck():
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(ops.stats, (x, y))
     assert torch.autograd.gradcheck(lambda t: ops.exp_stats(t, y, 2.5, 1e-7), (x,))
+    x3, y3 = make_inputs((2, 3, 3, 4), scale=2.0, extremes=False, device="cuda", seed=48)
+    x3.requires_grad_(True)
+    for kind in ("hytver", "weighted_ce", "dice_pp", "asymmetric_unified_focal"):
+        assert torch.autograd.gradcheck(
+            lambda t, k=kind: ops.loss(t, y3, k, KIND_PARAMS[k], True), (x3,))
 
 
 @cuda
@@ -709,3 +827,166 @@ def test_cuda_torch_compile(mode):
         torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-8)
     assert math.isfinite(loss.item())
+
+
+def _cuda_ready():
+    if not ops.has_cuda():
+        pytest.fail("built without CUDA kernels (HYTVER_CUDA=1)")
+
+
+@cuda
+@requires_cuda
+@pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("xdtype,tdtype", [(torch.float32, torch.uint8),
+                                           (torch.float64, torch.float64),
+                                           (torch.bfloat16, torch.bool)])
+def test_cuda_loss_op_matches_cpu_float64(kind, channels, xdtype, tdtype):
+    """The CUDA loss op (two launches, algebra on the device) against the CPU float64 op, whose
+    values the spec oracles check; global and per sample; aligned and unaligned storage."""
+    _cuda_ready()
+    x, y = make_inputs((2, channels, 17, 19, 23), tdtype=tdtype, seed=73)
+    x = x.to(xdtype)
+    rel = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 2.0**-7}[xdtype]
+    for per_sample in (False, True):
+        ref, gref = loss_value_and_grad(kind, KIND_PARAMS[kind], x.double(), y, per_sample)
+        for offset in (0, 1):
+            xb = torch.zeros(x.numel() + offset, dtype=xdtype, device="cuda")
+            xb[offset:] = x.reshape(-1).cuda()
+            xc = xb[offset:].view(x.shape)
+            value, grad = loss_value_and_grad(kind, KIND_PARAMS[kind], xc, y.cuda(), per_sample)
+            assert value.is_cuda and grad.dtype == xdtype
+            torch.testing.assert_close(value.double().cpu(), ref, rtol=max(rel, 1e-6), atol=1e-7)
+            assert_grad_close(grad, gref, max(rel, 5e-5))
+
+
+@cuda
+@requires_cuda
+@pytest.mark.parametrize("name", sorted(KIND_PARAMS))
+def test_cuda_loss_step_has_no_host_sync_and_few_launches(name):
+    """A whole fused loss step on CUDA: no host synchronisation (sync debug mode "error"), two
+    kernel launches forward and one backward, deterministic."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from hytver_dist.losses import get_loss
+
+    _cuda_ready()
+    x, y = make_inputs((2, 3, 32, 32, 16), device="cuda", seed=79)
+    x = x.float()
+    loss = get_loss(name, backend="fused")
+    one = torch.ones((), device="cuda")
+
+    def step():
+        xg = x.clone().requires_grad_(True)
+        value = loss(xg, y)
+        value.backward(one)
+        return value, xg.grad
+
+    step()  # warm-up: allocator, lazy initialisation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call now raises
+    try:
+        first = step()
+        second = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert first[0].item() == second[0].item() and torch.equal(first[1], second[1])
+
+    # The launches, counted by the profiler (its exit synchronises: outside the check above).
+    xg = x.clone().requires_grad_(True)
+    with profile(activities=[ProfilerActivity.CUDA]) as fwd:
+        value = loss(xg, y)
+    with profile(activities=[ProfilerActivity.CUDA]) as bwd:
+        value.backward(one)
+
+    def kernels(prof):
+        return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+
+    assert len(kernels(fwd)) <= 2, kernels(fwd)
+    assert len(kernels(bwd)) == 1, kernels(bwd)
+
+
+@cuda
+@requires_cuda
+@pytest.mark.parametrize("name", ["hytver", "dice_pp", "focal_dice"])
+def test_cuda_graph_captures_the_loss_step(name):
+    """Forward and backward of the fused loss captured in a CUDA graph, replayed on new data,
+    give the eager values."""
+    from hytver_dist.losses import get_loss
+
+    _cuda_ready()
+    loss = get_loss(name, backend="fused")
+    x, y = make_inputs((2, 2, 24, 24, 16), device="cuda", seed=83)
+    static_x = x.float().clone().requires_grad_(True)
+    static_y = y.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            torch.autograd.grad(loss(static_x, static_y), static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_value = loss(static_x, static_y)
+        (static_grad,) = torch.autograd.grad(static_value, static_x)
+    for seed in (1, 2):
+        x2, y2 = make_inputs((2, 2, 24, 24, 16), device="cuda", seed=seed)
+        with torch.no_grad():
+            static_x.copy_(x2.float())
+        static_y.copy_(y2)
+        graph.replay()
+        xe = x2.float().clone().requires_grad_(True)
+        want = loss(xe, y2)
+        want.backward()
+        torch.testing.assert_close(static_value, want)
+        torch.testing.assert_close(static_grad, xe.grad)
+
+
+def _run_cuda_subprocess(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter: a device-side assertion poisons the CUDA context, and
+    on some torch builds a C++ exception thrown from a CUDA op crashed the process."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+@cuda
+@requires_cuda
+def test_cuda_loss_op_errors_name_the_problem_in_a_subprocess():
+    _cuda_ready()
+    code = (
+        "import pytest, torch\n"
+        "from tests.test_ops import loss_op_error_cases\n"
+        "for fn, match in loss_op_error_cases('cuda'):\n"
+        "    with pytest.raises(ValueError, match=match):\n"
+        "        fn()\n"
+        "with pytest.raises(ValueError, match='save=True is a CPU path'):\n"
+        "    x = torch.zeros(2, 1, 4, device='cuda')\n"
+        "    torch.ops.hytver.loss(x, x, 'dice', [1.0], False, True)\n"
+        "print('errors ok')\n"
+    )
+    res = _run_cuda_subprocess(code)
+    assert res.returncode == 0 and "errors ok" in res.stdout, res.stdout + res.stderr
+
+
+@cuda
+@requires_cuda
+@pytest.mark.parametrize("kind,target", [("hytver", "2.0"), ("hytver", "float('nan')"),
+                                         ("dice_pp", "0.5")])
+def test_cuda_invalid_target_stops_on_the_device(kind, target):
+    """The target check runs on the GPU (no host sync): an invalid value (for the exponent
+    kinds, a soft label) stops the kernel, and the next synchronisation raises."""
+    _cuda_ready()
+    code = (
+        "import torch\n"
+        "from hytver_dist import ops\n"
+        "x = torch.zeros(2, 1, 64, device='cuda')\n"
+        f"y = torch.zeros(2, 1, 64, device='cuda'); y[1, 0, 7] = {target}\n"
+        "params = [0.7, 0.7, 0.5, 1.0] if %r == 'hytver' else [2.0]\n"
+        "value = ops.loss(x, y, %r, params)\n"
+        "print('launched', flush=True)\n"
+        "torch.cuda.synchronize()\n"
+        "print('no error')\n"
+    ) % (kind, kind)
+    res = _run_cuda_subprocess(code)
+    assert "launched" in res.stdout and "no error" not in res.stdout, res.stdout + res.stderr
+    assert "target values must lie in [0, 1]" in res.stdout + res.stderr

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../include/hytver_loss_spec.h"
 #include "../kernels/hytver_cpu_table.h"
 
 namespace hytver {
@@ -114,7 +115,9 @@ int target_code(const at::Tensor& target, const char* op) {
   return -1;
 }
 
-Prepared prepare(const at::Tensor& logits, const at::Tensor& target, const char* op) {
+// rows: the number of rows the kernels see (one row of sums each); -1: the batch size.
+Prepared prepare(const at::Tensor& logits, const at::Tensor& target, const char* op,
+                 int64_t rows = -1) {
   TORCH_CHECK_VALUE(logits.dim() >= 1, "hytver::", op,
                     ": logits need a batch dimension (B, ...), got a 0-dim tensor");
   TORCH_CHECK_VALUE(target.device() == logits.device(), "hytver::", op,
@@ -123,8 +126,8 @@ Prepared prepare(const at::Tensor& logits, const at::Tensor& target, const char*
   Prepared p;
   p.args.xt = logits_code(logits, op);
   p.args.yt = target_code(target, op);
-  p.B = logits.size(0);
-  TORCH_CHECK_VALUE(target.dim() >= 1 && target.size(0) == p.B &&
+  p.B = rows >= 0 ? rows : logits.size(0);
+  TORCH_CHECK_VALUE(target.dim() >= 1 && target.size(0) == logits.size(0) &&
                         target.numel() == logits.numel(),
                     "hytver::", op, ": target shape ", target.sizes(),
                     " does not match logits shape ", logits.sizes(),
@@ -178,29 +181,44 @@ void check_saving_dtype(const at::Tensor& logits, Kind kind, const char* op) {
   }
 }
 
-// The sums; with `saved` the kernel also fills a new float32 tensor of the logits' shape.
-// !logs (exp only): the columns C1, C0, F1, F0 are 0 (the gamma == 2 kernel skips them).
+// The float64 sums (rows, K); with `saved` the kernel also fills a new float32 tensor of the
+// logits' shape. !logs (exp only): the columns C1, C0, F1, F0 are 0 (the gamma == 2 kernel skips
+// them).
+// validate: ValueError when a target value lies outside [0, 1] (found by the kernels' pass).
 at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind, double gamma,
-                   double eps, const char* op, at::Tensor* saved = nullptr, bool logs = true) {
-  Prepared p = prepare(logits, target, op);
+                   double eps, const char* op, at::Tensor* saved = nullptr, bool logs = true,
+                   int64_t rows = -1, bool validate = false) {
+  Prepared p = prepare(logits, target, op, rows);
   p.args.gamma = gamma;
   p.args.eps = eps;
   p.args.logs = logs;
   const int K = sums_count(kind);
-  const auto out_dtype = sums_dtype(logits);
   if (saved != nullptr) {
     check_saving_dtype(logits, kind, op);
     *saved = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
     p.args.saved = saved->data_ptr<float>();
   }
-  if (p.total_chunks == 0) return at::zeros({p.B, K}, logits.options().dtype(out_dtype));
+  if (p.total_chunks == 0) return at::zeros({p.B, K}, logits.options().dtype(at::kDouble));
   const cpu::FwdFn fn = forward_fn(select_table(), kind, saved != nullptr);
   std::vector<double> partials(static_cast<size_t>(p.total_chunks) * K);
+  std::vector<double> invalid(validate ? static_cast<size_t>(p.total_chunks) : 0);
+  if (validate) p.args.invalid = invalid.data();
   const cpu::Args& args = p.args;
   double* part = partials.data();
   // Fixed chunks: each writes its own partials, so the thread count cannot change the result.
   at::parallel_for(0, p.total_chunks, p.grain,
                    [&](int64_t c0, int64_t c1) { fn(args, c0, c1, part); });
+  for (double v : invalid) {
+    if (v != 0.0) {  // the error path: the range for the message
+      const auto range = at::aminmax(target.to(at::kDouble));
+      const double lo = std::get<0>(range).item<double>(), hi = std::get<1>(range).item<double>();
+      TORCH_CHECK_VALUE(kind != Kind::kExp || !(lo >= 0.0 && hi <= 1.0), "hytver::", op,
+                        ": this loss's fused sums need hard labels (target values 0 or 1), "
+                        "found a value strictly between 0 and 1");
+      TORCH_CHECK_VALUE(false, "hytver::", op, ": target values must lie in [0, 1] (and not be "
+                        "NaN), found range [", lo, ", ", hi, "]");
+    }
+  }
   at::Tensor sums = at::empty({p.B, K}, logits.options().dtype(at::kDouble));
   double* s = sums.data_ptr<double>();
   const int64_t cps = args.chunks_per_sample;
@@ -214,7 +232,7 @@ at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind
       for (int k : {3, 4, 7, 8}) s[b * K + k] = 0.0;
     }
   }
-  return out_dtype == at::kDouble ? sums : sums.to(out_dtype);
+  return sums;
 }
 
 // The grad of the sums as a contiguous (B, K) double tensor, after checking it.
@@ -229,13 +247,13 @@ at::Tensor prepare_grad(const at::Tensor& grad, const at::Tensor& logits, int64_
   return grad.to(at::kDouble).contiguous();
 }
 
-// The logit gradient into a new tensor of the logits' type, recomputed from the logits.
-at::Tensor backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
-                    Kind kind, double gamma, double eps, const char* op) {
-  Prepared p = prepare(logits, target, op);
+// The logit gradient into a new tensor of the logits' type, recomputed from the logits. g: the
+// contiguous float64 (rows, K) gradient of the sums.
+at::Tensor backward(const at::Tensor& g, const at::Tensor& logits, const at::Tensor& target,
+                    Kind kind, double gamma, double eps, const char* op, int64_t rows = -1) {
+  Prepared p = prepare(logits, target, op, rows);
   p.args.gamma = gamma;
   p.args.eps = eps;
-  at::Tensor g = prepare_grad(grad, logits, p.B, sums_count(kind), op);
   at::Tensor gx = at::empty(logits.sizes(), p.x.options());
   if (p.total_chunks == 0) return gx;
   p.args.g = g.data_ptr<double>();
@@ -250,10 +268,10 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& logits, const at::
 // The logit gradient written over `saved` (the saving forward's values) as float32: from them
 // (no exp, no division) for stats, and for exp_stats when gamma == 2 and the F1 / F0 columns of
 // grad are zero (DSC++); otherwise exp_stats recomputes from the logits into the same memory.
-void backward_into_saved(const at::Tensor& grad, const at::Tensor& saved, const at::Tensor& logits,
+void backward_into_saved(const at::Tensor& g, const at::Tensor& saved, const at::Tensor& logits,
                          const at::Tensor& target, Kind kind, double gamma, double eps,
-                         const char* op) {
-  Prepared p = prepare(logits, target, op);
+                         const char* op, int64_t rows) {
+  Prepared p = prepare(logits, target, op, rows);
   p.args.gamma = gamma;
   p.args.eps = eps;
   check_saving_dtype(logits, kind, op);
@@ -262,7 +280,6 @@ void backward_into_saved(const at::Tensor& grad, const at::Tensor& saved, const 
                     "hytver::", op, ": saved must be the contiguous float32 tensor of the logits' "
                     "shape ", logits.sizes(), " from the saving forward, got ",
                     saved.scalar_type(), " ", saved.sizes());
-  at::Tensor g = prepare_grad(grad, logits, p.B, sums_count(kind), op);
   if (p.total_chunks == 0) return;
   p.args.g = g.data_ptr<double>();
   p.args.saved = saved.data_ptr<float>();
@@ -286,55 +303,87 @@ void backward_into_saved(const at::Tensor& grad, const at::Tensor& saved, const 
 }
 
 at::Tensor stats_cpu(const at::Tensor& logits, const at::Tensor& target) {
-  return forward(logits, target, Kind::kStats, 0.0, 0.0, "stats");
+  return forward(logits, target, Kind::kStats, 0.0, 0.0, "stats").to(sums_dtype(logits));
 }
 
 at::Tensor stats_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                               const at::Tensor& target) {
-  return backward(grad, logits, target, Kind::kStats, 0.0, 0.0, "stats_backward");
-}
-
-std::tuple<at::Tensor, at::Tensor> stats_save_cpu(const at::Tensor& logits,
-                                                  const at::Tensor& target) {
-  at::Tensor saved;
-  at::Tensor sums = forward(logits, target, Kind::kStats, 0.0, 0.0, "stats_save", &saved);
-  return {sums, saved};
-}
-
-void stats_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& saved,
-                              const at::Tensor& logits, const at::Tensor& target) {
-  backward_into_saved(grad, saved, logits, target, Kind::kStats, 0.0, 0.0,
-                      "stats_backward_saved_");
+  const at::Tensor g = prepare_grad(grad, logits, logits.dim() > 0 ? logits.size(0) : 0,
+                                    cpu::kStatsK, "stats_backward");
+  return backward(g, logits, target, Kind::kStats, 0.0, 0.0, "stats_backward");
 }
 
 at::Tensor exp_stats_cpu(const at::Tensor& logits, const at::Tensor& target, double gamma,
                          double eps) {
   check_hyper(gamma, eps, "exp_stats");
-  return forward(logits, target, Kind::kExp, gamma, eps, "exp_stats");
+  return forward(logits, target, Kind::kExp, gamma, eps, "exp_stats").to(sums_dtype(logits));
 }
 
 at::Tensor exp_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                                   const at::Tensor& target, double gamma, double eps) {
   check_hyper(gamma, eps, "exp_stats_backward");
-  return backward(grad, logits, target, Kind::kExp, gamma, eps, "exp_stats_backward");
+  const at::Tensor g = prepare_grad(grad, logits, logits.dim() > 0 ? logits.size(0) : 0,
+                                    cpu::kExpK, "exp_stats_backward");
+  return backward(g, logits, target, Kind::kExp, gamma, eps, "exp_stats_backward");
 }
 
-std::tuple<at::Tensor, at::Tensor> exp_stats_save_cpu(const at::Tensor& logits,
-                                                      const at::Tensor& target, double gamma,
-                                                      double eps, bool logs) {
-  check_hyper(gamma, eps, "exp_stats_save");
+// ---------------------------------------------------------------------------------------------
+// the loss ops: sums per (sample, channel) row, then the shared algebra on the host
+
+Kind kind_of(const algebra::Spec& s) { return algebra::is_exp(s.kind) ? Kind::kExp : Kind::kStats; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cpu(const at::Tensor& logits,
+                                                        const at::Tensor& target,
+                                                        c10::string_view kind,
+                                                        at::ArrayRef<double> params,
+                                                        bool per_sample, bool save) {
+  const char* op = save ? "loss(save=True)" : "loss";
+  check_loss_inputs(logits, target, op);
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, per_sample, op);
+  const int64_t B = logits.size(0), C = logits.size(1);
+  const int64_t rows = B * C;
+  const int64_t n = logits.numel() / rows;
   at::Tensor saved;
-  at::Tensor sums =
-      forward(logits, target, Kind::kExp, gamma, eps, "exp_stats_save", &saved, logs);
-  return {sums, saved};
+  const at::Tensor sums =
+      forward(logits, target, kind_of(spec), algebra::voxel_gamma(spec), algebra::clamp_eps(spec),
+              op, save ? &saved : nullptr, algebra::uses_logs(spec.kind), rows, true);
+  at::Tensor coef = at::empty_like(sums);
+  const double value =
+      algebra::loss_and_coef(spec, sums.data_ptr<double>(), B, C, n, coef.data_ptr<double>());
+  at::Tensor loss = at::scalar_tensor(value, logits.options().dtype(loss_dtype(logits)));
+  if (!save) saved = at::empty({0}, logits.options().dtype(at::kFloat));
+  return {loss, coef, saved};
 }
 
-void exp_stats_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& saved,
-                                  const at::Tensor& logits, const at::Tensor& target,
-                                  double gamma, double eps) {
-  check_hyper(gamma, eps, "exp_stats_backward_saved_");
-  backward_into_saved(grad, saved, logits, target, Kind::kExp, gamma, eps,
-                      "exp_stats_backward_saved_");
+// coef * grad as the float64 gradient of the sums.
+at::Tensor scaled_coef(const at::Tensor& grad, const at::Tensor& coef, const at::Tensor& logits,
+                       int K, const char* op) {
+  check_coef(coef, logits, K, op);
+  check_loss_grad(grad, logits, op);
+  return (coef * grad.to(at::kDouble).reshape({})).contiguous();
+}
+
+at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& coef,
+                             const at::Tensor& logits, const at::Tensor& target,
+                             c10::string_view kind, at::ArrayRef<double> params) {
+  const char* op = "loss_backward";
+  check_loss_inputs(logits, target, op);
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op);
+  const at::Tensor g = scaled_coef(grad, coef, logits, algebra::sums_k(spec.kind), op);
+  return backward(g, logits, target, kind_of(spec), algebra::voxel_gamma(spec),
+                  algebra::clamp_eps(spec), op, logits.size(0) * logits.size(1));
+}
+
+void loss_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& coef,
+                             const at::Tensor& saved, const at::Tensor& logits,
+                             const at::Tensor& target, c10::string_view kind,
+                             at::ArrayRef<double> params) {
+  const char* op = "loss_backward_saved_";
+  check_loss_inputs(logits, target, op);
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op);
+  const at::Tensor g = scaled_coef(grad, coef, logits, algebra::sums_k(spec.kind), op);
+  backward_into_saved(g, saved, logits, target, kind_of(spec), algebra::voxel_gamma(spec),
+                      algebra::clamp_eps(spec), op, logits.size(0) * logits.size(1));
 }
 
 }  // namespace
@@ -351,8 +400,7 @@ TORCH_LIBRARY_IMPL(hytver, CPU, m) {
   m.impl("stats_backward", &hytver::stats_backward_cpu);
   m.impl("exp_stats", &hytver::exp_stats_cpu);
   m.impl("exp_stats_backward", &hytver::exp_stats_backward_cpu);
-  m.impl("stats_save", &hytver::stats_save_cpu);
-  m.impl("stats_backward_saved_", &hytver::stats_backward_saved_cpu);
-  m.impl("exp_stats_save", &hytver::exp_stats_save_cpu);
-  m.impl("exp_stats_backward_saved_", &hytver::exp_stats_backward_saved_cpu);
+  m.impl("loss", &hytver::loss_cpu);
+  m.impl("loss_backward", &hytver::loss_backward_cpu);
+  m.impl("loss_backward_saved_", &hytver::loss_backward_saved_cpu);
 }

@@ -10,7 +10,10 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <tuple>
+#include <type_traits>
 
+#include "../include/hytver_loss_spec.h"
 #include "../kernels/hytver_cuda_kernels.cuh"
 
 namespace hytver {
@@ -152,6 +155,91 @@ at::Tensor exp_stats_backward_cuda(const at::Tensor& grad, const at::Tensor& log
   return backward<hc::kExp>(grad, logits, target, gamma, eps, "exp_stats_backward");
 }
 
+// ---------------------------------------------------------------------------------------------
+// the loss ops: two launches forward, one backward, no host synchronisation
+
+template <class P>
+using Elem = std::remove_cv_t<std::remove_pointer_t<P>>;
+template <class P>
+using Acc = typename hc::Num<Elem<P>>::C;  // compute type of the logits pointer P
+
+// Calls f(std::integral_constant<int, MODE>, T*, U*) for the kind's sums and the typed data
+// pointers.
+template <class F>
+void dispatch_loss(const algebra::Spec& spec, const at::Tensor& x, const at::Tensor& y, F&& f) {
+  dispatch_types(x, y, [&](auto* xp, auto* yp) {
+    if (algebra::is_exp(spec.kind)) {
+      f(std::integral_constant<int, hc::kExp>(), xp, yp);
+    } else {
+      f(std::integral_constant<int, hc::kStats>(), xp, yp);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cuda(const at::Tensor& logits,
+                                                         const at::Tensor& target,
+                                                         c10::string_view kind,
+                                                         at::ArrayRef<double> params,
+                                                         bool per_sample, bool save) {
+  const char* op = "loss";
+  check_inputs(logits, target, op);
+  check_loss_inputs(logits, target, op);
+  TORCH_CHECK_VALUE(!save, "hytver::loss: save=True is a CPU path (the GPU recomputes faster "
+                    "than it reads)");
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, per_sample, op);
+  const int64_t B = logits.size(0), C = logits.size(1);
+  const int64_t rows = B * C;
+  const int64_t n = logits.numel() / rows;
+  TORCH_CHECK_VALUE(rows <= INT32_MAX, "hytver::", op, ": batch * channels too large");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor y = target.contiguous();
+  const int K = algebra::sums_k(spec.kind);
+  const auto acc = loss_dtype(logits);
+  at::Tensor loss = at::empty({}, logits.options().dtype(acc));
+  at::Tensor coef = at::empty({rows, K}, logits.options().dtype(at::kDouble));
+  at::Tensor sums = at::empty({rows, K}, logits.options().dtype(at::kDouble));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(logits.device().index()).stream();
+  dispatch_loss(spec, x, y, [&](auto mode, auto* xp, auto* yp) {
+    constexpr int MODE = decltype(mode)::value;
+    using A = Acc<decltype(xp)>;
+    const int64_t ws = hc::forward_workspace<MODE, Elem<decltype(xp)>>(rows, n);
+    at::Tensor partials = at::empty({ws}, logits.options().dtype(acc));
+    check_launch(hc::launch_loss_forward<MODE>(
+        xp, yp, B, C, n, spec, static_cast<A*>(partials.data_ptr()), sums.data_ptr<double>(),
+        coef.data_ptr<double>(), static_cast<A*>(loss.data_ptr()), stream));
+  });
+  return {loss, coef, at::empty({0}, logits.options().dtype(at::kFloat))};
+}
+
+at::Tensor loss_backward_cuda(const at::Tensor& grad, const at::Tensor& coef,
+                              const at::Tensor& logits, const at::Tensor& target,
+                              c10::string_view kind, at::ArrayRef<double> params) {
+  const char* op = "loss_backward";
+  check_inputs(logits, target, op);
+  check_loss_inputs(logits, target, op);
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op);
+  check_coef(coef, logits, algebra::sums_k(spec.kind), op);
+  check_loss_grad(grad, logits, op);
+  const int64_t rows = logits.size(0) * logits.size(1);
+  const int64_t n = logits.numel() / rows;
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor y = target.contiguous();
+  const at::Tensor c = coef.contiguous();
+  // The loss's gradient in the compute type (no copy when it already is: the usual case).
+  const at::Tensor g = grad.to(loss_dtype(logits)).reshape({});
+  at::Tensor gx = at::empty(logits.sizes(), x.options());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(logits.device().index()).stream();
+  dispatch_loss(spec, x, y, [&](auto mode, auto* xp, auto* yp) {
+    constexpr int MODE = decltype(mode)::value;
+    check_launch(hc::launch_loss_backward<MODE>(
+        xp, yp, c.data_ptr<double>(), static_cast<const Acc<decltype(xp)>*>(g.data_ptr()), rows,
+        n, spec, static_cast<Elem<decltype(xp)>*>(gx.data_ptr()), stream));
+  });
+  return gx;
+}
+
 }  // namespace
 }  // namespace hytver
 
@@ -160,4 +248,6 @@ TORCH_LIBRARY_IMPL(hytver, CUDA, m) {
   m.impl("stats_backward", &hytver::stats_backward_cuda);
   m.impl("exp_stats", &hytver::exp_stats_cuda);
   m.impl("exp_stats_backward", &hytver::exp_stats_backward_cuda);
+  m.impl("loss", &hytver::loss_cuda);
+  m.impl("loss_backward", &hytver::loss_backward_cuda);
 }

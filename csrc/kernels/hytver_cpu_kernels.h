@@ -211,6 +211,31 @@ template <class C> struct ClampConsts {
 // ---------------------------------------------------------------------------------------------
 // kernels
 
+// Target check of one block (while it is in L1), in its own short loop: folding it into the
+// arithmetic loop slowed that loop down noticeably. Invalid: a uint8 value above 1; a float value
+// outside [0, 1] or NaN (stats), or other than 0 and 1 (the exp sums, for hard labels).
+template <class T> inline T maxv(T a, T b) { return a > b ? a : b; }
+template <class T> inline T minv(T a, T b) { return a < b ? a : b; }
+template <bool HARD, class U> inline bool block_invalid(const U* y, int64_t m) {
+  U worst = 0;
+  if constexpr (sizeof(U) == 1) {
+#pragma omp simd reduction(max : worst)
+    for (int64_t i = 0; i < m; ++i) worst = maxv(worst, y[i]);
+    return worst > 1;
+  } else {
+#pragma omp simd reduction(max : worst)
+    for (int64_t i = 0; i < m; ++i) {
+      const U v = y[i];
+      const bool ok = HARD ? (v == U(0) || v == U(1)) : (v >= U(0) && v <= U(1));
+      worst = maxv(worst, ok ? U(0) : U(1));
+    }
+    return worst > 0;
+  }
+}
+inline void write_invalid(const Args& a, int64_t c, bool bad) {
+  if (a.invalid != nullptr) a.invalid[c] = bad ? 1.0 : 0.0;
+}
+
 // The saved value m of stats: the smaller of p and q, negative (sign bit set) when it is q.
 template <class C> inline float saved_m(C x, C p, C q) {
   return static_cast<float>(x >= C(0) ? -q : p);
@@ -262,11 +287,13 @@ void stats_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
     const U* yc = ys + b * a.n + start;
     float* mc = SAVE ? a.saved + b * a.n + start : nullptr;
     double acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0, acc4 = 0;
+    bool bad = false;
     for (int64_t k = 0; k < len; k += kBlock) {
       const int64_t m = min64(kBlock, len - k);
       const T* xb = xc + k;
       const U* yb = yc + k;
       float* mb = SAVE ? mc + k : nullptr;
+      if (a.invalid != nullptr) bad = bad || block_invalid<false>(yb, m);
       C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4)
       for (int64_t i = 0; i < m; ++i) {
@@ -282,12 +309,14 @@ void stats_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
         s4 += ny * (sp + max0(x));   // (1 - y) * softplus(x)
         if constexpr (SAVE) mb[i] = saved_m(x, p, q);
       }
+
       acc0 += s0;
       acc1 += s1;
       acc2 += s2;
       acc3 += s3;
       acc4 += s4;
     }
+    write_invalid(a, c, bad);
     double* out = partials + c * kStatsK;
     out[0] = acc0;
     out[1] = acc1;
@@ -366,11 +395,13 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
     const U* yc = ys + b * a.n + start;
     float* mc = SAVE ? a.saved + b * a.n + start : nullptr;
     double acc[kExpK] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    bool bad = false;
     for (int64_t k = 0; k < len; k += kBlock) {
       const int64_t m = min64(kBlock, len - k);
       const T* xb = xc + k;
       const U* yb = yc + k;
       float* mb = SAVE ? mc + k : nullptr;
+      if (a.invalid != nullptr) bad = bad || block_invalid<true>(yb, m);
       C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
       if constexpr (!LOGS) {
 #pragma omp simd reduction(+ : s0, s1, s2, s5, s6)
@@ -380,9 +411,10 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           const C ny = C(1) - y;
           C p, q;
           sig_pq(x, p, q);
-          bool plo, qlo;
-          C pt, qt;
-          clamp_pq(p, q, lo, hi, plo, qlo, pt, qt);
+          // clamp_pq's values as plain min / max (no logs to select here): below lo one of p, q
+          // goes to lo and the other, then at least hi, to hi.
+          const C pt = minv(maxv(p, lo), hi);
+          const C qt = minv(maxv(q, lo), hi);
           const C base = y > C(0.5) ? qt : pt;
           const C pw = base * base;
           s0 += y * pt;
@@ -429,6 +461,7 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           if constexpr (SAVE) mb[i] = saved_m(x, p, q);
         }
       }
+
       acc[0] += s0;
       acc[1] += s1;
       acc[2] += s2;
@@ -439,6 +472,7 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
       acc[7] += s7;
       acc[8] += s8;
     }
+    write_invalid(a, c, bad);
     double* out = partials + c * kExpK;
     for (int k = 0; k < kExpK; ++k) out[k] = acc[k];
   }
@@ -482,37 +516,42 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
     for (int64_t i = 0; i < len; ++i) {
       const C y = static_cast<C>(yc[i]);
       const C ny = C(1) - y;
-      C p, q, nlp, nlq;
+      C p, q;
+      C v;
       if constexpr (FROM_SAVED) {
         float ps, qs;
         pq_from_saved(mc[i], ps, qs);
         p = ps;
         q = qs;
-        nlp = nlq = C(0);  // multiplied by g7 / g8 == 0 below
+        // gamma == 2, no F1 / F0 terms: the power terms, -y*q^2*2p*g5 + (1-y)*p^2*2q*g6 for
+        // hard labels, share the factor p*q with the others.
+        const C two = C(2);
+        v = p * q * (y * (g0m2 - two * q * g5) + ny * (g1 + two * p * g6)) +
+            (g4 * ny * p - g3 * y * q);
       } else {
         const C x = X::load(xc, i);
         C sp;
         sig_pq_sp(x, p, q, sp);
-        nlp = sp + max0(-x);
-        nlq = sp + max0(x);
+        const C nlp = sp + max0(-x);
+        const C nlq = sp + max0(x);
+        // Hard labels: q^gamma where y = 1, p^gamma where y = 0 (one exp, see exp_fwd).
+        C qg;
+        if constexpr (SQUARE) {
+          const C base = y > C(0.5) ? q : p;
+          qg = base * base;
+        } else {
+          qg = hexp(-gam * (y > C(0.5) ? nlq : nlp));
+        }
+        const C pg = qg;
+        const C gp = gam * p;
+        const C gq = gam * q;
+        v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) - y * qg * (gp * g5) +
+            ny * pg * (gq * g6) + ny * pg * (g8 * (p + gq * nlq)) -
+            y * qg * (g7 * (gp * nlp + q));
       }
       // Inside [eps, 1 - eps] (all of it when eps == 0) the clamp is the identity; outside,
       // torch.clamp passes no gradient.
-      // Hard labels: q^gamma where y = 1, p^gamma where y = 0 (one exp, see exp_fwd).
-      C qg;
-      if constexpr (SQUARE) {
-        const C base = y > C(0.5) ? q : p;
-        qg = base * base;
-      } else {
-        qg = hexp(-gam * (y > C(0.5) ? nlq : nlp));
-      }
-      const C pg = qg;
-      const C gp = gam * p;
-      const C gq = gam * q;
-      C v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) - y * qg * (gp * g5) +
-            ny * pg * (gq * g6);
-      if constexpr (!FROM_SAVED) v += ny * pg * (g8 * (p + gq * nlq)) - y * qg * (g7 * (gp * nlp + q));
-      store_grad<FROM_SAVED, X>(gc, i, p < lo ? C(0) : (q < lo ? C(0) : v));
+      store_grad<FROM_SAVED, X>(gc, i, (p < lo || q < lo) ? C(0) : v);
     }
   }
 }

@@ -35,6 +35,9 @@ struct Args {
   // m = (x >= 0 ? -q : p), the smaller of p and q with the sign bit telling which, so that the
   // backward gets p and q without exp or division, and needs no new gradient buffer.
   float* saved = nullptr;
+  // Forwards: when set, invalid[c] = 1 if chunk c has a target value outside [0, 1] (the exp
+  // sums: other than 0 and 1), else 0.
+  double* invalid = nullptr;
 };
 
 // Forward kernels process chunks [c0, c1) (chunk c = sample c / chunks_per_sample) and write K

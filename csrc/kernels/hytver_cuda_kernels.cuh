@@ -16,12 +16,22 @@
 //            reduction, K partials per block;
 //   stage 2: one block per sample adds its G partials in double in a fixed order.
 // Backward = one elementwise launch on the same grid.
+//
+// The loss ops (launch_loss_forward / launch_loss_backward) run the same stage 1 over rows
+// r = b * C + c (sample, channel); their stage 2 is one block that adds every row's partials and
+// then evaluates the loss algebra (hytver_loss_algebra.h) in thread 0, writing the loss and the
+// gradient coefficients w.r.t. the sums: two launches, no host round trip. Stage 1 also flags
+// target values outside [0, 1] (exponent kinds: other than 0 and 1); stage 2 then stops the
+// kernel with a message (a device-side assertion, as torch._assert_async).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include "hytver_loss_algebra.h"
 
 namespace hytver {
 namespace cuda {
@@ -141,6 +151,16 @@ __host__ inline ExpParams<C> make_exp_params(double gamma, double eps) {
   return k;
 }
 
+// Target values the sums are defined for: [0, 1] for stats, {0, 1} for the exp sums.
+template <class C>
+__device__ __forceinline__ bool bad_target(C y, const C (&)[kStatsK]) {
+  return !(y >= C(0) && y <= C(1));
+}
+template <class C>
+__device__ __forceinline__ bool bad_target(C y, const C (&)[kExpK]) {
+  return !(y == C(0) || y == C(1));
+}
+
 template <class C>
 __device__ __forceinline__ void accumulate(C x, C y, const ExpParams<C>&, C (&s)[kStatsK]) {
   C p, q, sp;
@@ -243,7 +263,8 @@ __device__ __forceinline__ void block_sum(A (&s)[K]) {
 // ---------------------------------------------------------------------------------------------
 // kernels
 
-// Stage 1: blockIdx.x = b * G + g. partials[(b * G + g) * K + k].
+// Stage 1: blockIdx.x = b * G + g (b: a row). partials[(b * G + g) * (K + 1) + k], k < K: the
+// block's sums; k = K: 1 if the block saw an invalid target value, else 0.
 template <int MODE, class T, class U, bool VEC>
 __global__ void __launch_bounds__(kThreads)
     forward_partial_kernel(const T* __restrict__ x, const U* __restrict__ y, int64_t n, int G,
@@ -259,6 +280,7 @@ __global__ void __launch_bounds__(kThreads)
   C s[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) s[k] = C(0);
+  bool bad = false;
   const int64_t stride = static_cast<int64_t>(G) * kThreads;
   if (VEC) {
     const int64_t npack = n / P;
@@ -268,55 +290,103 @@ __global__ void __launch_bounds__(kThreads)
       const Pack<T, P> xv = xp[i];
       const Pack<U, P> yv = yp[i];
 #pragma unroll
-      for (int j = 0; j < P; ++j)
-        accumulate(Num<T>::load(xv.v[j]), static_cast<C>(yv.v[j]), prm, s);
+      for (int j = 0; j < P; ++j) {
+        const C yj = static_cast<C>(yv.v[j]);
+        bad = bad || bad_target(yj, s);
+        accumulate(Num<T>::load(xv.v[j]), yj, prm, s);
+      }
     }
   } else {
-    for (int64_t i = g * kThreads + threadIdx.x; i < n; i += stride)
-      accumulate(Num<T>::load(xb[i]), static_cast<C>(yb[i]), prm, s);
+    for (int64_t i = g * kThreads + threadIdx.x; i < n; i += stride) {
+      const C yi = static_cast<C>(yb[i]);
+      bad = bad || bad_target(yi, s);
+      accumulate(Num<T>::load(xb[i]), yi, prm, s);
+    }
   }
+  const int block_bad = __syncthreads_or(bad ? 1 : 0);
   block_sum<K, kThreads>(s);
   if (threadIdx.x == 0) {
-    C* out = partials + static_cast<int64_t>(blockIdx.x) * K;
+    C* out = partials + static_cast<int64_t>(blockIdx.x) * (K + 1);
 #pragma unroll
     for (int k = 0; k < K; ++k) out[k] = s[k];
+    out[K] = block_bad ? C(1) : C(0);
   }
 }
 
-// Stage 2: block b adds partials[(b * G + g) * K + k] over g in double (fixed order).
+// Row `row`'s sums over its G partials in double, in a fixed order (valid in thread 0); `bad`
+// becomes 1 if a partial flags an invalid target.
+template <int K, class A>
+__device__ __forceinline__ void sum_partials(const A* __restrict__ partials, int64_t row, int G,
+                                             double (&s)[K], int& bad) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) s[k] = 0.0;
+  for (int g = threadIdx.x; g < G; g += kFinalizeThreads) {
+    const A* p = partials + (row * G + g) * (K + 1);
+#pragma unroll
+    for (int k = 0; k < K; ++k) s[k] += static_cast<double>(p[k]);
+    bad = bad || p[K] != A(0);
+  }
+  block_sum<K, kFinalizeThreads>(s);
+}
+
+// Stage 2 of the sums ops: block b adds partials[(b * G + g) * (K + 1) + k] over g.
 template <int K, class A, class O>
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_kernel(const A* __restrict__ partials, int G, O* __restrict__ out) {
   const int64_t b = blockIdx.x;
   double s[K];
-#pragma unroll
-  for (int k = 0; k < K; ++k) s[k] = 0.0;
-  for (int g = threadIdx.x; g < G; g += kFinalizeThreads) {
-    const A* p = partials + (b * G + g) * K;
-#pragma unroll
-    for (int k = 0; k < K; ++k) s[k] += static_cast<double>(p[k]);
-  }
-  block_sum<K, kFinalizeThreads>(s);
+  int bad = 0;  // the sums ops do not validate
+  sum_partials<K>(partials, b, G, s, bad);
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int k = 0; k < K; ++k) out[b * K + k] = static_cast<O>(s[k]);
   }
 }
 
-// Backward: gx[b, i] from x, y and grad[b, 0..K) (compute type, contiguous).
-template <int MODE, class T, class U, bool VEC>
+// Stage 2 of the loss ops, one block: every row's sums (in double, fixed order) into `sums`,
+// then thread 0 evaluates the algebra: *loss and coef (rows x K). An invalid target stops here.
+template <int K, class A, class O>
+__global__ void __launch_bounds__(kFinalizeThreads)
+    loss_finalize_kernel(const A* __restrict__ partials, int G, int64_t B, int64_t C, int64_t n,
+                         algebra::Spec spec, double* __restrict__ sums,
+                         double* __restrict__ coef, O* __restrict__ loss) {
+  const int64_t rows = B * C;
+  int bad = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double s[K];
+    sum_partials<K>(partials, r, G, s, bad);
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) sums[r * K + k] = s[k];
+    }
+    __syncthreads();  // block_sum's shared memory is reused by the next row
+  }
+  bad = __syncthreads_or(bad);
+  if (threadIdx.x == 0) {
+    if (bad) {
+      printf("hytver::loss: target values must lie in [0, 1] (exponent losses: be 0 or 1)\n");
+      __trap();
+    }
+    *loss = static_cast<O>(algebra::loss_and_coef(spec, sums, B, C, n, coef));
+  }
+}
+
+// Backward: gx[b, i] from x, y and grad[b, 0..K) (contiguous; the loss ops pass their float64
+// coef and the loss's gradient as `scale`, the sums ops nullptr).
+template <int MODE, class T, class U, bool VEC, class GR>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const T* __restrict__ x, const U* __restrict__ y,
-                    const typename Num<T>::C* __restrict__ grad, int64_t n, int G,
-                    ExpParams<typename Num<T>::C> prm, T* __restrict__ gx) {
+                    const GR* __restrict__ grad, const typename Num<T>::C* __restrict__ scale,
+                    int64_t n, int G, ExpParams<typename Num<T>::C> prm, T* __restrict__ gx) {
   typedef typename Num<T>::C C;
   constexpr int K = ModeK<MODE>::K;
   constexpr int P = PackSize<T>::value;
   const int64_t b = blockIdx.x / G;
   const int64_t g = blockIdx.x - b * G;
+  const GR sc = scale != nullptr ? static_cast<GR>(*scale) : GR(1);
   C gr[K];
 #pragma unroll
-  for (int k = 0; k < K; ++k) gr[k] = grad[b * K + k];
+  for (int k = 0; k < K; ++k) gr[k] = static_cast<C>(grad[b * K + k] * sc);
   const T* xb = x + b * n;
   const U* yb = y + b * n;
   T* ob = gx + b * n;
@@ -368,18 +438,17 @@ inline bool use_packs(const T* x, const U* y, const void* out, int64_t n) {
 // Number of partials (elements of the compute type) that launch_forward needs.
 template <int MODE, class T>
 inline int64_t forward_workspace(int64_t B, int64_t n) {
-  return B * blocks_per_sample<T>(B, n) * ModeK<MODE>::K;
+  return B * blocks_per_sample<T>(B, n) * (ModeK<MODE>::K + 1);
 }
 
-// out: B * K sums in the compute type (float, or double for double logits).
-// Requires B >= 1, n >= 1 and B * blocks_per_sample <= 2^31 - 1.
+// Stage 1 on B rows of n elements (G blocks per row); returns G through *G_out.
 template <int MODE, class T, class U>
-cudaError_t launch_forward(const T* x, const U* y, int64_t B, int64_t n, double gamma, double eps,
-                           typename Num<T>::C* partials, typename Num<T>::C* out,
-                           cudaStream_t stream) {
+cudaError_t launch_partials(const T* x, const U* y, int64_t B, int64_t n, double gamma,
+                            double eps, typename Num<T>::C* partials, cudaStream_t stream,
+                            int* G_out) {
   typedef typename Num<T>::C C;
-  constexpr int K = ModeK<MODE>::K;
   const int G = blocks_per_sample<T>(B, n);
+  *G_out = G;
   const ExpParams<C> prm = make_exp_params<C>(gamma, eps);
   const unsigned blocks = static_cast<unsigned>(B * G);
   if (use_packs(x, y, nullptr, n)) {
@@ -389,27 +458,70 @@ cudaError_t launch_forward(const T* x, const U* y, int64_t B, int64_t n, double 
     forward_partial_kernel<MODE, T, U, false><<<blocks, kThreads, 0, stream>>>(x, y, n, G, prm,
                                                                               partials);
   }
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  finalize_kernel<K, C, C><<<static_cast<unsigned>(B), kFinalizeThreads, 0, stream>>>(partials, G,
-                                                                                     out);
   return cudaGetLastError();
 }
 
-// grad: B * K values of the compute type; gx: B * n elements of T.
+// out: B * K sums in the compute type (float, or double for double logits).
+// Requires B >= 1, n >= 1 and B * blocks_per_sample <= 2^31 - 1.
 template <int MODE, class T, class U>
-cudaError_t launch_backward(const T* x, const U* y, const typename Num<T>::C* grad, int64_t B,
-                            int64_t n, double gamma, double eps, T* gx, cudaStream_t stream) {
+cudaError_t launch_forward(const T* x, const U* y, int64_t B, int64_t n, double gamma, double eps,
+                           typename Num<T>::C* partials, typename Num<T>::C* out,
+                           cudaStream_t stream) {
+  typedef typename Num<T>::C C;
+  int G = 0;
+  cudaError_t err = launch_partials<MODE, T, U>(x, y, B, n, gamma, eps, partials, stream, &G);
+  if (err != cudaSuccess) return err;
+  finalize_kernel<ModeK<MODE>::K, C, C>
+      <<<static_cast<unsigned>(B), kFinalizeThreads, 0, stream>>>(partials, G, out);
+  return cudaGetLastError();
+}
+
+// grad: B * K values (GR: the compute type, or double with a device-side `scale`, one value of
+// the compute type that multiplies them; nullptr: 1); gx: B * n elements of T.
+template <int MODE, class T, class U, class GR = typename Num<T>::C>
+cudaError_t launch_backward(const T* x, const U* y, const GR* grad, int64_t B, int64_t n,
+                            double gamma, double eps, T* gx, cudaStream_t stream,
+                            const typename Num<T>::C* scale = nullptr) {
   typedef typename Num<T>::C C;
   const int G = blocks_per_sample<T>(B, n);
   const ExpParams<C> prm = make_exp_params<C>(gamma, eps);
   const unsigned blocks = static_cast<unsigned>(B * G);
   if (use_packs(x, y, gx, n)) {
-    backward_kernel<MODE, T, U, true><<<blocks, kThreads, 0, stream>>>(x, y, grad, n, G, prm, gx);
+    backward_kernel<MODE, T, U, true, GR><<<blocks, kThreads, 0, stream>>>(x, y, grad, scale, n,
+                                                                          G, prm, gx);
   } else {
-    backward_kernel<MODE, T, U, false><<<blocks, kThreads, 0, stream>>>(x, y, grad, n, G, prm, gx);
+    backward_kernel<MODE, T, U, false, GR><<<blocks, kThreads, 0, stream>>>(x, y, grad, scale, n,
+                                                                           G, prm, gx);
   }
   return cudaGetLastError();
+}
+
+// The loss ops. rows = B * C rows of n elements; partials: forward_workspace<MODE, T>(rows, n)
+// elements; sums and coef: rows * K doubles each; loss: one value of the compute type. MODE
+// must be kExp exactly when algebra::is_exp(spec.kind).
+template <int MODE, class T, class U>
+cudaError_t launch_loss_forward(const T* x, const U* y, int64_t B, int64_t C, int64_t n,
+                                const algebra::Spec& spec, typename Num<T>::C* partials,
+                                double* sums, double* coef, typename Num<T>::C* loss,
+                                cudaStream_t stream) {
+  typedef typename Num<T>::C A;
+  int G = 0;
+  cudaError_t err =
+      launch_partials<MODE, T, U>(x, y, B * C, n, algebra::voxel_gamma(spec),
+                                  algebra::clamp_eps(spec), partials, stream, &G);
+  if (err != cudaSuccess) return err;
+  loss_finalize_kernel<ModeK<MODE>::K, A, A>
+      <<<1, kFinalizeThreads, 0, stream>>>(partials, G, B, C, n, spec, sums, coef, loss);
+  return cudaGetLastError();
+}
+
+// gx = grad_loss * sum_k coef[row, k] * dsum_k/dx, one launch; grad_loss on the device.
+template <int MODE, class T, class U>
+cudaError_t launch_loss_backward(const T* x, const U* y, const double* coef,
+                                 const typename Num<T>::C* grad_loss, int64_t rows, int64_t n,
+                                 const algebra::Spec& spec, T* gx, cudaStream_t stream) {
+  return launch_backward<MODE, T, U, double>(x, y, coef, rows, n, algebra::voxel_gamma(spec),
+                                             algebra::clamp_eps(spec), gx, stream, grad_loss);
 }
 
 }  // namespace cuda

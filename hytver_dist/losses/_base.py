@@ -1,35 +1,85 @@
-"""Base classes: input handling and backend choice, shared by every loss."""
+"""The base class of every loss: input handling, the backend choice, the fused call."""
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
 
 from .. import ops
-from ._inputs import as_float_pair, check_backend, is_hard, prepare_inputs
-from ._scalar import ScalarLoss, scalar_path
-from ._sums import RegionSums, fused_target, reference_sums, sums_from_stats, use_fused
+from ._inputs import (
+    as_float_pair,
+    check_backend,
+    check_target_values,
+    is_hard,
+    prepare_inputs,
+)
+
+# Device types with a compiled kernel, fixed at import (a frozenset lookup is traceable by
+# torch.compile).
+FUSED_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda") if ops.supports(d))
+_KERNEL_TARGETS = (torch.bool, torch.uint8, torch.float32, torch.float64)
 
 
 class SigmoidLoss(nn.Module):
-    """A binary segmentation loss on sigmoid logits.
+    """A segmentation loss on sigmoid logits, one independent binary problem per channel.
 
-    ``forward(logits, target)``: logits ``(B, 1, *spatial)`` float; target the same shape (or
-    without the channel axis), float in [0, 1], uint8 or bool. Returns a 0-dim tensor.
-    ``backend``: "auto" (fused kernels when built and the input qualifies), "fused" (error if
-    the extension is missing) or "reference" (plain PyTorch).
+    ``forward(logits, target)``: logits ``(B, C, *spatial)`` float, C >= 1; target the same
+    shape (or, for C == 1, without the channel axis), float in [0, 1], uint8 or bool. Returns a
+    0-dim tensor: the mean over channels of the single-channel loss of each channel (region
+    terms per channel, voxel means over all B*C voxels).
+
+    Two forms: :meth:`reference`, a pure-PyTorch per-voxel transcription of the formula, and one
+    call of the fused op ``hytver::loss`` (kind = the registry name, :meth:`fused_params`).
+    ``backend``: "auto" (fused when the extension has a kernel for the device and the input
+    qualifies; the reference inside torch.func transforms), "fused" (error if the extension is
+    missing) or "reference".
     """
+
+    #: The registry name (the fused op's loss kind).
+    kind = ""
+    #: True for the exponent losses, whose fused sums exist for hard labels only.
+    needs_hard_labels = False
+    per_sample = False
 
     def __init__(self, backend: str = "auto") -> None:
         super().__init__()
         self.backend = check_backend(backend)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = prepare_inputs(logits, target)
-        return self._loss(logits, target)
+        logits, target = prepare_inputs(logits, target, check_values=False)
+        if self._fused_applies(logits, target):
+            # The op checks the target's values in its own pass (CPU: ValueError; GPU: on the
+            # device, without a host synchronisation).
+            return ops.loss(logits, fused_target(target, logits), self.kind, self.fused_params(),
+                            self.per_sample)
+        check_target_values(target)
+        return self._reference(*as_float_pair(logits, target))
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def reference(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss in plain PyTorch ops, voxel by voxel (autograd gives the gradient)."""
+        logits, target = prepare_inputs(logits, target)
+        return self._reference(*as_float_pair(logits, target))
+
+    def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def fused_params(self) -> list[float]:
+        """The hyperparameters in the fused op's order (``ops.LOSS_PARAMS[kind]``)."""
+        return [float(getattr(self, n)) for n in ops.LOSS_PARAMS[self.kind]]
+
+    def _fused_applies(self, logits: torch.Tensor, target: torch.Tensor) -> bool:
+        if not use_fused(self.backend, logits):
+            return False
+        if not self.needs_hard_labels or target.dtype in (torch.bool, torch.uint8):
+            return True
+        if logits.device.type == "cpu" and not torch.compiler.is_compiling():
+            return is_hard(target)  # host memory: a cheap check, soft labels take the reference
+        # A float target on a GPU or under torch.compile: checking it would synchronise or break
+        # the graph. "auto" takes the reference (exact for any labels); "fused" the op, which
+        # then requires hard labels (checked on the GPU).
+        return self.backend == "fused"
 
     def extra_repr(self) -> str:
         names = [n for n in self.hyperparameters() if n != "backend"]
@@ -38,67 +88,36 @@ class SigmoidLoss(nn.Module):
     @classmethod
     def hyperparameters(cls) -> tuple[str, ...]:
         """Keyword names accepted by the constructor (used by get_loss's validation)."""
-        import inspect
-
         return tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
 
 
-class SumLoss(SigmoidLoss):
-    """A loss that is a scalar function of the per-group sums TP, FP, FN and the CE sums."""
-
-    uses_region = True
-    uses_ce = False
-    per_sample = False
-
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if use_fused(self.backend, logits):
-            stats = ops.stats(logits, fused_target(target, logits))
-            if scalar_path(stats):
-                return ScalarLoss.apply(stats, self.scalar, logits.numel())
-            return self.from_sums(sums_from_stats(stats, self.per_sample, logits.numel()))
-        sums = reference_sums(logits, target, self.per_sample, region=self.uses_region,
-                              ce=self.uses_ce)
-        return self.from_sums(sums)
-
-    def from_sums(self, s: RegionSums) -> torch.Tensor:
-        """The loss from the sums as tensor ops (reference backend, CUDA, torch.compile)."""
-        raise NotImplementedError
-
-    def scalar(self, rows: list[list[float]], grad: list[list[float]], n_voxels: int,
-               tiny: float) -> float:
-        """The same loss on Python floats from the (B, 5) sums' rows, adding its gradient into
-        ``grad`` (the fused CPU path; see ``_scalar``)."""
-        raise NotImplementedError
+def fused_supported(logits: torch.Tensor) -> bool:
+    """True when the compiled extension has a kernel for this tensor's device."""
+    return logits.device.type in FUSED_DEVICE_TYPES
 
 
-class ExponentLoss(SigmoidLoss):
-    """A loss with per-voxel exponents: fused through ``ops.exp_stats`` for hard labels,
-    reference PyTorch for soft labels (no error: the sums only exist for hard labels)."""
+def use_fused(backend: str, logits: torch.Tensor) -> bool:
+    """Resolve ``backend`` ("auto" | "fused" | "reference") for this input. Inside torch.func
+    transforms (which the fused ops do not support) "auto" means the reference."""
+    if backend == "reference":
+        return False
+    supported = fused_supported(logits)
+    if backend == "fused" and not supported:
+        why = ("the C++ extension is not built (pip install --no-build-isolation -e .)"
+               if not ops.is_available() else f"it has no kernel for {logits.device.type}")
+        raise RuntimeError(f"backend='fused' requested but {why}")
+    if ops.functorch_active():
+        if backend == "fused":
+            raise RuntimeError("backend='fused' does not work inside torch.func transforms "
+                               "(grad, vmap, ...): use backend='auto' or 'reference' there")
+        return False
+    return supported
 
-    clamp_eps = 0.0  # p clamped to [eps, 1 - eps] before use (0: no clamp, logs from logits)
-    uses_logs = True  # False: from_exp_stats reads none of C1, C0, F1, F0 (kernels skip them)
 
-    def voxel_gamma(self) -> float:
-        """The per-voxel exponent the fused sums need."""
-        raise NotImplementedError
-
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if use_fused(self.backend, logits) and is_hard(target):
-            stats = ops.exp_stats(logits, fused_target(target, logits), self.voxel_gamma(),
-                                  self.clamp_eps, logs=self.uses_logs)
-            if scalar_path(stats):
-                return ScalarLoss.apply(stats, self.scalar, logits.numel())
-            return self.from_exp_stats(stats, logits.numel())
-        return self.reference(*as_float_pair(logits, target))
-
-    def reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def from_exp_stats(self, stats: torch.Tensor, n_voxels: int) -> torch.Tensor:
-        """The loss from the (B, 9) sums as tensor ops (CUDA, torch.compile)."""
-        raise NotImplementedError
-
-    def scalar(self, rows: list[list[float]], grad: list[list[float]], n_voxels: int,
-               tiny: float) -> float:
-        """The same on Python floats from the sums' rows (the fused CPU path; see ``_scalar``)."""
-        raise NotImplementedError
+def fused_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Target in a dtype the kernels read: bool, uint8, float32 or float64."""
+    if target.dtype in _KERNEL_TARGETS:
+        return target
+    if target.is_floating_point():
+        return target.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    return target.to(torch.uint8)  # other integer types, values already checked in [0, 1]

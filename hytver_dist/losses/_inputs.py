@@ -29,40 +29,61 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a plain torch.Tensor (MONAI's MetaTensor and other subclasses run their
+    ``__torch_function__`` on every op; the view stays in the autograd graph)."""
+    return t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)
+
+
 def prepare_inputs(logits: torch.Tensor, target: torch.Tensor,
                    check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``(logits, target)`` and return them as ``(B, 1, *spatial)`` tensors.
+    """Validate ``(logits, target)`` and return them as plain ``(B, C, *spatial)`` tensors.
 
-    Dtypes are left as they are (the fused kernels read uint8/bool targets and half logits
-    directly); :func:`as_float_pair` gives the reference path its working dtypes.
+    A target without the channel axis is accepted when C == 1. Dtypes are left as they are
+    (the fused kernels read uint8/bool targets and half logits directly); :func:`as_float_pair`
+    gives the reference path its working dtypes. ``check_values``: also
+    :func:`check_target_values` (the fused op checks the values itself, in its own pass).
     """
     if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise ValueError("logits and target must be torch.Tensor objects, got "
                          f"{type(logits).__name__} and {type(target).__name__}")
+    logits, target = _plain(logits), _plain(target)
     if not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.dim() < 3 or logits.shape[1] != 1:
-        raise ValueError("logits must have shape (B, 1, *spatial) with at least one spatial "
+    if logits.dim() < 3:
+        raise ValueError("logits must have shape (B, C, *spatial) with at least one spatial "
                          f"dimension, got {tuple(logits.shape)} (for a 2-channel softmax head, "
                          "pass z1 - z0)")
     if logits.numel() == 0:
         raise ValueError(f"logits is empty (shape {tuple(logits.shape)})")
     if target.is_complex():
         raise ValueError(f"target must be real, got dtype {target.dtype}")
-    if target.dim() == logits.dim() - 1:
+    if target.dim() == logits.dim() - 1 and logits.shape[1] == 1:
         target = target.unsqueeze(1)
     if target.shape != logits.shape:
         raise ValueError(f"target shape {tuple(target.shape)} does not match logits shape "
-                         f"{tuple(logits.shape)} (accepted: the same, or without the channel axis)")
+                         f"{tuple(logits.shape)} (accepted: the same, or without the channel "
+                         "axis when there is one channel)")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
-    if check_values and target.dtype != torch.bool and not torch.compiler.is_compiling():
-        # One device-to-host copy (one sync on GPU) for both bounds.
+    if check_values:
+        check_target_values(target)
+    return logits, target
+
+
+def check_target_values(target: torch.Tensor) -> None:
+    """Target values in [0, 1]: a ValueError for CPU tensors (host memory, a cheap check; not
+    while torch.compile traces), a device-side assertion elsewhere (no host synchronisation)."""
+    if target.dtype == torch.bool:
+        return
+    if target.device.type != "cpu":
+        ok = ((target >= 0) & (target <= 1)).all()
+        torch._assert_async(ok, "target values must lie in [0, 1] (and not be NaN)")
+    elif not torch.compiler.is_compiling():
         low, high = torch.stack(torch.aminmax(target.detach())).tolist()
         if not (low >= 0 and high <= 1):  # NaN fails both comparisons
             raise ValueError("target values must lie in [0, 1] (and not be NaN), found range "
                              f"[{low}, {high}]")
-    return logits, target
 
 
 def as_float_pair(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

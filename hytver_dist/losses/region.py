@@ -1,39 +1,30 @@
 """Region (overlap) losses: Dice, Tversky, Focal Tversky, log-cosh Dice.
 
-All are functions of TP = sum p*y, FP = sum p*(1-y), FN = sum (1-p)*y per reduction group
-(the whole batch by default, each sample with ``per_sample=True``), p = sigmoid(logits).
+All are functions of TP = sum p*y, FP = sum p*(1-y), FN = sum (1-p)*y per reduction group and
+channel (per channel: the whole batch by default, each sample with ``per_sample=True``),
+p = sigmoid(logits). With C channels the loss is the mean over all C * groups.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _scalar as sc
-from ._base import SumLoss
+from ._base import SigmoidLoss
 from ._inputs import check_range
-from ._sums import RegionSums
+from ._reference import dice_coefficient, dice_loss, focal_power, region_sums, tversky_index
 
 
-def dice_coefficient(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor,
-                     smooth: float) -> torch.Tensor:
-    """(2*TP + s) / (2*TP + FP + FN + s), i.e. (2*S_py + s) / (S_p + S_y + s)."""
-    return (2 * tp + smooth) / (2 * tp + fp + fn + smooth)
-
-
-def tversky_index(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, alpha: float,
-                  smooth: float) -> torch.Tensor:
-    """(TP + s) / (TP + alpha*FN + (1-alpha)*FP + s): alpha weights false negatives."""
-    return (tp + smooth) / (tp + alpha * fn + (1 - alpha) * fp + smooth)
-
-
-class DiceLoss(SumLoss):
+class DiceLoss(SigmoidLoss):
     """Soft Dice loss: ``L = 1 - (2*TP + s) / (S_p + S_y + s)``.
 
     Defaults: ``smooth=1`` (numerator and denominator), ``per_sample=False`` (one global group
     over the whole batch, as CoactSeg and the HyTver authors' code; ``True`` averages the
-    per-sample losses). Source: Milletari et al. 2016 (V-Net); ``../shared/spec/losses.md``.
+    per-sample losses). Source: Milletari et al. 2016 (V-Net); ``docs/losses.md``.
     MONAI's ``DiceLoss(sigmoid=True, smooth_nr=s, smooth_dr=s, batch=not per_sample)`` agrees.
+    C channels: the mean over channels of each channel's Dice loss.
     """
+
+    kind = "dice"
 
     def __init__(self, smooth: float = 1.0, per_sample: bool = False,
                  backend: str = "auto") -> None:
@@ -41,21 +32,21 @@ class DiceLoss(SumLoss):
         self.smooth = check_range("smooth", smooth, 0.0)
         self.per_sample = bool(per_sample)
 
-    def from_sums(self, s: RegionSums) -> torch.Tensor:
-        return (1 - dice_coefficient(s.tp, s.fp, s.fn, self.smooth)).mean()
-
-    def scalar(self, rows, grad, n_voxels, tiny) -> float:
-        return sc.dice_region(rows, grad, 1.0, self.per_sample, self.smooth)
+    def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return dice_loss(x, y, self.smooth, self.per_sample)
 
 
-class TverskyLoss(SumLoss):
+class TverskyLoss(SigmoidLoss):
     """Tversky loss: ``L = 1 - TI``, ``TI = (TP + s) / (TP + alpha*FN + (1-alpha)*FP + s)``.
 
     Defaults: ``alpha=0.7`` (weight of false negatives, the HyTver paper's notation; alpha >
     0.5 favours recall), ``smooth=1``, ``per_sample=False``. Salehi et al. 2017 and MONAI name
     the FP weight alpha: ``monai.losses.TverskyLoss(alpha=1-a, beta=a, smooth_nr=s,
-    smooth_dr=s)`` computes the same index.
+    smooth_dr=s)`` computes the same index. C channels: the mean over channels of each
+    channel's loss.
     """
+
+    kind = "tversky"
 
     def __init__(self, alpha: float = 0.7, smooth: float = 1.0, per_sample: bool = False,
                  backend: str = "auto") -> None:
@@ -64,20 +55,21 @@ class TverskyLoss(SumLoss):
         self.smooth = check_range("smooth", smooth, 0.0)
         self.per_sample = bool(per_sample)
 
-    def from_sums(self, s: RegionSums) -> torch.Tensor:
-        return (1 - tversky_index(s.tp, s.fp, s.fn, self.alpha, self.smooth)).mean()
-
-    def scalar(self, rows, grad, n_voxels, tiny) -> float:
-        return sc.tversky_region(rows, grad, 1.0, self.per_sample, self.alpha, self.smooth)
+    def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tp, fp, fn = region_sums(x, y, self.per_sample)
+        return (1 - tversky_index(tp, fp, fn, self.alpha, self.smooth)).mean()
 
 
-class FocalTverskyLoss(SumLoss):
+class FocalTverskyLoss(SigmoidLoss):
     """Focal Tversky loss: ``L = (1 - TI)^gamma`` with TI as in :class:`TverskyLoss`.
 
     Defaults: ``alpha=0.7`` (FN weight), ``gamma=0.75``, ``smooth=1``, ``per_sample=False``
     (with ``per_sample=True`` the power is applied per sample, then averaged). Source: Abraham &
-    Khan 2019 (their code's exponent 0.75 = 1/(4/3)).
+    Khan 2019 (their code's exponent 0.75 = 1/(4/3)). C channels: the power per channel (and
+    group), then the mean.
     """
+
+    kind = "focal_tversky"
 
     def __init__(self, alpha: float = 0.7, gamma: float = 0.75, smooth: float = 1.0,
                  per_sample: bool = False, backend: str = "auto") -> None:
@@ -87,26 +79,22 @@ class FocalTverskyLoss(SumLoss):
         self.smooth = check_range("smooth", smooth, 0.0)
         self.per_sample = bool(per_sample)
 
-    def from_sums(self, s: RegionSums) -> torch.Tensor:
-        base = 1 - tversky_index(s.tp, s.fp, s.fn, self.alpha, self.smooth)
-        # A perfect prediction at saturated logits gives base == 0 exactly, where the power's
-        # derivative is infinite (0 * inf = NaN in the backward): keep base off zero.
-        return base.clamp_min(torch.finfo(base.dtype).tiny).pow(self.gamma).mean()
-
-    def scalar(self, rows, grad, n_voxels, tiny) -> float:
-        return sc.tversky_region(rows, grad, 1.0, self.per_sample, self.alpha, self.smooth,
-                                 sc.power(self.gamma, tiny))
+    def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tp, fp, fn = region_sums(x, y, self.per_sample)
+        return focal_power(1 - tversky_index(tp, fp, fn, self.alpha, self.smooth),
+                           self.gamma).mean()
 
 
 class LogCoshDiceLoss(DiceLoss):
     """Log-cosh Dice loss: ``L = log(cosh(L_dice))`` with ``L_dice`` of :class:`DiceLoss`.
 
     Defaults: ``smooth=1``, ``per_sample=False`` (per sample: log-cosh of each sample's Dice
-    loss, then the mean). Source: Jadon 2020 (Semantic-Segmentation-Loss-Functions).
+    loss, then the mean). Source: Jadon 2020 (Semantic-Segmentation-Loss-Functions). C
+    channels: log-cosh per channel (and group), then the mean.
     """
 
-    def from_sums(self, s: RegionSums) -> torch.Tensor:
-        return torch.log(torch.cosh(1 - dice_coefficient(s.tp, s.fp, s.fn, self.smooth))).mean()
+    kind = "logcosh_dice"
 
-    def scalar(self, rows, grad, n_voxels, tiny) -> float:
-        return sc.dice_region(rows, grad, 1.0, self.per_sample, self.smooth, sc.log_cosh)
+    def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dice = dice_coefficient(*region_sums(x, y, self.per_sample), self.smooth)
+        return torch.log(torch.cosh(1 - dice)).mean()

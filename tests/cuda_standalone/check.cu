@@ -6,9 +6,10 @@
 //   /tmp/hytver_check --quick   # a few small cases (for compute-sanitizer)
 //
 // Compiling it instantiates every kernel the torch glue uses (logits float / double / half /
-// bfloat16 x target float / double / uint8, stats and exp_stats, forward and backward). Without a
+// bfloat16 x target float / double / uint8, stats and exp_stats, forward and backward, and the
+// loss ops with the loss algebra of csrc/kernels/hytver_loss_algebra.h on the device). Without a
 // GPU the program reports that and exits 0 (the compile step is the check). Exit code 1 on any
-// mismatch.
+// mismatch; a NaN anywhere is a mismatch.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -98,6 +99,12 @@ static RefTerms ref_terms(double x, double y, double gamma, double eps) {
 
 // ---------------------------------------------------------------------------------------------
 
+// The larger error; a NaN error wins and stays, so that a NaN result fails the check.
+static double worse(double worst, double err) {
+  if (std::isnan(worst) || std::isnan(err)) return NAN;
+  return err > worst ? err : worst;
+}
+
 static int g_failures = 0;
 static int g_cases = 0;
 static bool g_quick = false;
@@ -178,8 +185,8 @@ void run_case(int64_t B, int64_t n, int offset, bool soft, double gamma, double 
   const double tol_sum = dbl ? 1e-12 : 2e-6;
   double worst_sum = 0.0;
   for (int64_t i = 0; i < B * K; ++i) {
-    const double err = std::fabs(static_cast<double>(out[i]) - ref[i]) / (absref[i] + 1e-30);
-    if (err > worst_sum) worst_sum = err;
+    worst_sum = worse(worst_sum, std::fabs(static_cast<double>(out[i]) - ref[i]) /
+                                     (absref[i] + 1e-30));
   }
   const bool deterministic = std::memcmp(out.data(), out2.data(), sizeof(C) * B * K) == 0;
   double out_rel = dbl ? 1e-12 : 2e-6;
@@ -190,8 +197,8 @@ void run_case(int64_t B, int64_t n, int offset, bool soft, double gamma, double 
   double worst_grad = 0.0;
   for (int64_t i = 0; i < N; ++i) {
     const double got = to_double(gx[offset + i]);
-    const double err = std::fabs(got - gref[i]) / (std::fabs(gref[i]) * out_rel + gmax * 1e-6 + 1e-300);
-    if (!(err <= worst_grad)) worst_grad = err;  // also catches NaN
+    worst_grad = worse(worst_grad, std::fabs(got - gref[i]) /
+                                       (std::fabs(gref[i]) * out_rel + gmax * 1e-6 + 1e-300));
   }
   const bool ok = worst_sum <= tol_sum && worst_grad <= 1.0 && deterministic;
   ++g_cases;
@@ -209,8 +216,123 @@ void run_case(int64_t B, int64_t n, int offset, bool soft, double gamma, double 
   cudaFree(dg);
 }
 
+// The loss ops (two launches forward, one backward) against the host: double sums from
+// ref_terms per (sample, channel) row, and the same algebra evaluated on the host.
+template <int MODE, class T, class U>
+void run_loss_case(const char* kind, std::vector<double> params, bool per_sample, int64_t B,
+                   int64_t Cc, int64_t n, std::mt19937& rng) {
+  namespace al = hytver::algebra;
+  typedef typename hc::Num<T>::C A;
+  constexpr int K = hc::ModeK<MODE>::K;
+  al::Spec spec;
+  spec.kind = al::name_to_kind(kind);
+  for (size_t i = 0; i < params.size(); ++i) spec.prm[i] = params[i];
+  spec.per_sample = per_sample;
+  if (std::is_same<A, double>::value) spec.tiny = 2.2250738585072014e-308;
+  const int64_t rows = B * Cc, N = rows * n;
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
+  std::vector<T> hx(N);
+  std::vector<U> hy(N);
+  std::vector<double> sums(rows * K, 0.0), coef(rows * K);
+  std::vector<RefTerms> terms(N);
+  const double gamma = al::voxel_gamma(spec), eps = al::clamp_eps(spec);
+  for (int64_t i = 0; i < N; ++i) {
+    hx[i] = from_float<T>(nd(rng));
+    hy[i] = from_float<U>(ud(rng) < 0.2f ? 1.0f : 0.0f);
+    terms[i] = ref_terms(to_double(hx[i]), to_double(hy[i]), gamma, eps);
+    for (int k = 0; k < K; ++k) sums[(i / n) * K + k] += terms[i].v[k];
+  }
+  const double want = al::loss_and_coef(spec, sums.data(), B, Cc, n, coef.data());
+  const double grad_loss = 0.75;
+  T* dx;
+  U* dy;
+  T* dgx;
+  A *dpart, *dloss, *dgl;
+  double *dsums, *dcoef;
+  CHECK_CUDA(cudaMalloc(&dx, sizeof(T) * N));
+  CHECK_CUDA(cudaMalloc(&dy, sizeof(U) * N));
+  CHECK_CUDA(cudaMalloc(&dgx, sizeof(T) * N));
+  CHECK_CUDA(cudaMalloc(&dpart, sizeof(A) * hc::forward_workspace<MODE, T>(rows, n)));
+  CHECK_CUDA(cudaMalloc(&dloss, sizeof(A)));
+  CHECK_CUDA(cudaMalloc(&dgl, sizeof(A)));
+  CHECK_CUDA(cudaMalloc(&dsums, sizeof(double) * rows * K));
+  CHECK_CUDA(cudaMalloc(&dcoef, sizeof(double) * rows * K));
+  CHECK_CUDA(cudaMemcpy(dx, hx.data(), sizeof(T) * N, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(dy, hy.data(), sizeof(U) * N, cudaMemcpyHostToDevice));
+  const A hgl = static_cast<A>(grad_loss);
+  CHECK_CUDA(cudaMemcpy(dgl, &hgl, sizeof(A), cudaMemcpyHostToDevice));
+  CHECK_CUDA((hc::launch_loss_forward<MODE, T, U>(dx, dy, B, Cc, n, spec, dpart, dsums, dcoef,
+                                                  dloss, 0)));
+  CHECK_CUDA((hc::launch_loss_backward<MODE, T, U>(dx, dy, dcoef, dgl, rows, n, spec, dgx, 0)));
+  A got;
+  std::vector<double> got_coef(rows * K);
+  std::vector<T> gx(N);
+  CHECK_CUDA(cudaMemcpy(&got, dloss, sizeof(A), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(got_coef.data(), dcoef, sizeof(double) * rows * K,
+                        cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(gx.data(), dgx, sizeof(T) * N, cudaMemcpyDeviceToHost));
+  const bool dbl = std::is_same<A, double>::value;
+  double loss_err = std::fabs(static_cast<double>(got) - want) / (std::fabs(want) + 1e-30);
+  double coef_err = 0.0, cmax = 0.0, gmax = 0.0, grad_err = 0.0;
+  for (double c : coef) cmax = std::fmax(cmax, std::fabs(c));
+  for (int64_t i = 0; i < rows * K; ++i)
+    coef_err = worse(coef_err, std::fabs(got_coef[i] - coef[i]) / (cmax + 1e-300));
+  std::vector<double> gref(N);
+  for (int64_t i = 0; i < N; ++i) {
+    double d = 0.0;
+    for (int k = 0; k < K; ++k) d += coef[(i / n) * K + k] * terms[i].dv[k];
+    gref[i] = grad_loss * d;
+    gmax = std::fmax(gmax, std::fabs(gref[i]));
+  }
+  double out_rel = dbl ? 1e-10 : 1e-4;  // the gradient is stored in the logits' type
+  double floor = 1e-300;
+  if (std::is_same<T, __half>::value) {
+    out_rel = 1.0 / 1024;
+    floor = std::ldexp(1.0, -24);  // float16 gradients of O(1/n) are subnormal: spacing 2^-24
+  }
+  if (std::is_same<T, __nv_bfloat16>::value) out_rel = 1.0 / 128;
+  for (int64_t i = 0; i < N; ++i)
+    grad_err = worse(grad_err, std::fabs(to_double(gx[i]) - gref[i]) /
+                                   (std::fabs(gref[i]) * out_rel + gmax * 1e-5 + floor));
+  loss_err = worse(0.0, loss_err);
+  const double tol = dbl ? 1e-12 : 1e-5;
+  const bool ok = loss_err <= tol && coef_err <= (dbl ? 1e-10 : 1e-4) && grad_err <= 1.0;
+  ++g_cases;
+  if (!ok) ++g_failures;
+  std::printf("%s loss %-24s x=%-4s y=%-3s B=%lld C=%lld n=%lld%s: loss rel %.2e, coef rel %.2e, "
+              "grad err/tol %.2f\n",
+              ok ? "ok  " : "FAIL", kind, type_name<T>(), type_name<U>(),
+              static_cast<long long>(B), static_cast<long long>(Cc), static_cast<long long>(n),
+              per_sample ? " per-sample" : "", loss_err, coef_err, grad_err);
+  cudaFree(dx);
+  cudaFree(dy);
+  cudaFree(dgx);
+  cudaFree(dpart);
+  cudaFree(dloss);
+  cudaFree(dgl);
+  cudaFree(dsums);
+  cudaFree(dcoef);
+}
+
+template <class T, class U>
+void run_loss_cases(std::mt19937& rng) {
+  const int64_t n = g_quick ? 999 : 20000;
+  for (bool per_sample : {false, true}) {
+    run_loss_case<hc::kStats, T, U>("hytver", {0.7, 0.7, 0.5, 1.0}, per_sample, 2, 3, n, rng);
+    run_loss_case<hc::kStats, T, U>("focal_tversky", {0.8, 0.75, 1.0}, per_sample, 3, 1, n, rng);
+    run_loss_case<hc::kStats, T, U>("weighted_ce", {0.1, 0.9}, per_sample, 2, 2, n, rng);
+    run_loss_case<hc::kExp, T, U>("focal_dice", {1.0, 1.0, 0.25, 2.0, 1.0}, per_sample, 2, 2, n,
+                                  rng);
+  }
+  run_loss_case<hc::kExp, T, U>("dice_pp", {2.0}, false, 2, 3, n, rng);
+  run_loss_case<hc::kExp, T, U>("symmetric_unified_focal", {0.5, 0.6, 0.5}, false, 2, 2, n, rng);
+  run_loss_case<hc::kExp, T, U>("asymmetric_unified_focal", {0.5, 0.6, 0.5}, false, 1, 3, n, rng);
+}
+
 template <class T, class U>
 void run_type_pair(std::mt19937& rng) {
+  run_loss_cases<T, U>(rng);
   const int64_t shapes[][2] = {{1, 1}, {3, 1001}, {2, 4096}, {2, 300000}};
   for (const auto& s : shapes) {
     if (g_quick && s[1] > 5000) continue;
