@@ -13,6 +13,11 @@
 #   3. pytest tests/test_ops.py tests/test_losses_fused.py (CUDA tests included: the loss op
 #      against the CPU, no host sync and launch counts, CUDA-graph capture, device-side target
 #      check and argument errors in subprocesses; also every CPU ISA path of this host);
+#   3b. a short training run on the GPU with mixed precision (`python -m hytver_dist.train
+#      --device cuda`, 30 iterations, bf16 autocast) on the synthetic cases that
+#      benchmarks/gpu_prepare.sh wrote into .gpu_data/ (wheels of the missing pure-Python
+#      dependencies in .whl/ are installed into a scratch folder first); without a GPU it runs
+#      4 iterations on the CPU to check the step itself;
 #   4. compute-sanitizer memcheck on the self-test (small cases);
 #   5. op benchmarks, fused vs eager reference -> $OUT/bench_gpu.json; loss benchmarks on CUDA
 #      -> $OUT/bench_losses_gpu.json; the performance targets (fused HyTver fwd+bwd at 4x1x80^3
@@ -135,6 +140,27 @@ else
   skip pytest "extension not importable"
 fi
 
+# --- 3b. a short training run with mixed precision ---------------------------------------------
+if [ -d .whl ] && ! "$PY" -c "import nibabel, pydantic, monai" > /dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" \
+    .whl/*.whl > "$OUT/wheels.log" 2>&1 && export PYTHONPATH="$PYTHONPATH:$WORK/site"
+fi
+if [ "$BUILT" = 0 ] && [ -d .gpu_data/synth ]; then
+  if [ "$HAVE_GPU" = 1 ]; then TRAIN_DEV=cuda TRAIN_IT=30; else TRAIN_DEV=cpu TRAIN_IT=4; fi
+  cat > "$WORK/train_check.sh" << EOF
+set -e
+"$PY" -c "import sys, hytver_dist.train; assert 'ray' not in sys.modules, 'train imports ray'"
+"$PY" -m hytver_dist.train --config default --data .gpu_data/synth --loss hytver --seed 0 \
+  --device $TRAIN_DEV --cache "$WORK/cache" --out "$WORK/run" --no-progress \
+  --set training.iterations=$TRAIN_IT --set training.eval_every=$TRAIN_IT \
+  --set training.checkpoint_every=$TRAIN_IT --set training.amp=true
+"$PY" "$ROOT/benchmarks/check_train_metrics.py" "$WORK/run/metrics.csv"
+EOF
+  step train 150 bash "$WORK/train_check.sh"
+else
+  skip train "needs the extension and .gpu_data/ (bash benchmarks/gpu_prepare.sh)"
+fi
+
 # --- 4. memcheck on the self-test --------------------------------------------------------------
 if [ "$HAVE_GPU" = 1 ] && [ -x "$CHECK_EXE" ] && command -v compute-sanitizer > /dev/null 2>&1; then
   step memcheck_check 120 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 \
@@ -200,7 +226,7 @@ else
 fi
 
 echo "total $((SECONDS - START))s of ${BUDGET}s" | tee -a "$SUMMARY"
-for f in check pytest bench bench_losses bench_targets; do
+for f in check pytest train bench bench_losses bench_targets; do
   if [ -f "$OUT/$f.log" ]; then
     echo "===== tail $f.log"
     tail -n 40 "$OUT/$f.log"
