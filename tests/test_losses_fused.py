@@ -189,3 +189,19 @@ def test_monai_metatensor_inputs(name, backend):
     want.backward()
     torch.testing.assert_close(value.as_subclass(torch.Tensor), want)
     torch.testing.assert_close(xm.grad.as_subclass(torch.Tensor), xp.grad)
+
+
+@pytest.mark.parametrize("name", ["hytver", "dice_pp"])
+def test_integer_targets_are_hard_labels_and_checked(name):
+    """int64 masks take the fused path as hard labels; values that would wrap in uint8 (256)
+    are refused, not read as 0."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 6, 6, 6, dtype=torch.float64)
+    mask = torch.rand(2, 1, 6, 6, 6) > 0.7
+    loss = get_loss(name, backend="fused")
+    expected = loss(logits, mask.to(torch.uint8))
+    torch.testing.assert_close(loss(logits, mask.long()), expected, rtol=0, atol=0)
+    bad = mask.long()
+    bad[0, 0, 0, 0, 0] = 256
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        loss(logits, bad)

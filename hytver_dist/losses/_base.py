@@ -72,8 +72,8 @@ class SigmoidLoss(nn.Module):
     def _fused_applies(self, logits: torch.Tensor, target: torch.Tensor) -> bool:
         if not use_fused(self.backend, logits):
             return False
-        if not self.needs_hard_labels or target.dtype in (torch.bool, torch.uint8):
-            return True
+        if not self.needs_hard_labels or not target.is_floating_point():
+            return True  # integer labels are hard; values outside {0, 1} fail in the op
         if logits.device.type == "cpu" and not torch.compiler.is_compiling():
             return is_hard(target)  # host memory: a cheap check, soft labels take the reference
         # A float target on a GPU or under torch.compile: checking it would synchronise or break
@@ -120,4 +120,6 @@ def fused_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return target
     if target.is_floating_point():
         return target.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    return target.to(torch.uint8)  # other integer types, values already checked in [0, 1]
+    # Other integer types: clamp first so that no out-of-range value wraps into {0, 1} (256 would
+    # become 0); -1 and 2 still fail the op's own target check.
+    return target.clamp(-1, 2).to(torch.uint8)
