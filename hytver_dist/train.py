@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -45,7 +46,7 @@ from .data import PatchConfig, PatchSampler, PreprocessedCase
 from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
 from .losses import get_loss
-from .model import build_model
+from .model import CheckpointError, build_model, load_checkpoint
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
 Reporter = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -80,6 +81,20 @@ class TrainResult:
     best_iteration: int
     best_state: dict[str, torch.Tensor]
     history: list[dict[str, float]]
+    params_digest: str = ""
+    """Hash of the final weights: equal on every rank of a data-parallel run."""
+    patch_digest: str = ""
+    """Hash of the training patches this process drew (its rank's sampling stream)."""
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """Hash of a state dict's tensors (names, dtypes, shapes and values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for key, value in state.items():
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def seed_everything(seed: int) -> None:
@@ -220,11 +235,14 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         bar = tqdm(total=training.iterations, initial=start, desc=f"{spec.loss} s{spec.seed}",
                    unit="it", dynamic_ncols=True)
     losses: list[float] = []
+    patches = hashlib.blake2b(digest_size=16)
     for it in range(start, training.iterations):
         net.train()
         rng = np.random.default_rng([spec.seed, rank, it])
         pairs = [sampler.sample(rng) for _ in range(training.batch_size)]
-        image = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
+        image = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        patches.update(image.numpy().tobytes())
+        image = image.to(device)
         mask = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(image)
@@ -268,7 +286,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         bar.close()
     if best_state is None:  # resumed from a finished run
         best_state = _to_cpu(model.state_dict())
-    return TrainResult(training.iterations, best_metric, best_iteration, best_state, history)
+    return TrainResult(training.iterations, best_metric, best_iteration, best_state, history,
+                       state_digest(model.state_dict()), patches.hexdigest())
 
 
 # ---------------------------------------------------------------------------------- the CLI
@@ -346,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         if not ckpt_path.is_file():
             raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
-        resume = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            resume = load_checkpoint(ckpt_path)
+        except CheckpointError as exc:
+            raise SystemExit(f"--resume: {exc}") from None
         if resume["spec"] != spec.to_dict():
             raise SystemExit(f"--resume: {ckpt_path} was written for another run spec:\n"
                              f"{resume['spec']}")
