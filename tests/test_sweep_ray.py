@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 import yaml
 
-pytest.importorskip("ray")
 if not sys.platform.startswith("linux"):
     pytest.skip("uses /proc and POSIX signals", allow_module_level=True)
 
