@@ -392,6 +392,10 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
 
     from .tune_glue import build_param_space
 
+    exists = tune.Tuner.can_restore(experiment)
+    if exists and not resume:
+        raise FileExistsError(f"sweep {cfg.name!r} already exists at {experiment}: "
+                              "pass --resume to continue it, or change name/storage")
     info = connect(address, cfg, num_cpus)
     try:
         print(f"sweep {cfg.name!r}: {count_trials(cfg)} trials on {info['mode']}")
@@ -408,16 +412,12 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
                                  cache_dir=None if cache_dir is None else str(Path(cache_dir)
                                                                               .resolve())),
             {cfg.resources.driver_resource: 1})
-        exists = tune.Tuner.can_restore(experiment)
         if resume and exists:
             print(f"resuming {experiment}: finished trials are kept, unfinished ones continue "
                   "from their last checkpoint")
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                        resume_errored=retry_errored)
         else:
-            if exists:
-                raise FileExistsError(f"sweep {cfg.name!r} already exists at {experiment}: "
-                                      "pass --resume to continue it, or change name/storage")
             tuner = tune.Tuner(
                 trainable, param_space=build_param_space(cfg),
                 tune_config=tune.TuneConfig(**kwargs, trial_name_creator=trial_name,

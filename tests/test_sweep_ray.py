@@ -468,18 +468,25 @@ def test_impossible_resources_fail_fast(cluster, tmp_path, capsys, resources, me
 
 
 @pytest.mark.timeout(300)
-def test_asha_sweep_reports_finished_and_stopped_trials(ray_env, cache_dir, tmp_path):
-    """ASHA through the CLI (own embedded Ray with the dashboard, which early stopping needs):
-    trials that reach the end report test results; pruned ones are 'stopped', never 'failed'."""
+def test_asha_stops_a_trial_certain_to_lose(ray_env, cache_dir, tmp_path):
+    """ASHA through the CLI (own embedded Ray with the dashboard, which early stopping needs).
+
+    Two arms of dice_ce, one at a time: lambda_dice 1 learns; lambda_dice = lambda_ce = 0 is a
+    zero loss, so Adam never moves its weights (as with lr 0). With grace_period 2 and
+    reduction_factor 2 over 4 validations, the rungs are at results 2 and 4: the frozen arm
+    reaches result 2 below the learner's and must be stopped there; it is 'stopped', never
+    'failed', and gets no test results.
+    """
     name = "asha"
     storage = tmp_path / "storage"
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(sweep_dict(
         name, storage, training={"iterations": 8, "eval_every": 2, "checkpoint_every": 2},
-        search={"losses": ["hytver"], "num_samples": 4,
-                "hyperparameters": {"hytver": {"alpha": {"uniform": [0.3, 0.9]}}},
-                "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
-        resources={"max_concurrent_trials": 2})))
+        search={"losses": ["dice_ce"],
+                "hyperparameters": {"dice_ce": {"lambda_dice": [1.0, 0.0],
+                                                "lambda_ce": 0.0}},
+                "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2}},
+        resources={"max_concurrent_trials": 1})))
     sub_tmp = tempfile.mkdtemp(prefix="ha", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": sub_tmp}
     log = tmp_path / "cli.log"
@@ -492,10 +499,21 @@ def test_asha_sweep_reports_finished_and_stopped_trials(ray_env, cache_dir, tmp_
         kill_session(proc.pid)  # as in the interrupt test: no Ray process outlives it
         shutil.rmtree(sub_tmp, ignore_errors=True)
     statuses = trial_statuses(storage / name / "results")
-    assert len(statuses) == 4
-    kinds = sorted(s["status"] for s in statuses.values())
-    assert set(kinds) <= {"ok", "stopped"} and "ok" in kinds, statuses
-    for trial, status in statuses.items():
-        has_cases = (storage / name / "results" / "trials" / trial / "cases.csv").is_file()
+    by_arm = {s["trial"].split("-seed")[0]: s for s in statuses.values()}
+    assert sorted(by_arm) == ["dice_ce-000", "dice_ce-001"], statuses
+    learner, frozen = by_arm["dice_ce-000"], by_arm["dice_ce-001"]
+    assert learner["status"] == "ok", learner
+    assert frozen["status"] == "stopped", frozen
+    for status in statuses.values():
+        has_cases = (storage / name / "results" / "trials" / status["trial"]
+                     / "cases.csv").is_file()
         assert has_cases == (status["status"] == "ok")
+    rows = {tid: results(d) for tid, d in tune_trials(storage / name).items()}
+    by_trial = {statuses_key: rows[statuses_key.rsplit("-", 1)[-1]] for statuses_key in
+                (learner["trial"], frozen["trial"])}
+    frozen_rows, learner_rows = by_trial[frozen["trial"]], by_trial[learner["trial"]]
+    # Stopped at the grace-period rung (its 2nd result, iteration 4), below the learner there.
+    assert [r["iteration"] for r in frozen_rows] == [2, 4], frozen_rows
+    assert frozen_rows[1]["val_dice"] < learner_rows[1]["val_dice"]
+    assert frozen_rows[0]["train_loss"] == 0.0
     assert_report(storage / name / "results")
