@@ -248,8 +248,10 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
             logits = net(image)
         loss = loss_fn(logits.float(), mask)  # losses in fp32 even under AMP
         if not _finite_everywhere(loss, world):
+            where = f"; rank {rank} of {world}, all ranks stop" if world > 1 else ""
             raise FloatingPointError(f"loss {spec.loss!r} is {loss.item()} at iteration "
-                                     f"{it + 1} (seed {spec.seed}); stopping this run")
+                                     f"{it + 1} (seed {spec.seed}{where}); a non-finite loss "
+                                     "on any rank stops this run")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

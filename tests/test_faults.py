@@ -122,6 +122,14 @@ def iterations(rows: list[dict[str, Any]]) -> list[Any]:
     return ["final" if r.get("done_training") else r["iteration"] for r in rows]
 
 
+def new_rows(trial_dir: Path, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trial's Tune results not in ``before`` (a restored trial may rewrite its
+    ``result.json`` from scratch rather than append to it)."""
+    seen = {(r.get("iteration"), r.get("done_training"), r.get("date")) for r in before}
+    return [r for r in results(trial_dir)
+            if (r.get("iteration"), r.get("done_training"), r.get("date")) not in seen]
+
+
 @pytest.fixture
 def sweep(ray_env, cache_dir, tmp_path):  # noqa: F811
     s = Sweep(tmp_path, cache_dir, "faults")
@@ -139,7 +147,7 @@ def test_sigint_mid_training_then_resume_continues_from_the_checkpoint(sweep):
     assert iterations(results(done_dir)) == [3, 6, 9, "final"]
     ckpt = sweep.checkpoint_iteration(tid)
     assert ckpt is not None and ckpt >= EVERY
-    seen = len(results(trial_dir))
+    seen = results(trial_dir)
     assert not (sweep.results_dir / "report").exists(), "an interrupted sweep wrote a report"
     assert [s["status"] for s in trial_statuses(sweep.results_dir).values()] == ["ok"]
     before = snapshot(done_dir), snapshot(sweep.storage / f"train-{done_id}")
@@ -148,9 +156,8 @@ def test_sigint_mid_training_then_resume_continues_from_the_checkpoint(sweep):
     assert rc == 0, sweep.tail()
     # The interrupted trial went on from its checkpoint: its first result after the resume
     # is the checkpoint's iteration + 3, not 3.
-    after = results(trial_dir)[seen:]
-    assert iterations(after)[0] == ckpt + EVERY, (ckpt, iterations(results(trial_dir)))
-    assert iterations(after)[-1] == "final"
+    after = iterations(new_rows(trial_dir, seen))
+    assert after[0] == ckpt + EVERY and after[-1] == "final", (ckpt, iterations(seen), after)
     # The finished trial was not rerun: no Tune result added, no Train file touched.
     assert (snapshot(done_dir), snapshot(sweep.storage / f"train-{done_id}")) == before
     statuses = trial_statuses(sweep.results_dir)
@@ -166,28 +173,27 @@ def test_sigkill_at_the_final_report_and_mid_training_then_resume(sweep):
     assert rc == -9, sweep.tail()
     dice_id, dice_dir = sweep.trial("dice")
     assert sweep.checkpoint_iteration(dice_id) == ITERATIONS
-    assert "final" not in iterations(results(dice_dir)), "the kill came too late"
+    dice_rows = results(dice_dir)
+    assert "final" not in iterations(dice_rows), "the kill came too late"
 
     # 2. Resumed: dice reports its final result from the restored last checkpoint (with the
     # metric Tune checks, val_dice), then hytver starts and is killed mid-training.
     rc = sweep.run(loss="hytver", at=2 * EVERY, sig="SIGKILL", resume=True)
     assert rc == -9, sweep.tail()
-    final = results(dice_dir)[-1]
-    assert final.get("done_training") == 1 and "val_dice" in final, final
     # Nothing was trained again: only the final result came after iteration 9.
-    assert iterations(results(dice_dir)) == [3, 6, 9, "final"]
+    (final,) = new_rows(dice_dir, dice_rows)
+    assert final.get("done_training") == 1 and "val_dice" in final, final
     tid, trial_dir = sweep.trial("hytver")
     ckpt = sweep.checkpoint_iteration(tid)
     assert ckpt is not None and ckpt >= EVERY
-    seen = len(results(trial_dir))
+    seen = results(trial_dir)
     before = snapshot(dice_dir)
 
     # 3. Resumed again: hytver continues from its checkpoint; dice is not rerun.
     rc = sweep.run(resume=True)
     assert rc == 0, sweep.tail()
-    after = results(trial_dir)[seen:]
-    assert iterations(after)[0] == ckpt + EVERY, (ckpt, iterations(results(trial_dir)))
-    assert iterations(after)[-1] == "final"
+    after = iterations(new_rows(trial_dir, seen))
+    assert after[0] == ckpt + EVERY and after[-1] == "final", (ckpt, iterations(seen), after)
     assert snapshot(dice_dir) == before
     statuses = trial_statuses(sweep.results_dir)
     assert sorted(s["status"] for s in statuses.values()) == ["ok", "ok"], statuses
