@@ -13,8 +13,9 @@ function holds only the custom driver resource (``TRAIN_DRIVER``, no CPU), so tr
 never starve their own worker groups; it builds a ``TorchTrainer`` named ``train-<trial id>``
 (a stable name is what lets a restarted or resumed trial find its checkpoints), whose workers run
 :func:`hytver_dist.train.train_loop`, report validation metrics with a checkpoint every
-``checkpoint_every`` iterations, and finally evaluate the best model on the test cases. The
-per-case rows come back to the driver in the trial's last result and are written to
+``checkpoint_every`` iterations, and finally evaluate the best model on the test cases. Rank 0
+writes the per-case rows to ``cases.csv`` in the trial's Train run directory on the storage
+(:mod:`hytver_dist.trial_files`); the driver copies them to
 ``<results_dir>/trials/<trial>/cases.csv`` (plus ``status.json``), which ``hytver_dist.report``
 turns into tables and plots.
 """

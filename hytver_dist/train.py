@@ -253,7 +253,11 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
                                      f"{it + 1} (seed {spec.seed}{where}); a non-finite loss "
                                      "on any rank stops this run")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # oneDNN's bf16 Conv3d backward on the CPU (torch 2.13) intermittently returns
+        # non-finite weight gradients for the deepest, 2-voxel-wide layers; the native kernels
+        # (chosen when the backward runs) do not.
+        with torch.backends.mkldnn.flags(enabled=not (amp and device.type == "cpu")):
+            loss.backward()
         optimizer.step()
         losses.append(loss.item())
         done = it + 1

@@ -85,13 +85,15 @@ class Sweep:
             cwd=ROOT, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
         try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_session(proc.pid)
-            pytest.fail(f"driver did not end in {timeout:.0f} s:\n{self.tail()}")
-        # The embedded Ray dies with its driver, even a SIGKILLed one (no clean shutdown).
-        wait_for("the driver's Ray processes to exit", lambda: not _pids_by(3).get(proc.pid),
-                 60, 0.2)
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"driver did not end in {timeout:.0f} s:\n{self.tail()}")
+            # The embedded Ray dies with its driver, even a SIGKILLed one (no clean shutdown).
+            wait_for("the driver's Ray processes to exit",
+                     lambda: not _pids_by(3).get(proc.pid), 60, 0.2)
+        finally:
+            kill_session(proc.pid)  # what a failed check left
         return rc
 
     def tail(self) -> str:

@@ -1,12 +1,13 @@
-"""The sweep on real Ray: a multi-node cluster on one host, a killed training worker, an
-interrupted and resumed driver, bad data and impossible requests.
+"""The sweep on real Ray: a multi-node cluster on one host, a data-parallel trial across two
+nodes, a killed training worker, ASHA, bad data and impossible requests (driver kills and
+resumes: ``test_faults.py``).
 
 One ``ray.cluster_utils.Cluster`` per module (head: drivers only, ``num_cpus=0`` and
-``TRAIN_DRIVER``; two 1-CPU worker nodes); the interrupt/resume test runs the CLI in
-subprocesses on their own embedded Ray (own ``RAY_TMPDIR``). Everything is polled with
-deadlines and every test has a hard ``pytest-timeout``; leftover Ray processes are killed
-by process group / session, never by name. Linux only (``/proc``, signals). About 3.5-4 min
-on 2 loaded cores, most of it Ray and torch start-up per trial (training itself is ~2 s).
+``TRAIN_DRIVER``; two 1-CPU worker nodes); the ASHA test runs the CLI in a subprocess on its
+own embedded Ray (own ``RAY_TMPDIR``, with the dashboard). Everything is polled with deadlines
+and every test has a hard ``pytest-timeout``; leftover Ray processes are killed by process
+group / session, never by name. Linux only (``/proc``, signals). Most of the time is Ray and
+torch start-up per trial (training itself is ~2 s).
 """
 
 from __future__ import annotations
