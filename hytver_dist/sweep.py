@@ -375,7 +375,9 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
 
     ``callbacks``: extra ``ray.tune.Callback`` objects (progress hooks, tests). Raises
     :class:`SweepInterrupted` when Tune stopped early on SIGINT (finished trials' results are
-    written, nothing else; resume continues).
+    written, nothing else; resume continues), :class:`SweepFailed` when no trial finished, and,
+    before Ray starts, ``DataError``/``PermissionError``/``FileExistsError`` for bad paths or
+    an existing sweep without ``resume``.
     """
     if storage is not None:
         cfg.storage.path = storage

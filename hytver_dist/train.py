@@ -174,6 +174,15 @@ def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
     return bool(ok.item())
 
 
+def _sync_buffers(model: nn.Module, world: int) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). Each rank's forward
+    updates them from its own patches and DDP only broadcasts them at the next forward, so
+    without this the ranks would validate, and evaluate, different models."""
+    if world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def _to_cpu(obj: Any) -> Any:
     """Tensors of a (nested) state, a model's or Adam's, copied to the CPU for a checkpoint."""
     if isinstance(obj, torch.Tensor):
@@ -266,6 +275,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if done % training.eval_every and done != training.iterations:
             continue
+        _sync_buffers(model, world)
         scores = validate(model, val_cases, training, device)
         row = {"iteration": done, "train_loss": float(np.mean(losses)), **scores}
         losses = []
