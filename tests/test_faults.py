@@ -21,6 +21,7 @@ import pytest
 import yaml
 from test_sweep_ray import (  # noqa: F401  (cache_dir, ray_env: module fixtures)
     ROOT,
+    _cmdline,
     _pids_by,
     assert_report,
     cache_dir,
@@ -34,6 +35,7 @@ from test_sweep_ray import (  # noqa: F401  (cache_dir, ray_env: module fixtures
 )
 
 ITERATIONS, EVERY = 9, 3
+LINGERING = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 # The driver: run_sweep with a callback that sends SIG to this process when the trial of LOSS
 # reports iteration AT (a validation result, not the final one). SIG "none": never.
 DRIVER = """
@@ -74,6 +76,7 @@ class Sweep:
         self.cache = cache
         self.log = tmp_path / "driver.log"
         self.tmp = tempfile.mkdtemp(prefix="hf", dir="/tmp")  # short: Ray's socket paths
+        self.sessions: list[int] = []
 
     def run(self, *, loss: str = "", at: int = 0, sig: str = "none", resume: bool = False,
             timeout: float = 240) -> int:
@@ -84,16 +87,21 @@ class Sweep:
              sig, "1" if resume else "0"],
             cwd=ROOT, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
+        self.sessions.append(proc.pid)
         try:
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"driver did not end in {timeout:.0f} s:\n{self.tail()}")
-            # The embedded Ray dies with its driver, even a SIGKILLed one (no clean shutdown).
-            wait_for("the driver's Ray processes to exit",
-                     lambda: not _pids_by(3).get(proc.pid), 60, 0.2)
-        finally:
-            kill_session(proc.pid)  # what a failed check left
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"driver did not end in {timeout:.0f} s:\n{self.tail()}")
+
+        # The embedded Ray dies with its driver, even a SIGKILLed one (no clean shutdown):
+        # GCS, raylet, workers. Ray 2.60's two agents outlive a SIGKILLed driver (they report
+        # the raylet's death to the dead GCS first); they are left running, so the next run
+        # shows they do not block a resume, and killed when the test ends.
+        def only_agents() -> bool:
+            left = [_cmdline(p) for p in _pids_by(3).get(proc.pid, [])]
+            return all(c.startswith(LINGERING) for c in left)
+
+        wait_for("the driver's Ray processes to exit", only_agents, 60, 0.2)
         return rc
 
     def tail(self) -> str:
@@ -113,6 +121,8 @@ class Sweep:
         return latest["metrics"]["iteration"] if latest else None
 
     def cleanup(self) -> None:
+        for session in self.sessions:
+            kill_session(session)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
