@@ -278,8 +278,8 @@ def test_data_parallel_trial_across_two_nodes(cluster, cache_dir, tmp_path):
     assert workers[0]["patch_digest"] != workers[1]["patch_digest"], workers
 
     # The test rows the two ranks gathered equal a 1-process evaluation of the checkpoint.
-    (final,) = [p for p in (load_checkpoint(c / "checkpoint.pt")
-                            for c in run.glob("checkpoint_*")) if p["iteration"] == 6]
+    (final,) = [p for p in map(load_checkpoint, run.glob("checkpoint_*/checkpoint.pt"))
+                if p["iteration"] == 6]
     model = build_model(cfg.model.vnet_kwargs())
     model.load_state_dict(final["best_state"])
     data = prepare_data(cfg.data, cache_dir=cache_dir)
