@@ -27,7 +27,7 @@ from .data import load_case, save_mask, to_original_grid
 from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
 from .metrics import surface
-from .model import build_model
+from .model import CheckpointError, build_model, load_checkpoint
 from .train import case_image, patch_edge
 
 
@@ -79,7 +79,7 @@ def summarize(cases: pd.DataFrame) -> pd.DataFrame:
 
 def load_trained(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A model from ``best_model.pt`` (or a checkpoint.pt, whose best weights are used)."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_checkpoint(path)
     state = payload.get("best_state") or payload["model"]
     model = build_model(ModelConfig(**payload["spec"]["model"]).vnet_kwargs())
     model.load_state_dict(state)
@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(run["config"], args.overrides, source=str(run_file))
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
-    model, payload = load_trained(args.run / "best_model.pt", args.device)
+    try:
+        model, payload = load_trained(args.run / "best_model.pt", args.device)
+    except CheckpointError as exc:
+        raise SystemExit(f"error: {exc}") from None
     data = prepare_data(cfg.data, data_dir=args.data, cache_dir=args.cache)
     if data.split.as_dict() != run["split"]:
         raise SystemExit(f"the split of {args.run} differs from the data's split now; "

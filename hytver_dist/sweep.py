@@ -13,8 +13,9 @@ function holds only the custom driver resource (``TRAIN_DRIVER``, no CPU), so tr
 never starve their own worker groups; it builds a ``TorchTrainer`` named ``train-<trial id>``
 (a stable name is what lets a restarted or resumed trial find its checkpoints), whose workers run
 :func:`hytver_dist.train.train_loop`, report validation metrics with a checkpoint every
-``checkpoint_every`` iterations, and finally evaluate the best model on the test cases. The
-per-case rows come back to the driver in the trial's last result and are written to
+``checkpoint_every`` iterations, and finally evaluate the best model on the test cases. Rank 0
+writes the per-case rows to ``cases.csv`` in the trial's Train run directory on the storage
+(:mod:`hytver_dist.trial_files`); the driver copies them to
 ``<results_dir>/trials/<trial>/cases.csv`` (plus ``status.json``), which ``hytver_dist.report``
 turns into tables and plots.
 """
@@ -48,13 +49,15 @@ LOCAL_ENV = {
 # --------------------------------------------------------------------------- worker side
 def train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: train, report + checkpoint, then evaluate the test cases."""
+    import pandas as pd
     import ray.train
     import ray.train.torch
     import torch
 
+    from . import trial_files
     from .evaluate import evaluate_model
     from .experiment import prepare_data
-    from .model import build_model
+    from .model import build_model, load_checkpoint
     from .train import RunSpec, train_loop
 
     cfg = load_config(config["sweep"])
@@ -69,14 +72,9 @@ def train_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu",
-                                weights_only=False)
-
-    last: dict[str, float] = {}
+            resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
 
     def report(row: dict[str, float], payload: dict[str, Any] | None) -> None:
-        last.clear()
-        last.update(row)
         if payload is None:
             ray.train.report(row)
             return
@@ -86,29 +84,46 @@ def train_worker(config: dict[str, Any]) -> None:
 
     result = train_loop(spec, data, device, resume=resume, report=report,
                         wrap_model=ray.train.torch.prepare_model)
-    # Test evaluation, sharded over the ranks; rank 0 reports every case to Tune.
+    world = ctx.get_world_size()
+    workers = _gather(world, {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+                              "pid": os.getpid(), "params_digest": result.params_digest,
+                              "patch_digest": result.patch_digest})
+    # Test evaluation, sharded over the ranks; rank 0 writes every case to the run directory.
     model = build_model(spec.model.vnet_kwargs()).to(device)
     model.load_state_dict(result.best_state)
     test = data.part("test")
-    world = ctx.get_world_size()
     mine = [c.id for c in test[rank::world]]
     subset = type(data)(data.root, type(data.split)(data.split.train, data.split.val,
                                                     tuple(mine), data.split.meta),
                         data.files, data.cases, data.preprocess)
-    rows = evaluate_model(model, subset, spec.training).to_dict("records")
-    if world > 1:
-        import torch.distributed as dist
-
-        gathered: list[list[dict[str, Any]]] = [[] for _ in range(world)]
-        dist.all_gather_object(gathered, rows)
-        rows = [r for part in gathered for r in part]
-    # node_id / worker_pid: where rank 0 finished (Tune's own node_ip / pid are the trial
-    # driver's, and every node of a one-host test cluster shares one IP).
-    final = {**last, "iteration": result.iterations, "best_val_dice": result.best_metric,
-             "best_iteration": result.best_iteration, "done_training": 1,
-             "node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(),
-             "test_cases": json.dumps(rows, default=float)}
+    rows = _gather(world, evaluate_model(model, subset, spec.training).to_dict("records"))
+    rows = [r for part in rows for r in part]
+    out = trial_files.run_dir(config["storage"], config["trial_id"])
+    if rank == 0:
+        order = {c.id: i for i, c in enumerate(test)}
+        frame = pd.DataFrame(sorted(rows, key=lambda r: order[r["case"]]))
+        trial_files.write_text(f"{out}/{trial_files.CASES_FILE}", frame.to_csv(index=False))
+        trial_files.write_text(f"{out}/{trial_files.WORKERS_FILE}",
+                               json.dumps(workers, indent=1))
+    # The last validation row comes first, from the checkpoint's history when a resumed run
+    # had nothing left to train: Tune checks every result for the sweep's metric.
+    final = {**result.history[-1], "iteration": result.iterations,
+             "best_val_dice": result.best_metric, "best_iteration": result.best_iteration,
+             "done_training": 1, "n_test_cases": len(rows),
+             # Where rank 0 finished (Tune's node_ip / pid are the trial driver's).
+             "node_id": workers[0]["node_id"], "worker_pid": os.getpid()}
     ray.train.report(final)
+
+
+def _gather(world: int, obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
 
 
 # ---------------------------------------------------------------------------- trial side
@@ -131,7 +146,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
         train_worker,
         train_loop_config={"sweep": sweep, "loss": spec.loss, "seed": spec.seed,
                            "loss_params": spec.params, "data_dir": data_dir,
-                           "cache_dir": cache_dir},
+                           "cache_dir": cache_dir, "storage": storage, "trial_id": trial_id},
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -243,6 +258,20 @@ class SweepInterrupted(KeyboardInterrupt):
     saved and ``--resume`` (``run_sweep(resume=True)``) continues it. ``main`` exits 130."""
 
 
+class SweepFailed(RuntimeError):
+    """No trial of the sweep finished (all failed or were stopped); ``main`` exits 1."""
+
+
+def _failure_summary(cfg: Config, results_dir: Path) -> str:
+    """One line per trial that did not finish, from the status files just written."""
+    lines = []
+    for path in sorted((results_dir / "trials").glob("*/status.json")):
+        status = json.loads(path.read_text())
+        lines.append(f"  {status['trial']}: {status['status']}: {status.get('error')}")
+    return (f"sweep {cfg.name!r}: none of its {count_trials(cfg)} trials finished; no report "
+            f"(statuses in {results_dir / 'trials'}):\n" + "\n".join(lines))
+
+
 def unfinished_trials(cfg: Config, experiment: str, grid: Any) -> int:
     """Trials that an interrupt (SIGINT/Ctrl-C, SIGUSR1) left unfinished, 0 for a complete run.
 
@@ -263,29 +292,32 @@ def unfinished_trials(cfg: Config, experiment: str, grid: Any) -> int:
     return live + max(0, count_trials(cfg) - len(trials))
 
 
-def collect_results(grid: Any, results_dir: Path, *,
+def collect_results(grid: Any, results_dir: Path, storage: str = "", *,
                     interrupted: bool = False) -> tuple[int, int]:
-    """Write ``trials/<trial>/cases.csv`` and ``status.json`` from Tune's results; returns
+    """Write ``trials/<trial>/cases.csv`` and ``status.json`` from Tune's results and the
+    ``cases.csv`` each trial's rank 0 wrote into its run directory under ``storage``; returns
     (ok, not ok) counts: trials that failed or were stopped early (status ``stopped``).
     ``interrupted``: skip trials with neither results nor an error (they continue on resume)
     instead of marking them failed."""
-    import pandas as pd
+    from . import trial_files
 
     ok = failed = 0
     for result in grid:
         metrics = result.metrics or {}
         config = result.config or {}
         name = Path(result.path).name if result.path else metrics.get("trial_id", "unknown")
+        trial_id = metrics.get("trial_id") or name.rsplit("-", 1)[-1]
         spec = trial_spec(config) if config else None
         out = results_dir / "trials" / name
-        out.mkdir(parents=True, exist_ok=True)
         status: dict[str, Any] = {"trial": name, "loss": spec.loss if spec else None,
                                   "seed": spec.seed if spec else None}
-        cases = metrics.get("test_cases")
-        if interrupted and result.error is None and not cases:
+        done = result.error is None and metrics.get("done_training")
+        if interrupted and result.error is None and not done:
             continue
-        if result.error is None and cases:
-            frame = pd.DataFrame(json.loads(cases))
+        out.mkdir(parents=True, exist_ok=True)
+        cases_path = f"{trial_files.run_dir(storage, trial_id)}/{trial_files.CASES_FILE}"
+        frame = trial_files.read_cases(cases_path) if done else None
+        if frame is not None:
             frame.insert(0, "params", json.dumps(spec.params, sort_keys=True))
             frame.insert(0, "seed", spec.seed)
             frame.insert(0, "loss", spec.loss)
@@ -294,6 +326,10 @@ def collect_results(grid: Any, results_dir: Path, *,
             status.update(status="ok", best_val_dice=metrics.get("best_val_dice"),
                           best_iteration=metrics.get("best_iteration"))
             ok += 1
+        elif done:
+            status.update(status="failed", error=f"{cases_path}: missing (the trial finished "
+                          "but its test results are not on the storage)")
+            failed += 1
         elif result.error is None:
             # Ended cleanly before its test evaluation: stopped early by the scheduler (ASHA).
             status.update(status="stopped", error="stopped early by the scheduler at iteration "
@@ -320,6 +356,17 @@ def _short_error(error: BaseException | str) -> str:
     return (lines[-1] if lines else repr(error))[:500]
 
 
+def _preflight(cfg: Config, data_dir: str | None, root: str) -> None:
+    """Bad paths fail here, naming the path, before Ray starts or any trial is scheduled."""
+    from .preflight import check_data_dir, check_storage
+
+    if data_dir is not None:
+        check_data_dir(data_dir, "--data")
+    else:
+        check_data_dir(cfg.data.path, "data.path")
+    check_storage(root)
+
+
 def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = None,
               resume: bool = False, retry_errored: bool = False, data_dir: str | None = None,
               cache_dir: str | None = None, num_cpus: int | None = None,
@@ -328,13 +375,10 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
 
     ``callbacks``: extra ``ray.tune.Callback`` objects (progress hooks, tests). Raises
     :class:`SweepInterrupted` when Tune stopped early on SIGINT (finished trials' results are
-    written, nothing else; resume continues).
+    written, nothing else; resume continues), :class:`SweepFailed` when no trial finished, and,
+    before Ray starts, ``DataError``/``PermissionError``/``FileExistsError`` for bad paths or
+    an existing sweep without ``resume``.
     """
-    import ray
-    from ray import tune
-
-    from .tune_glue import build_param_space
-
     if storage is not None:
         cfg.storage.path = storage
     if cfg.data.path is not None and "://" not in cfg.data.path:
@@ -345,6 +389,16 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     # Per-case CSVs are written by this driver, so they need a local (or mounted) path.
     results_dir = Path(cfg.results_dir if "://" not in cfg.results_dir
                        else Path("results") / cfg.name / "results").resolve()
+    _preflight(cfg, data_dir, root)
+    import ray
+    from ray import tune
+
+    from .tune_glue import build_param_space
+
+    exists = tune.Tuner.can_restore(experiment)
+    if exists and not resume:
+        raise FileExistsError(f"sweep {cfg.name!r} already exists at {experiment}: "
+                              "pass --resume to continue it, or change name/storage")
     info = connect(address, cfg, num_cpus)
     try:
         print(f"sweep {cfg.name!r}: {count_trials(cfg)} trials on {info['mode']}")
@@ -361,16 +415,12 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
                                  cache_dir=None if cache_dir is None else str(Path(cache_dir)
                                                                               .resolve())),
             {cfg.resources.driver_resource: 1})
-        exists = tune.Tuner.can_restore(experiment)
         if resume and exists:
             print(f"resuming {experiment}: finished trials are kept, unfinished ones continue "
                   "from their last checkpoint")
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                        resume_errored=retry_errored)
         else:
-            if exists:
-                raise FileExistsError(f"sweep {cfg.name!r} already exists at {experiment}: "
-                                      "pass --resume to continue it, or change name/storage")
             tuner = tune.Tuner(
                 trainable, param_space=build_param_space(cfg),
                 tune_config=tune.TuneConfig(**kwargs, trial_name_creator=trial_name,
@@ -383,7 +433,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
         start = time.perf_counter()
         grid = tuner.fit()
         unfinished = unfinished_trials(cfg, experiment, grid)
-        ok, failed = collect_results(grid, results_dir, interrupted=unfinished > 0)
+        ok, failed = collect_results(grid, results_dir, root, interrupted=unfinished > 0)
         print(f"{ok} trials finished, {failed} failed in {time.perf_counter() - start:.0f} s; "
               f"per-case results in {results_dir / 'trials'}")
     finally:
@@ -392,10 +442,9 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
         raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of "
                                f"{count_trials(cfg)} trials unfinished; its state is saved: "
                                "rerun the same command with --resume to continue it")
-    if not cfg.report.enabled:
-        return None
     if ok == 0:
-        print("no trial finished: no report")
+        raise SweepFailed(_failure_summary(cfg, results_dir))
+    if not cfg.report.enabled:
         return None
     from .report import build_report
 
@@ -436,12 +485,16 @@ def main(argv: list[str] | None = None) -> int:
         run_sweep(cfg, address=args.address, storage=args.storage, resume=args.resume,
                   retry_errored=args.retry_errored, data_dir=args.data, cache_dir=args.cache,
                   num_cpus=args.num_cpus)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileExistsError, FileNotFoundError,
+            PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SweepInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
+    except SweepFailed as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

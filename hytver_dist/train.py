@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -45,7 +46,7 @@ from .data import PatchConfig, PatchSampler, PreprocessedCase
 from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
 from .losses import get_loss
-from .model import build_model
+from .model import CheckpointError, build_model, load_checkpoint
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
 Reporter = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -80,6 +81,20 @@ class TrainResult:
     best_iteration: int
     best_state: dict[str, torch.Tensor]
     history: list[dict[str, float]]
+    params_digest: str = ""
+    """Hash of the final weights: equal on every rank of a data-parallel run."""
+    patch_digest: str = ""
+    """Hash of the training patches this process drew (its rank's sampling stream)."""
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """Hash of a state dict's tensors (names, dtypes, shapes and values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for key, value in state.items():
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def seed_everything(seed: int) -> None:
@@ -159,6 +174,15 @@ def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
     return bool(ok.item())
 
 
+def _sync_buffers(model: nn.Module, world: int) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). Each rank's forward
+    updates them from its own patches and DDP only broadcasts them at the next forward, so
+    without this the ranks would validate, and evaluate, different models."""
+    if world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def _to_cpu(obj: Any) -> Any:
     """Tensors of a (nested) state, a model's or Adam's, copied to the CPU for a checkpoint."""
     if isinstance(obj, torch.Tensor):
@@ -220,20 +244,29 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         bar = tqdm(total=training.iterations, initial=start, desc=f"{spec.loss} s{spec.seed}",
                    unit="it", dynamic_ncols=True)
     losses: list[float] = []
+    patches = hashlib.blake2b(digest_size=16)
     for it in range(start, training.iterations):
         net.train()
         rng = np.random.default_rng([spec.seed, rank, it])
         pairs = [sampler.sample(rng) for _ in range(training.batch_size)]
-        image = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
+        image = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        patches.update(image.numpy().tobytes())
+        image = image.to(device)
         mask = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(image)
         loss = loss_fn(logits.float(), mask)  # losses in fp32 even under AMP
         if not _finite_everywhere(loss, world):
+            where = f"; rank {rank} of {world}, all ranks stop" if world > 1 else ""
             raise FloatingPointError(f"loss {spec.loss!r} is {loss.item()} at iteration "
-                                     f"{it + 1} (seed {spec.seed}); stopping this run")
+                                     f"{it + 1} (seed {spec.seed}{where}); a non-finite loss "
+                                     "on any rank stops this run")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # oneDNN's bf16 Conv3d backward on the CPU (torch 2.13) intermittently returns
+        # non-finite weight gradients for the deepest, 2-voxel-wide layers; the native kernels
+        # (chosen when the backward runs) do not.
+        with torch.backends.mkldnn.flags(enabled=not (amp and device.type == "cpu")):
+            loss.backward()
         optimizer.step()
         losses.append(loss.item())
         done = it + 1
@@ -242,6 +275,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if done % training.eval_every and done != training.iterations:
             continue
+        _sync_buffers(model, world)
         scores = validate(model, val_cases, training, device)
         row = {"iteration": done, "train_loss": float(np.mean(losses)), **scores}
         losses = []
@@ -268,7 +302,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         bar.close()
     if best_state is None:  # resumed from a finished run
         best_state = _to_cpu(model.state_dict())
-    return TrainResult(training.iterations, best_metric, best_iteration, best_state, history)
+    return TrainResult(training.iterations, best_metric, best_iteration, best_state, history,
+                       state_digest(model.state_dict()), patches.hexdigest())
 
 
 # ---------------------------------------------------------------------------------- the CLI
@@ -346,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         if not ckpt_path.is_file():
             raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
-        resume = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            resume = load_checkpoint(ckpt_path)
+        except CheckpointError as exc:
+            raise SystemExit(f"--resume: {exc}") from None
         if resume["spec"] != spec.to_dict():
             raise SystemExit(f"--resume: {ckpt_path} was written for another run spec:\n"
                              f"{resume['spec']}")

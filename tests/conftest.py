@@ -1,4 +1,4 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, and the skip policy (only CUDA-device tests may skip).
 
 ``synth_dataset``: a tiny synthetic MSSEG-2-layout dataset (4 cases of 4 mm voxels, 1 without
 new lesions, seed 0), written once per session; about 2 s. Treat it as read-only: copy a case
@@ -7,9 +7,14 @@ folder (``shutil.copytree``) before modifying files.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +26,45 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth_tiny")
     generate_dataset(root, 4, seed=0, size="tiny", n_negative=1)
     return root
+
+
+# ------------------------------------------------------------------------- skip policy
+# CI must not go green by skipping: only tests that need a CUDA device (or its toolkit) may
+# skip on a CPU machine. Any other skip, a missing test dependency included, fails the run
+# (`pytest -ra` lists every skip with its reason).
+CUDA_SKIP = re.compile(r"\b(CUDA|GPU|nvcc)\b")
+_bad_skips: list[str] = []
+
+
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        if item.get_closest_marker("cuda") is None and not CUDA_SKIP.search(reason):
+            _bad_skips.append(f"{item.nodeid}: {reason}")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped and not CUDA_SKIP.search(_skip_reason(report)):
+        _bad_skips.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _bad_skips:
+        terminalreporter.section("skips that are not allowed (only CUDA-device tests may skip)")
+        for line in _bad_skips:
+            terminalreporter.line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _bad_skips and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-pytest.importorskip("jsonschema")
-from jsonschema import ValidationError  # noqa: E402
-from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
+from jsonschema import ValidationError
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
 AWS, LOCAL = ROOT / "cluster.yaml", ROOT / "cluster.local.yaml"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import warnings
 
+import medpy.metric.binary as medpy_binary
+import monai.metrics as mm
 import numpy as np
 import pytest
+import torch
 
 from hytver_dist import metrics as M
-
-medpy_binary = pytest.importorskip("medpy.metric.binary")
 
 SPACING = (0.5, 0.75, 1.2)  # anisotropic, in array-axis order
 SHAPE = (32, 32, 32)
@@ -92,9 +93,6 @@ def test_asd_is_directed(case) -> None:
 
 @pytest.fixture(scope="module")
 def monai_metrics():
-    torch = pytest.importorskip("torch")
-    mm = pytest.importorskip("monai.metrics")
-
     def to_t(a: np.ndarray):
         return torch.from_numpy(a)[None, None].float()  # (B=1, C=1, ...), foreground channel
 

@@ -25,7 +25,7 @@ def config(loss, seed, **params):
 
 
 def rows(dice):
-    return json.dumps([
+    return pd.DataFrame([
         {"case": "013", "has_lesions": True, "dice": dice, "jaccard": dice / 2,
          "precision": 0.5, "recall": 0.5, "hd": 9.0, "hd95": 5.0, "asd": 1.0, "assd": 1.0,
          "hd95_vox": 7.0, "asd_vox": 1.5, "lesion_f1": 0.5, "lesion_sensitivity": 0.5,
@@ -40,24 +40,34 @@ def rows(dice):
          "pred_volume_mm3": 12.0}])
 
 
+def finished(storage: Path, trial_id: str, dice: float) -> dict:
+    """What a finished trial leaves: cases.csv in its run directory, a final Tune result."""
+    (storage / f"train-{trial_id}").mkdir(parents=True)
+    rows(dice).to_csv(storage / f"train-{trial_id}" / "cases.csv", index=False)
+    return {"trial_id": trial_id, "done_training": 1, "best_val_dice": dice - 0.1,
+            "best_iteration": 20}
+
+
 def test_ok_failed_and_stopped_trials(tmp_path: Path):
+    storage = tmp_path / "storage"
     grid = [
         FakeResult("/x/hytver-seed0-a_00000", config("hytver", 0, alpha=0.7),
-                   {"test_cases": rows(0.8), "best_val_dice": 0.7, "best_iteration": 20}),
+                   finished(storage, "a_00000", 0.8)),
         FakeResult("/x/dice-seed0-a_00001", config("dice", 0),
-                   {"test_cases": rows(0.6), "best_val_dice": 0.6, "best_iteration": 10}),
+                   finished(storage, "a_00001", 0.6)),
         FakeResult("/x/ce-seed0-a_00002", config("ce", 0),
                    error=RuntimeError("Training failed:\nDataError: /d/syn005/flair.nii.gz: "
                                       "truncated gzip")),
         FakeResult("/x/focal-seed0-a_00003", config("focal", 0),
                    {"iteration": 6, "val_dice": 0.1}),
     ]
-    ok, not_ok = collect_results(grid, tmp_path)
+    ok, not_ok = collect_results(grid, tmp_path, str(storage))
     assert (ok, not_ok) == (2, 2)
     trials = tmp_path / "trials"
     cases = pd.read_csv(trials / "hytver-seed0-a_00000" / "cases.csv", dtype={"case": str})
     assert list(cases.columns[:5]) == ["trial", "loss", "seed", "params", "case"]
     assert json.loads(cases["params"][0]) == {"alpha": 0.7}
+    assert list(cases["case"]) == ["013", "015"] and cases["dice"][0] == 0.8
     failed = json.loads((trials / "ce-seed0-a_00002" / "status.json").read_text())
     assert failed["status"] == "failed" and "syn005/flair.nii.gz" in failed["error"]
     stopped = json.loads((trials / "focal-seed0-a_00003" / "status.json").read_text())
@@ -74,3 +84,12 @@ def test_interrupted_skips_unfinished_trials(tmp_path: Path):
     grid = [FakeResult("/x/dice-seed1-b_00000", config("dice", 1), {"iteration": 3})]
     assert collect_results(grid, tmp_path, interrupted=True) == (0, 0)
     assert not (tmp_path / "trials" / "dice-seed1-b_00000" / "status.json").exists()
+
+
+def test_finished_trial_without_cases_file_is_failed(tmp_path: Path):
+    grid = [FakeResult("/x/dice-seed0-c_00000", config("dice", 0),
+                       {"trial_id": "c_00000", "done_training": 1, "val_dice": 0.5})]
+    assert collect_results(grid, tmp_path, str(tmp_path / "storage")) == (0, 1)
+    status = json.loads((tmp_path / "trials" / "dice-seed0-c_00000" / "status.json")
+                        .read_text())
+    assert status["status"] == "failed" and "train-c_00000/cases.csv" in status["error"]

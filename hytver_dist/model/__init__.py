@@ -6,11 +6,16 @@ import dataclasses
 import inspect
 from collections.abc import Mapping
 
-from hytver_dist.model.checkpoint import LoadReport, load_pretrained
+from hytver_dist.model.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    load_checkpoint,
+    load_pretrained,
+)
 from hytver_dist.model.vnet import DOWNSAMPLING, VNet, count_parameters
 
-__all__ = ["DOWNSAMPLING", "LoadReport", "VNet", "build_model", "count_parameters",
-           "load_pretrained"]
+__all__ = ["DOWNSAMPLING", "CheckpointError", "LoadReport", "VNet", "build_model",
+           "count_parameters", "load_checkpoint", "load_pretrained"]
 
 _NAMES = ("vnet", "coactseg_vnet")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -150,3 +152,30 @@ def load_pretrained(
         raise RuntimeError(f"strict load failed, model left unchanged:\n{report}")
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely (or at all); the message names the file."""
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training checkpoint (``checkpoint.pt``, ``best_model.pt``) as a dict, loaded with
+    ``weights_only=True``.
+
+    Checkpoints live on shared storage that several people write, and unpickling an arbitrary
+    object runs code, so only tensors and plain types (dicts, lists, numbers, strings) load;
+    a file holding anything else is refused with :class:`CheckpointError`.
+    """
+    source = os.fspath(path)
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{source}: refused: the checkpoint holds a pickled object "
+                              f"that is not a tensor or plain type, and loading it could run "
+                              f"code ({why})") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{source}: unreadable checkpoint ({exc})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{source}: expected a dict, got {type(payload).__name__}")
+    return payload
