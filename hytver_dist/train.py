@@ -22,7 +22,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
 from .losses import get_loss
 from .model import build_model
+from .model.checkpoint import load_pretrained
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
 Reporter = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -80,6 +81,7 @@ class TrainResult:
     best_iteration: int
     best_state: dict[str, torch.Tensor]
     history: list[dict[str, float]]
+    init_report: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -173,7 +175,8 @@ def _to_cpu(obj: Any) -> Any:
 def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
                resume: dict[str, Any] | None = None, report: Reporter | None = None,
                wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-               progress: bool = False) -> TrainResult:
+               progress: bool = False,
+               init: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> TrainResult:
     """Train ``spec`` on ``data.part("train")``, validating on ``data.part("val")``.
 
     Adam, a fixed number of iterations of ``batch_size`` patches (lesion-centred when the case
@@ -183,6 +186,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     ``report`` with, every ``checkpoint_every`` iterations, a checkpoint payload (for rank 0;
     other ranks get None). ``resume``: a payload from an earlier report. ``wrap_model``: e.g.
     ``ray.train.torch.prepare_model``; default DDP when a process group is initialised.
+    ``init``: initial weights (a file or a state-dict mapping, see :func:`load_pretrained`)
+    for a run that is not resumed; the optimizer starts fresh either way.
     """
     device = torch.device(device)
     training = spec.training
@@ -190,6 +195,13 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     seed_everything(spec.seed)
     # Same seed -> same initial weights on all ranks.
     model = build_model(spec.model.vnet_kwargs()).to(device)
+    init_report = None
+    if init is not None and resume is None:
+        loaded = load_pretrained(model, init)
+        if not loaded.matched:
+            raise ValueError(f"{loaded.source}: no key of this checkpoint fits the V-Net "
+                             f"(model {spec.model.vnet_kwargs()}):\n{loaded}")
+        init_report = str(loaded)
     torch.manual_seed(spec.seed + 7919 * rank)  # then per-rank streams (dropout masks)
     loss_fn = get_loss(spec.loss, backend=training.backend, **spec.loss_params)
     optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
@@ -268,7 +280,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         bar.close()
     if best_state is None:  # resumed from a finished run
         best_state = _to_cpu(model.state_dict())
-    return TrainResult(training.iterations, best_metric, best_iteration, best_state, history)
+    return TrainResult(training.iterations, best_metric, best_iteration, best_state, history,
+                       init_report)
 
 
 # ---------------------------------------------------------------------------------- the CLI
@@ -323,9 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
     parser.add_argument("--cache", help="cache directory (default $HYTVER_CACHE or "
                         "~/.cache/hytver_dist)")
+    parser.add_argument("--init-checkpoint", metavar="PATH", help="start from these weights "
+                        "(sets model.init_checkpoint; CoactSeg layout accepted)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.init_checkpoint:
+        args.overrides.append(f"model.init_checkpoint={args.init_checkpoint}")
     try:
         cfg = load_config(args.config, args.overrides)
         if args.iterations is not None:
@@ -371,9 +388,18 @@ def main(argv: list[str] | None = None) -> int:
         if payload is not None:
             save_atomic(payload, ckpt_path)
 
+    init = cfg.model.init_checkpoint
+    if cfg.pretrain is not None and resume is None:
+        from .pretrain import ensure_local
+
+        init, reused = ensure_local(cfg, data, str(Path(cfg.storage.path).resolve()),
+                                    args.device)
+        print(f"pretrained model ({'reused' if reused else 'trained now'}): {init}")
     start = time.perf_counter()
     result = train_loop(spec, data, args.device, resume=resume, report=report,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, init=init)
+    if result.init_report:
+        print(result.init_report)
     save_atomic({"model": result.best_state, "spec": spec.to_dict(),
                  "best_val_dice": result.best_metric, "best_iteration": result.best_iteration,
                  "split": data.split.as_dict()}, out / "best_model.pt")
