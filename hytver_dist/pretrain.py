@@ -33,7 +33,8 @@ def pretrain_key(cfg: Config, data: PreparedData) -> str:
     assert cfg.pretrain is not None
     what = {
         "data": cfg.data.model_dump(mode="json", exclude={"path"}),
-        "source": str(data.root),
+        # Synthetic data is fully described by its settings; a real dataset by its folder.
+        "source": "synthetic" if cfg.data.is_synthetic else str(data.root),
         "split": data.split.as_dict(),
         "model": cfg.model.vnet_kwargs(),
         "pretrain": cfg.pretrain.model_dump(mode="json"),
@@ -48,6 +49,7 @@ def pretrain_spec(cfg: Config) -> RunSpec:
     """The run spec of the pretraining stage (no checkpoints: it is short and stored once)."""
     p = cfg.pretrain
     assert p is not None
+    # checkpoint_every: any multiple of eval_every; nothing receives the stage's reports.
     training = cfg.training.model_copy(update={
         "iterations": p.iterations, "lr": p.lr, "eval_every": p.eval_every,
         "checkpoint_every": p.iterations * p.eval_every})

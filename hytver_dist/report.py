@@ -635,6 +635,8 @@ def utilisation_lines(results_dir: Path) -> list[str]:
             for p in (results_dir / "trials").glob("*/status.json")]
     work = [float(w) for w in work if isinstance(w, (int, float))]
     wall, slots = facts.get("trials_wall_s"), facts.get("slots")
+    if facts.get("resumed"):  # the wall time covers the resumed part only
+        return ["- Utilisation: not computed (the sweep was resumed)"]
     if not work or not wall or not slots:
         return []
     lines = [f"- Utilisation: {sum(work) / (wall * slots):.0%} = worker time in training and "

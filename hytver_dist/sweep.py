@@ -17,6 +17,12 @@ never starve their own worker groups; it builds a ``TorchTrainer`` named ``train
 per-case rows come back to the driver in the trial's last result and are written to
 ``<results_dir>/trials/<trial>/cases.csv`` (plus ``status.json``), which ``hytver_dist.report``
 turns into tables and plots.
+
+Before the trials, a config's ``pretrain`` section is trained once as a Ray Train run with the
+trials' resources and stored in the storage under a hash of what determines it
+(:mod:`hytver_dist.pretrain`); every trial fine-tunes from it (or from ``model.init_checkpoint``)
+with a fresh optimizer. The console shows compact progress (:mod:`hytver_dist.progress`); Ray's
+own output goes to ``<results_dir>/logs/ray.log`` unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -374,7 +380,8 @@ def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experimen
         say(f"Ray's output: {log_path} (--verbose shows it here)")
     kwargs = tune_config_kwargs(cfg, cluster_resources())
     check_worker_fits(cfg)
-    facts: dict[str, Any] = {"slots": kwargs["max_concurrent_trials"], "pretrain_s": 0.0}
+    facts: dict[str, Any] = {"slots": kwargs["max_concurrent_trials"], "pretrain_s": 0.0,
+                             "resumed": bool(resume)}
     if cfg.pretrain is not None:
         from .experiment import prepare_data
         from .pretrain import ensure_on_ray

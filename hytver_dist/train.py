@@ -392,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.pretrain is not None and resume is None:
         from .pretrain import ensure_local
 
-        init, reused = ensure_local(cfg, data, str(Path(cfg.storage.path).resolve()),
-                                    args.device)
+        storage = cfg.storage.path
+        storage = storage if "://" in storage else str(Path(storage).resolve())
+        init, reused = ensure_local(cfg, data, storage, args.device)
         print(f"pretrained model ({'reused' if reused else 'trained now'}): {init}")
     start = time.perf_counter()
     result = train_loop(spec, data, args.device, resume=resume, report=report,
