@@ -500,3 +500,34 @@ def test_asha_sweep_reports_finished_and_stopped_trials(ray_env, cache_dir, tmp_
         has_cases = (storage / name / "results" / "trials" / trial / "cases.csv").is_file()
         assert has_cases == (status["status"] == "ok")
     assert_report(storage / name / "results")
+
+
+@pytest.mark.timeout(300)
+def test_pretrain_stage_runs_once_and_trials_fine_tune_from_it(cluster, cache_dir, tmp_path,
+                                                                capfd):
+    pre = {"loss": "dice_ce", "iterations": 3, "eval_every": 3}
+    cfg = load_config(sweep_dict("pre-a", tmp_path, pretrain=pre,
+                                 search={"losses": ["hytver"], "seeds": [0]}))
+    run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+    stored = list((tmp_path / "pretrain").glob("*/model.pt"))
+    assert len(stored) == 1
+    assert (tmp_path / f"pretrain-{stored[0].parent.name}").is_dir()  # a Ray Train run
+    first = stored[0].stat().st_mtime_ns
+    out = capfd.readouterr().out  # the console: written to the file descriptor
+    assert "pretrained model (" in out and "reused" not in out
+    assert "1/1 done, 0 running, 0 failed" in out  # the compact progress line
+    log = (Path(cfg.results_dir) / "logs" / "ray.log").read_text()
+    # The trial's worker loaded every key of the stored weights (its report is in Ray's log).
+    assert f"load_pretrained({stored[0]}): " in log and "0 missing, 0 unexpected" in log
+
+    # Another sweep with the same data, split, model and pretrain settings reuses it.
+    again = load_config(sweep_dict("pre-b", tmp_path, pretrain=pre,
+                                   search={"losses": ["dice"], "seeds": [1]},
+                                   training={"lr": 5e-4}))
+    run_sweep(again, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+    assert "pretrained model (reused)" in capfd.readouterr().out
+    assert list((tmp_path / "pretrain").glob("*/model.pt")) == stored
+    assert stored[0].stat().st_mtime_ns == first
+    for c in (cfg, again):
+        statuses = trial_statuses(Path(c.results_dir))
+        assert [s["status"] for s in statuses.values()] == ["ok"], statuses
