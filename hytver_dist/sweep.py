@@ -104,7 +104,7 @@ def train_worker(config: dict[str, Any]) -> None:
     result = train_loop(spec, data, device, resume=resume, report=report,
                         wrap_model=ray.train.torch.prepare_model, init=init)
     if result.init_report and rank == 0:
-        print(result.init_report)  # matched / missing keys of the initial weights
+        print(result.init_report, flush=True)  # matched / missing keys of the initial weights
     # Test evaluation, sharded over the ranks; rank 0 reports every case to Tune.
     model = build_model(spec.model.vnet_kwargs()).to(device)
     model.load_state_dict(result.best_state)
