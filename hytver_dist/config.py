@@ -228,6 +228,9 @@ class ModelConfig(Section):
     """Channels of the first level (CoactSeg: 16)."""
     activation: Literal["leaky_relu", "relu"] = "leaky_relu"
     dropout: Fraction = 0.0
+    init_checkpoint: str | None = Field(None, min_length=1)
+    """Initial weights: a V-Net state dict file (also CoactSeg's layout, through
+    ``load_pretrained``); every run fine-tunes from it with a fresh optimizer."""
 
     def vnet_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`hytver_dist.model.VNet`."""
@@ -503,6 +506,49 @@ def _check_loss_accepts(loss: str, specs: Mapping[str, ParamSpec]) -> None:
                                  f"{loss!r} rejects {name}={value!r}: {exc}") from None
 
 
+# ----------------------------------------------------------------------------- pretraining
+
+
+class PretrainConfig(Section):
+    """A pretraining run made once before the trials; every trial fine-tunes from its best
+    (validation) weights with a fresh optimizer. Batch and patch size come from ``training``."""
+
+    loss: str = "dice_ce"
+    """Registry name of the pretraining loss."""
+    hyperparameters: dict[str, Scalar] = Field(default_factory=dict)
+    """Fixed keyword arguments of that loss."""
+    iterations: StrictInt = Field(240, ge=1)
+    lr: PositiveNumber = 3e-3
+    seed: StrictInt = 0
+    eval_every: StrictInt = Field(40, ge=1)
+    """Iterations between validations (the best validated weights are kept)."""
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        if v not in loss_names():
+            raise KeyProblem("", suggest(v, loss_names(), "loss"))
+        return v
+
+    @model_validator(mode="after")
+    def _loss_accepts(self) -> PretrainConfig:
+        names = loss_hyperparameters(self.loss)
+        for name in self.hyperparameters:
+            if name not in names:
+                raise KeyProblem(f".hyperparameters.{name}", suggest(
+                    str(name), names, f"hyperparameter of {self.loss!r}") if names
+                    else f"{self.loss!r} takes no hyperparameters")
+        try:
+            _get_loss(self.loss, backend="reference", **self.hyperparameters)
+        except (ValueError, TypeError) as exc:
+            raise KeyProblem(".hyperparameters", f"{self.loss!r} rejects "
+                             f"{self.hyperparameters}: {exc}") from None
+        if self.eval_every > self.iterations:
+            raise KeyProblem(".eval_every", f"{self.eval_every} exceeds iterations "
+                             f"({self.iterations})")
+        return self
+
+
 # ----------------------------------------------------------------------------- resources etc.
 
 
@@ -568,6 +614,8 @@ class Config(Section):
     """Names the Tune experiment and the Train runs; keep it stable (resume finds runs by it)."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig | None = None
+    """null = no pretraining stage (trials start from model.init_checkpoint or at random)."""
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
@@ -621,6 +669,9 @@ class Config(Section):
                     raise KeyProblem(f".training.patch_size[{i}]", f"{p} exceeds the synthetic "
                                      f"grid {shape} (size {syn.size!r} at "
                                      f"{spacing or 'native'} mm)")
+        if self.pretrain is not None and self.model.init_checkpoint is not None:
+            raise KeyProblem(".pretrain", "set either pretrain or model.init_checkpoint, not "
+                             "both (the pretraining stage starts from random weights)")
         sch = self.search.scheduler
         if sch.type == "asha" and sch.grace_period > self.scheduler_max_t:
             raise KeyProblem(".search.scheduler.grace_period", f"{sch.grace_period} exceeds "
@@ -784,6 +835,7 @@ def add_override_argument(parser: Any) -> None:
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "ModelConfig", "ParamSpec", "PreprocessingConfig",
+    "PretrainConfig",
     "ReportConfig", "ResourcesConfig", "SchedulerConfig", "SearchConfig", "SplitConfig",
     "StorageConfig", "SyntheticConfig", "TrainingConfig", "add_override_argument",
     "apply_overrides", "json_schema", "load_config", "loss_hyperparameters", "loss_names",

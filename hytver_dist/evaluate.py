@@ -36,7 +36,8 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
                    predictions_dir: Path | None = None, threshold: float = 0.5,
                    extra: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per case of ``data.part(part)``: ``case``, ``has_lesions`` and every metric of
-    :func:`hytver_dist.metrics.evaluate_case`, plus ``extra`` columns."""
+    :func:`hytver_dist.metrics.evaluate_case`, the image diagonals ``diagonal_mm`` (native grid)
+    and ``diagonal_vox`` (preprocessed grid), plus ``extra`` columns."""
     patch = patch_edge(training)
     overlap = training.val_patch_overlap if overlap is None else overlap
     rows = []
@@ -53,6 +54,10 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
         # 0.5 x 0.75 x 0.75 mm), all four together so one row never mixes grids.
         vox = surface.summarize(pred, np.asarray(case.mask) > 0, (1.0, 1.0, 1.0))
         scores.update({f"{k}_vox": v for k, v in vox.items()})
+        # The distance penalty of an empty prediction (the report's Table I): image diagonals.
+        scores["diagonal_mm"] = float(np.linalg.norm(np.multiply(gt_native.shape,
+                                                                 native.spacing)))
+        scores["diagonal_vox"] = float(np.linalg.norm(pred.shape))
         if predictions_dir is not None:
             predictions_dir.mkdir(parents=True, exist_ok=True)
             save_mask(pred_native.astype(np.uint8), case.meta.original_affine,

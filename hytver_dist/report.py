@@ -31,6 +31,9 @@ gt_volume_mm3,
 pred_volume_mm3
 ==================  =====================================================================
 
+Optional columns ``diagonal_mm`` / ``diagonal_vox`` (the image diagonal, native grid in mm /
+preprocessed grid in voxels) give the distance penalty of empty predictions (below).
+
 Metrics may be NaN (empty CSV cell) where the metrics policy calls them undefined (e.g. Dice
 and distances when the GT is empty, precision when the prediction is empty). Optionally a trial
 also writes ``<RESULTS_DIR>/trials/<trial_name>/status.json``::
@@ -57,13 +60,20 @@ Statistics
 * Cases: Table I, Table II, the paired tests and the box plots use the cases **with new
   lesions** only (MSSEG-2 ranks Dice and F1 on those); cases without new lesions are reported
   apart in ``negatives.csv`` (false-positive lesion count and volume), as the challenge does.
-* NaN values are dropped per metric; Table I gives ``n`` (values used) and ``n_nan``.
+* Empty predictions: on a case with new lesions an empty prediction has no surface, so its
+  distances are undefined. They are set to the image diagonal (``diagonal_mm`` /
+  ``diagonal_vox`` columns, written by ``hytver_dist.evaluate``), the largest possible
+  distance; Table I counts these rows per method (``n_penalized``). Without those columns the
+  distances stay NaN.
+* Other NaN values are dropped per metric; Table I gives ``n`` (values used) and ``n_nan``.
 * Table I: ``mean`` = mean over seeds of the per-seed mean over cases (equal to the pooled
-  mean when every seed has the same cases); 95 % CI = **Student-t interval over the per-seed
-  means** (k seeds, k - 1 degrees of freedom). It measures the run-to-run (training)
-  variability the study can replicate; the test set is fixed (8 cases in the CoactSeg split),
-  so a bootstrap over cases would say little. With one seed the CI is NaN (noted).
-  ``median`` is pooled over all case x seed values.
+  mean when every seed has the same cases); 95 % CI = **two-level percentile bootstrap**
+  (``hytver_dist.stats.bootstrap_interval``): seeds and cases resampled independently with
+  replacement, 2000 times, and the 2.5 / 97.5 percentiles of the resampled mean. It covers
+  both the run-to-run (training) variation and the variation between test cases, and its
+  bounds stay inside the metric's range. With one seed it resamples cases only; with fewer
+  than two cases the CI is NaN. ``sd_seeds`` is the sd of the per-seed means; ``median`` is
+  pooled over all case x seed values.
 * Table II: coefficient of variation ``sd / mean`` (sample sd, ddof=1) across cases, computed
   per seed and averaged over seeds, for Dice, precision and lesion F1 (the paper's Table II is
   the per-patient CV of one run).
@@ -88,6 +98,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
+
+from .stats import (
+    PENALTY_COLUMN,
+    bootstrap_interval,
+    penalize_empty_predictions,
+    seed_case_matrix,
+)
 
 ID_COLUMNS = ["trial", "loss", "seed", "params", "case", "has_lesions"]
 METRICS = [
@@ -266,28 +283,14 @@ def _method_order(cases: pd.DataFrame) -> list[str]:
 # ----------------------------------------------------------------------------- statistics
 
 
-def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float, float]:
-    """(mean, low, high) of a Student-t interval; NaN bounds for fewer than two values."""
-    values = np.asarray(values, dtype=float)
-    k = len(values)
-    if k == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if k < 2:
-        return mean, math.nan, math.nan
-    sem = float(stats.sem(values))
-    if sem == 0:  # identical values: scipy's interval needs scale > 0
-        return mean, mean, mean
-    lo, hi = stats.t.interval(confidence, k - 1, loc=mean, scale=sem)
-    return mean, float(lo), float(hi)
-
-
 def positives(cases: pd.DataFrame) -> pd.DataFrame:
     return cases[cases["has_lesions"]]
 
 
 def table1(cases: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Long table: one row per (method, metric) over the cases with new lesions."""
+    """Long table: one row per (method, metric) over the cases with new lesions.
+    ``n_penalized``: distance values set to the image diagonal (column
+    ``distance_penalized``, see :func:`hytver_dist.stats.penalize_empty_predictions`)."""
     pos, rows = positives(cases), []
     for method in _method_order(cases):
         sub = pos[pos["method"] == method]
@@ -295,11 +298,14 @@ def table1(cases: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         for metric in METRICS + [m for m in OPTIONAL_METRICS if m in cases.columns]:
             vals = sub[["seed", metric]]
             per_seed = vals.groupby("seed")[metric].mean().dropna()
-            mean, lo, hi = t_interval(per_seed.to_numpy(), confidence)
+            mean, lo, hi = bootstrap_interval(seed_case_matrix(sub, metric), confidence)
+            penalized = (int(sub["distance_penalized"].sum())
+                         if metric in PENALTY_COLUMN and "distance_penalized" in sub else 0)
             rows.append({
                 "method": method, "loss": loss, "metric": metric,
                 "n_seeds": len(per_seed), "n": int(vals[metric].notna().sum()),
-                "n_nan": int(vals[metric].isna().sum()), "mean": mean,
+                "n_nan": int(vals[metric].isna().sum()), "n_penalized": penalized,
+                "mean": mean,
                 "ci_low": lo, "ci_high": hi,
                 "sd_seeds": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else math.nan,
                 "median": float(vals[metric].median()) if vals[metric].notna().any() else math.nan,
@@ -478,14 +484,18 @@ def table1_markdown(t1: pd.DataFrame, confidence: float) -> str:
     rows = []
     for method, g in t1.groupby("method", sort=False):
         g = g.set_index("metric")
-        row = {"Loss": method, "seeds": int(g["n_seeds"].max())}
+        row = {"Loss": method, "seeds": int(g["n_seeds"].max()),
+               "empty preds": int(g.loc["hd95", "n_penalized"])}
         for metric, title in TABLE1_MD + [(m, t) for m, t in OPTIONAL_MD if m in g.index]:
             m, lo, hi = g.loc[metric, ["mean", "ci_low", "ci_high"]]
             row[title] = _fmt(m) if math.isnan(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
         rows.append(row)
     arrows = ", ".join(f"{t} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m, t in TABLE1_MD)
     head = (f"Mean over seeds of the per-seed mean over cases with new lesions, "
-            f"[{confidence:.0%} t-interval over per-seed means]. {arrows}.\n\n")
+            f"[{confidence:.0%} percentile bootstrap interval, seeds and cases resampled "
+            f"(2000 draws)]. {arrows}. 'empty preds': case x seed rows with an empty "
+            "prediction on a case with new lesions; their distances are set to the image "
+            "diagonal.\n\n")
     return head + md_table(pd.DataFrame(rows))
 
 
@@ -504,7 +514,9 @@ def build_report(
     res = load_results(results_dir)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    cases, notes = res.cases, list(res.notes)
+    cases, penalized = penalize_empty_predictions(res.cases)
+    cases["distance_penalized"] = penalized
+    notes = list(res.notes)
 
     ordered = ["method"] + CASE_COLUMNS + [c for c in cases.columns
                                            if c not in CASE_COLUMNS and c != "method"]
@@ -533,8 +545,12 @@ def build_report(
     seeds = sorted(cases["seed"].unique())
     if (t1["n_seeds"] == 1).any():
         one = list(t1.loc[t1["n_seeds"] == 1, "method"].unique())  # Table I's order
-        notes.append(f"single seed for {', '.join(one)}: confidence intervals are not "
-                     "computable (n/a in Table I, NaN in table1.csv)")
+        notes.append(f"single seed for {', '.join(one)}: the intervals resample cases only "
+                     "(no run-to-run variation)")
+    if int(penalized.sum()):
+        notes.append(f"{int(penalized.sum())} case x seed row(s) with new lesions got an empty "
+                     "prediction: their distances are the image diagonal (Table I 'empty "
+                     "preds')")
     for metric in METRICS:
         n_nan, n = int(pos[metric].isna().sum()), len(pos)
         if n_nan:
@@ -560,6 +576,7 @@ def build_report(
         f"- Methods: {cases['method'].nunique()}; seeds: {', '.join(map(str, seeds))}",
         f"- Cases: {pos['case'].nunique()} with new lesions, "
         f"{cases.loc[~cases['has_lesions'], 'case'].nunique()} without",
+        *utilisation_lines(Path(results_dir)),
         f"- Files: [cases.csv](cases.csv), [table1.csv](table1.csv), [table2.csv](table2.csv), "
         f"[{paired_name}]({paired_name}), [negatives.csv](negatives.csv), "
         f"[failed_trials.csv](failed_trials.csv)",
@@ -605,6 +622,32 @@ def build_report(
     summary = out / "summary.md"
     summary.write_text("\n".join(lines))
     return summary
+
+
+def utilisation_lines(results_dir: Path) -> list[str]:
+    """Summary lines on how the sweep used its trial slots, from ``sweep.json`` (written by
+    the sweep) and each trial's ``work_s`` in ``status.json``; none when either is missing."""
+    facts_path = results_dir / "sweep.json"
+    if not facts_path.is_file():
+        return []
+    facts = json.loads(facts_path.read_text())
+    work = [json.loads(p.read_text()).get("work_s")
+            for p in (results_dir / "trials").glob("*/status.json")]
+    work = [float(w) for w in work if isinstance(w, (int, float))]
+    wall, slots = facts.get("trials_wall_s"), facts.get("slots")
+    if facts.get("resumed"):  # the wall time covers the resumed part only
+        return ["- Utilisation: not computed (the sweep was resumed)"]
+    if not work or not wall or not slots:
+        return []
+    lines = [f"- Utilisation: {sum(work) / (wall * slots):.0%} = worker time in training and "
+             f"evaluation ({sum(work):.0f} s over {len(work)} trials) / (trials' wall time "
+             f"{wall:.0f} s x {slots} concurrent trial slots)"]
+    total = facts.get("total_wall_s")
+    if total:
+        lines.append(f"- Sweep wall time {total:.0f} s: data {facts.get('data_s', 0):.0f} s, "
+                     f"pretraining {facts.get('pretrain_s', 0):.0f} s, trials {wall:.0f} s, "
+                     "the rest Ray start-up and shut-down")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

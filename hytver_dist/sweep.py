@@ -18,6 +18,12 @@ writes the per-case rows to ``cases.csv`` in the trial's Train run directory on 
 (:mod:`hytver_dist.trial_files`); the driver copies them to
 ``<results_dir>/trials/<trial>/cases.csv`` (plus ``status.json``), which ``hytver_dist.report``
 turns into tables and plots.
+
+Before the trials, a config's ``pretrain`` section is trained once as a Ray Train run with the
+trials' resources and stored in the storage under a hash of what determines it
+(:mod:`hytver_dist.pretrain`); every trial fine-tunes from it (or from ``model.init_checkpoint``)
+with a fresh optimizer. The console shows compact progress (:mod:`hytver_dist.progress`); Ray's
+own output goes to ``<results_dir>/logs/ray.log`` unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -33,15 +39,20 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, add_override_argument, json_schema, load_config
+from .progress import ray_output_to
 from .tune_glue import count_trials, trial_spec, tune_config_kwargs
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # The embedded local Ray only (setdefault): no usage-stats prompt, no V1-migration warnings,
-# results forwarded every 0.5 s instead of Train's default 2 s, every worker's log line shown.
+# results forwarded every 0.2 s instead of Train's default 2 s, every worker's log line shown,
+# and no per-run preemption-watcher actor or metrics (two fewer processes per trial: on a small
+# machine, each one's start-up is time the trials do not train).
 LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
 }
 
@@ -82,8 +93,16 @@ def train_worker(config: dict[str, Any]) -> None:
             torch.save(payload, Path(d) / CHECKPOINT_FILE)
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
 
+    init = config.get("init")
+    if init is not None and "://" in init:  # object storage: read through pyarrow
+        from .pretrain import load_state
+
+        init = load_state(init)
+    started = time.perf_counter()
     result = train_loop(spec, data, device, resume=resume, report=report,
-                        wrap_model=ray.train.torch.prepare_model)
+                        wrap_model=ray.train.torch.prepare_model, init=init)
+    if result.init_report and rank == 0:
+        print(result.init_report, flush=True)  # matched / missing keys of the initial weights
     world = ctx.get_world_size()
     workers = _gather(world, {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
                               "pid": os.getpid(), "params_digest": result.params_digest,
@@ -111,7 +130,8 @@ def train_worker(config: dict[str, Any]) -> None:
              "best_val_dice": result.best_metric, "best_iteration": result.best_iteration,
              "done_training": 1, "n_test_cases": len(rows),
              # Where rank 0 finished (Tune's node_ip / pid are the trial driver's).
-             "node_id": workers[0]["node_id"], "worker_pid": os.getpid()}
+             "node_id": workers[0]["node_id"], "worker_pid": os.getpid(),
+             "work_s": time.perf_counter() - started}
     ray.train.report(final)
 
 
@@ -127,8 +147,22 @@ def _gather(world: int, obj: Any) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------- trial side
+def scaling_and_failure(cfg: Config) -> tuple[Any, Any]:
+    """The ``ScalingConfig`` and ``FailureConfig`` of every Train run of the sweep."""
+    import ray.train
+
+    r = cfg.resources
+    per_worker = {"CPU": r.cpus_per_worker}
+    if r.use_gpu:
+        per_worker["GPU"] = r.gpus_per_worker
+    return (ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                    resources_per_worker=per_worker),
+            ray.train.FailureConfig(max_failures=r.max_failures,
+                                    controller_failure_limit=r.controller_failure_limit))
+
+
 def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
-              data_dir: str | None, cache_dir: str | None) -> None:
+              data_dir: str | None, cache_dir: str | None, init: str | None = None) -> None:
     """One Tune trial = one Train run (the driver of its worker group)."""
     import ray.train
     import ray.tune
@@ -137,24 +171,19 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
 
     cfg = load_config(sweep)
     spec = trial_spec(config)
-    r = cfg.resources
-    per_worker = {"CPU": r.cpus_per_worker}
-    if r.use_gpu:
-        per_worker["GPU"] = r.gpus_per_worker
+    scaling, failure = scaling_and_failure(cfg)
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"sweep": sweep, "loss": spec.loss, "seed": spec.seed,
                            "loss_params": spec.params, "data_dir": data_dir,
-                           "cache_dir": cache_dir, "storage": storage, "trial_id": trial_id},
-        scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
-                                               resources_per_worker=per_worker),
+                           "cache_dir": cache_dir, "storage": storage, "trial_id": trial_id,
+                           "init": init},
+        scaling_config=scaling,
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}", storage_path=storage,
-            failure_config=ray.train.FailureConfig(
-                max_failures=r.max_failures,
-                controller_failure_limit=r.controller_failure_limit),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            name=f"train-{trial_id}", storage_path=storage, failure_config=failure,
+            # One kept checkpoint: a restart needs only the latest.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()]),
     )
     trainer.fit()
@@ -207,8 +236,10 @@ def connect(address: str | None, cfg: Config, num_cpus: int | None) -> dict[str,
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
     cpus = num_cpus or os.cpu_count() or 1
-    # Early stopping needs the dashboard (State API), or stopped trials leak placement groups.
-    dashboard = cfg.search.scheduler.type != "none"
+    # The State API (served by the dashboard) lets each Train run's placement-group cleaner
+    # see its controller end and exit; without it stopped trials leak placement groups and
+    # every cleaner polls (and logs) once a second for the rest of the sweep.
+    dashboard = True
     ctx = ray.init(num_cpus=cpus, resources={cfg.resources.driver_resource: cpus},
                    include_dashboard=dashboard, logging_level="WARNING")
     return {"mode": f"embedded local Ray ({cpus} CPUs)", "dashboard": ctx.dashboard_url}
@@ -324,7 +355,8 @@ def collect_results(grid: Any, results_dir: Path, storage: str = "", *,
             frame.insert(0, "trial", name)
             frame.to_csv(out / "cases.csv", index=False)
             status.update(status="ok", best_val_dice=metrics.get("best_val_dice"),
-                          best_iteration=metrics.get("best_iteration"))
+                          best_iteration=metrics.get("best_iteration"),
+                          work_s=metrics.get("work_s"))
             ok += 1
         elif done:
             status.update(status="failed", error=f"{cases_path}: missing (the trial finished "
@@ -367,13 +399,102 @@ def _preflight(cfg: Config, data_dir: str | None, root: str) -> None:
     check_storage(root)
 
 
+SWEEP_FACTS = "sweep.json"
+
+
+def write_sweep_facts(results_dir: Path, facts: dict[str, Any]) -> None:
+    """``<results_dir>/sweep.json``: wall times and trial slots, for the report's utilisation
+    (a resumed sweep overwrites it with the resumed part's numbers)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    keep = {k: v for k, v in facts.items() if k not in ("unfinished", "ok")}
+    (results_dir / SWEEP_FACTS).write_text(json.dumps(keep, indent=1, default=str))
+
+
+def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experiment: str,
+               results_dir: Path, init: str | None, data_dir: str | None,
+               cache_dir: str | None, resume: bool, retry_errored: bool,
+               callbacks: Sequence[Any], verbose: int, log_path: Path) -> dict[str, Any]:
+    """The part of :func:`run_sweep` on a connected Ray: the pretraining stage, then Tune."""
+    from ray import tune
+
+    from .progress import make_callback
+    from .tune_glue import build_param_space
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    say(f"sweep {cfg.name!r}: {count_trials(cfg)} trials on {info['mode']}")
+    if info.get("dashboard"):
+        say(f"Ray dashboard: http://{info['dashboard']}")
+    if verbose == 0:
+        say(f"Ray's output: {log_path} (--verbose shows it here)")
+    kwargs = tune_config_kwargs(cfg, cluster_resources())
+    check_worker_fits(cfg)
+    facts: dict[str, Any] = {"slots": kwargs["max_concurrent_trials"], "pretrain_s": 0.0,
+                             "resumed": bool(resume)}
+    if cfg.pretrain is not None:
+        from .experiment import prepare_data
+        from .pretrain import ensure_on_ray
+
+        t0 = time.perf_counter()
+        # Prepared here once (synthetic data generated, volumes cached) before any worker.
+        data = prepare_data(cfg.data, data_dir=data_dir, cache_dir=cache_dir)
+        facts["data_s"] = time.perf_counter() - t0
+        scaling, failure = scaling_and_failure(cfg)
+        say(f"pretraining ({cfg.pretrain.loss}, {cfg.pretrain.iterations} iterations) ...")
+        t0 = time.perf_counter()
+        init, reused = ensure_on_ray(cfg, data, root, data_dir=data_dir, cache_dir=cache_dir,
+                                     scaling=scaling, failure=failure)
+        facts["pretrain_s"] = time.perf_counter() - t0
+        took = "reused" if reused else f"{facts['pretrain_s']:.0f} s"
+        say(f"pretrained model ({took}): {init}")
+    elif init is not None:
+        say(f"every trial starts from {init}")
+    say(f"up to {kwargs['max_concurrent_trials']} trials at a time; experiment state in "
+        f"{experiment}")
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=cfg.to_dict(), storage=root, data_dir=data_dir,
+                             cache_dir=cache_dir, init=init),
+        {cfg.resources.driver_resource: 1})
+    out.flush()
+    progress = make_callback(count_trials(cfg), cfg.search.metric, cfg.search.mode,
+                             out.fileno())
+
+    exists = tune.Tuner.can_restore(experiment)  # an existing one without resume: refused earlier
+    if resume and exists:
+        say(f"resuming {experiment}: finished trials are kept, unfinished ones continue "
+            "from their last checkpoint")
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=retry_errored)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=build_param_space(cfg),
+            tune_config=tune.TuneConfig(**kwargs, trial_name_creator=trial_name,
+                                        trial_dirname_creator=trial_name),
+            run_config=tune.RunConfig(
+                name=cfg.name, storage_path=root, verbose=verbose,
+                failure_config=tune.FailureConfig(
+                    max_failures=cfg.resources.trial_max_failures),
+                callbacks=[progress, *callbacks]))
+    start = time.perf_counter()
+    grid = tuner.fit()
+    unfinished = unfinished_trials(cfg, experiment, grid)
+    ok, failed = collect_results(grid, results_dir, root, interrupted=unfinished > 0)
+    facts["trials_wall_s"] = time.perf_counter() - start
+    say(f"{ok} trials finished, {failed} failed in {facts['trials_wall_s']:.0f} s; "
+        f"per-case results in {results_dir / 'trials'}")
+    return {**facts, "unfinished": unfinished, "ok": ok, "failed": failed}
+
+
 def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = None,
               resume: bool = False, retry_errored: bool = False, data_dir: str | None = None,
               cache_dir: str | None = None, num_cpus: int | None = None,
-              callbacks: Sequence[Any] = (), verbose: int = 1) -> Path | None:
+              callbacks: Sequence[Any] = (), verbose: int = 0) -> Path | None:
     """Run (or resume) the sweep ``cfg``; returns the report's summary path (None if disabled).
 
-    ``callbacks``: extra ``ray.tune.Callback`` objects (progress hooks, tests). Raises
+    ``callbacks``: extra ``ray.tune.Callback`` objects (progress hooks, tests). ``verbose``:
+    0 = compact progress on the console and Ray's output in ``<results_dir>/logs/ray.log``;
+    1 or 2 = Ray's output (and Tune's status tables at that level) on the console too. Raises
     :class:`SweepInterrupted` when Tune stopped early on SIGINT (finished trials' results are
     written, nothing else; resume continues), :class:`SweepFailed` when no trial finished, and,
     before Ray starts, ``DataError``/``PermissionError``/``FileExistsError`` for bad paths or
@@ -389,55 +510,33 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     # Per-case CSVs are written by this driver, so they need a local (or mounted) path.
     results_dir = Path(cfg.results_dir if "://" not in cfg.results_dir
                        else Path("results") / cfg.name / "results").resolve()
+    init = cfg.model.init_checkpoint
+    if init is not None and "://" not in init:
+        init = cfg.model.init_checkpoint = str(Path(init).expanduser().resolve())
+        if not Path(init).is_file():
+            raise FileNotFoundError(f"{cfg.source}: model.init_checkpoint: {init} not found")
+    data_dir = None if data_dir is None else str(Path(data_dir).resolve())
+    cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
     _preflight(cfg, data_dir, root)
     import ray
     from ray import tune
 
-    from .tune_glue import build_param_space
-
-    exists = tune.Tuner.can_restore(experiment)
-    if exists and not resume:
+    if tune.Tuner.can_restore(experiment) and not resume:
         raise FileExistsError(f"sweep {cfg.name!r} already exists at {experiment}: "
                               "pass --resume to continue it, or change name/storage")
-    info = connect(address, cfg, num_cpus)
-    try:
-        print(f"sweep {cfg.name!r}: {count_trials(cfg)} trials on {info['mode']}")
-        if info.get("dashboard"):
-            print(f"Ray dashboard: http://{info['dashboard']}")
-        kwargs = tune_config_kwargs(cfg, cluster_resources())
-        check_worker_fits(cfg)
-        print(f"up to {kwargs['max_concurrent_trials']} trials at a time; experiment state in "
-              f"{experiment}")
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, sweep=cfg.to_dict(), storage=root,
-                                 data_dir=None if data_dir is None else str(Path(data_dir)
-                                                                            .resolve()),
-                                 cache_dir=None if cache_dir is None else str(Path(cache_dir)
-                                                                              .resolve())),
-            {cfg.resources.driver_resource: 1})
-        if resume and exists:
-            print(f"resuming {experiment}: finished trials are kept, unfinished ones continue "
-                  "from their last checkpoint")
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=retry_errored)
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=build_param_space(cfg),
-                tune_config=tune.TuneConfig(**kwargs, trial_name_creator=trial_name,
-                                            trial_dirname_creator=trial_name),
-                run_config=tune.RunConfig(
-                    name=cfg.name, storage_path=root, verbose=verbose,
-                    failure_config=tune.FailureConfig(
-                        max_failures=cfg.resources.trial_max_failures),
-                    callbacks=list(callbacks)))
-        start = time.perf_counter()
-        grid = tuner.fit()
-        unfinished = unfinished_trials(cfg, experiment, grid)
-        ok, failed = collect_results(grid, results_dir, root, interrupted=unfinished > 0)
-        print(f"{ok} trials finished, {failed} failed in {time.perf_counter() - start:.0f} s; "
-              f"per-case results in {results_dir / 'trials'}")
-    finally:
-        ray.shutdown()
+    sweep_start = time.perf_counter()
+    log_path = results_dir / "logs" / "ray.log"
+    with ray_output_to(log_path, verbose > 0) as out:
+        info = connect(address, cfg, num_cpus)
+        try:
+            summary_info = _run_tuner(cfg, info, out, root, experiment, results_dir, init,
+                                      data_dir, cache_dir, resume, retry_errored, callbacks,
+                                      verbose, log_path)
+        finally:
+            ray.shutdown()
+    unfinished, ok = summary_info["unfinished"], summary_info["ok"]
+    summary_info["total_wall_s"] = time.perf_counter() - sweep_start
+    write_sweep_facts(results_dir, summary_info)
     if unfinished:
         raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of "
                                f"{count_trials(cfg)} trials unfinished; its state is saved: "
@@ -452,7 +551,11 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     summary = build_report(results_dir, report_dir,
                            reference_loss=cfg.report.reference_loss,
                            confidence=cfg.report.confidence)
-    print(f"report: {summary}")
+    from .progress import final_summary
+
+    statuses = [json.loads(p.read_text())
+                for p in sorted((results_dir / "trials").glob("*/status.json"))]
+    print(final_summary(statuses, summary, Path(report_dir) / "table1.csv"))
     return summary
 
 
@@ -473,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", help="cache for synthetic data and preprocessed cases "
                         "(default $HYTVER_CACHE or ~/.cache/hytver_dist)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    parser.add_argument("--verbose", "-v", action="count", default=0,
+                        help="show Ray's output live (-vv: also Tune's status tables)")
     add_override_argument(parser)
     parser.add_argument("--print-schema", action="store_true",
                         help="print the config's JSON schema and exit")
@@ -484,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         run_sweep(cfg, address=args.address, storage=args.storage, resume=args.resume,
                   retry_errored=args.retry_errored, data_dir=args.data, cache_dir=args.cache,
-                  num_cpus=args.num_cpus)
+                  num_cpus=args.num_cpus, verbose=args.verbose)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError,
             PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)

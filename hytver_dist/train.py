@@ -23,7 +23,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
 from .losses import get_loss
 from .model import CheckpointError, build_model, load_checkpoint
+from .model.checkpoint import load_pretrained
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
 Reporter = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -85,6 +86,8 @@ class TrainResult:
     """Hash of the final weights: equal on every rank of a data-parallel run."""
     patch_digest: str = ""
     """Hash of the training patches this process drew (its rank's sampling stream)."""
+    init_report: str | None = None
+    """Matched / missing keys of the initial weights (None: trained from scratch)."""
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -197,7 +200,8 @@ def _to_cpu(obj: Any) -> Any:
 def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
                resume: dict[str, Any] | None = None, report: Reporter | None = None,
                wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-               progress: bool = False) -> TrainResult:
+               progress: bool = False,
+               init: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> TrainResult:
     """Train ``spec`` on ``data.part("train")``, validating on ``data.part("val")``.
 
     Adam, a fixed number of iterations of ``batch_size`` patches (lesion-centred when the case
@@ -207,6 +211,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     ``report`` with, every ``checkpoint_every`` iterations, a checkpoint payload (for rank 0;
     other ranks get None). ``resume``: a payload from an earlier report. ``wrap_model``: e.g.
     ``ray.train.torch.prepare_model``; default DDP when a process group is initialised.
+    ``init``: initial weights (a file or a state-dict mapping, see :func:`load_pretrained`)
+    for a run that is not resumed; the optimizer starts fresh either way.
     """
     device = torch.device(device)
     training = spec.training
@@ -214,6 +220,13 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     seed_everything(spec.seed)
     # Same seed -> same initial weights on all ranks.
     model = build_model(spec.model.vnet_kwargs()).to(device)
+    init_report = None
+    if init is not None and resume is None:
+        loaded = load_pretrained(model, init)
+        if not loaded.matched:
+            raise ValueError(f"{loaded.source}: no key of this checkpoint fits the V-Net "
+                             f"(model {spec.model.vnet_kwargs()}):\n{loaded}")
+        init_report = str(loaded)
     torch.manual_seed(spec.seed + 7919 * rank)  # then per-rank streams (dropout masks)
     loss_fn = get_loss(spec.loss, backend=training.backend, **spec.loss_params)
     optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
@@ -303,7 +316,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     if best_state is None:  # resumed from a finished run
         best_state = _to_cpu(model.state_dict())
     return TrainResult(training.iterations, best_metric, best_iteration, best_state, history,
-                       state_digest(model.state_dict()), patches.hexdigest())
+                       state_digest(model.state_dict()), patches.hexdigest(), init_report)
 
 
 # ---------------------------------------------------------------------------------- the CLI
@@ -358,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt")
     parser.add_argument("--cache", help="cache directory (default $HYTVER_CACHE or "
                         "~/.cache/hytver_dist)")
+    parser.add_argument("--init-checkpoint", metavar="PATH", help="start from these weights "
+                        "(sets model.init_checkpoint; CoactSeg layout accepted)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.init_checkpoint:
+        args.overrides.append(f"model.init_checkpoint={args.init_checkpoint}")
     try:
         cfg = load_config(args.config, args.overrides)
         if args.iterations is not None:
@@ -409,9 +426,19 @@ def main(argv: list[str] | None = None) -> int:
         if payload is not None:
             save_atomic(payload, ckpt_path)
 
+    init = cfg.model.init_checkpoint
+    if cfg.pretrain is not None and resume is None:
+        from .pretrain import ensure_local
+
+        storage = cfg.storage.path
+        storage = storage if "://" in storage else str(Path(storage).resolve())
+        init, reused = ensure_local(cfg, data, storage, args.device)
+        print(f"pretrained model ({'reused' if reused else 'trained now'}): {init}")
     start = time.perf_counter()
     result = train_loop(spec, data, args.device, resume=resume, report=report,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, init=init)
+    if result.init_report:
+        print(result.init_report)
     save_atomic({"model": result.best_state, "spec": spec.to_dict(),
                  "best_val_dice": result.best_metric, "best_iteration": result.best_iteration,
                  "split": data.split.as_dict()}, out / "best_model.pt")

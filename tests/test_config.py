@@ -80,7 +80,7 @@ ERRORS = [
      r"^<dict>: search\.losses\[2\]: unknown loss 'dcie' \(did you mean 'dice'\?\); "
      r"valid: dice, tversky, "),
     (base(trainig={"iterations": 3}), r"^<dict>: trainig: unknown key 'trainig' \(did you mean "
-     r"'training'\?\); valid: name, data, model, training, "),
+     r"'training'\?\); valid: name, data, model, pretrain, training, "),
     (base(training={"iteratons": 3}), r"^<dict>: training\.iteratons: unknown key 'iteratons' "
      r"\(did you mean 'iterations'\?\); valid: iterations, batch_size, "),
     (base(data={"split": {"n_tset": 3}}), r"^<dict>: data\.split\.n_tset: unknown key .*"
@@ -277,7 +277,7 @@ def test_set_errors_name_the_file_the_override_and_the_key():
                        r"expected an integer; got 'x'"):
         load_config("default", ["training.iterations=x"])
     # Cross-field rules see the result of every override together.
-    with pytest.raises(ConfigError, match=r"training\.eval_every: 40 exceeds iterations \(5\)"):
+    with pytest.raises(ConfigError, match=r"training\.eval_every: 50 exceeds iterations \(5\)"):
         load_config("default", ["training.iterations=5"])
     for bad in ("training.iterations", "=5", "training..x=1"):
         with pytest.raises(ConfigError, match=r"expected KEY=VALUE"):
@@ -321,11 +321,18 @@ def test_documented_defaults_match_the_models():
     block = doc.split("## All keys and their defaults")[1].split("```yaml")[1].split("```")[0]
     documented = load_config(yaml.safe_load(textwrap.dedent(block)))
     defaults = load_config({"name": "my-sweep"})
-    for section in ["data", "model", "training", "resources", "storage", "report"]:
+    for section in ["data", "model", "pretrain", "training", "resources", "storage", "report"]:
         assert getattr(documented, section) == getattr(defaults, section), section
     assert documented.search.model_copy(update={"hyperparameters": {}}) == defaults.search
     for key in config_module.ResourcesConfig.model_fields:
         assert f"`{key}`" in doc, key
+    # The commented pretrain example lists that section's defaults.
+    example = block.split("# pretrain:")[1].split("\n", 2)
+    example = yaml.safe_load(example[0] + " " + example[1].lstrip("# "))
+    assert config_module.PretrainConfig(**example) == config_module.PretrainConfig()
+    assert set(example) == set(config_module.PretrainConfig.model_fields)
+    for key in config_module.PretrainConfig.model_fields:
+        assert f"`pretrain.{key}`" in doc, key
 
 
 def test_single_run_path_does_not_import_ray():

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from hytver_dist.report import CASE_COLUMNS, build_report, cv, holm, main, t_interval
+from hytver_dist.report import CASE_COLUMNS, build_report, cv, holm, main
+from hytver_dist.stats import bootstrap_interval
 
 LOSSES = ["dice", "ce", "hytver"]
 SEEDS = [0, 1, 2]
@@ -55,11 +56,13 @@ def make_rows(loss: str, seed: int, trial: str, params: dict | None = None) -> l
     return rows
 
 
-def write_trial(root: Path, trial: str, rows: list[dict] | None, status: dict | None = None):
+def write_trial(root: Path, trial: str, rows: list[dict] | None, status: dict | None = None,
+                extra: tuple[str, ...] = ()):
     tdir = root / "trials" / trial
     tdir.mkdir(parents=True)
     if rows is not None:
-        pd.DataFrame(rows, columns=CASE_COLUMNS).to_csv(tdir / "cases.csv", index=False)
+        frame = pd.DataFrame(rows, columns=CASE_COLUMNS + list(extra))
+        frame.to_csv(tdir / "cases.csv", index=False)
     if status is not None:
         (tdir / "status.json").write_text(json.dumps(status))
 
@@ -102,18 +105,36 @@ def test_outputs_written(report, results):
     assert set(cases["case"]) == set(POS + NEG)  # zero-padded IDs survive
 
 
+def brute_force_bootstrap(df: pd.DataFrame, metric: str, n: int, seed: int) -> np.ndarray:
+    """Resampled means, written as loops: draw seeds, draw cases, per-seed means, mean."""
+    rng = np.random.default_rng(seed)
+    seeds, cases = sorted(df["seed"].unique()), sorted(df["case"].unique())
+    value = {(r.seed, r.case): getattr(r, metric) for r in df.itertuples()}
+    out = []
+    for _ in range(n):
+        s_draw = [seeds[i] for i in rng.integers(0, len(seeds), len(seeds))]
+        c_draw = [cases[i] for i in rng.integers(0, len(cases), len(cases))]
+        per_seed = [np.nanmean([value[(s, c)] for c in c_draw]) for s in s_draw]
+        out.append(np.nanmean(per_seed))
+    return np.array(out)
+
+
 @pytest.mark.parametrize("metric", ["dice", "hd95", "precision"])
 @pytest.mark.parametrize("loss", LOSSES)
-def test_table1_mean_and_t_interval(report, loss, metric):
+def test_table1_mean_and_bootstrap_interval(report, loss, metric):
     t1 = pd.read_csv(report.parent / "table1.csv")
     row = t1[(t1["method"] == loss) & (t1["metric"] == metric)].iloc[0]
     df = expected_rows(metric, loss)
     per_seed = np.array([np.nanmean(df.loc[df["seed"] == s, metric]) for s in SEEDS])
-    m = per_seed.mean()
-    lo, hi = stats.t.interval(0.95, len(SEEDS) - 1, loc=m, scale=stats.sem(per_seed))
-    assert row["mean"] == pytest.approx(m, rel=1e-12)
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi), rel=1e-10)
-    assert row["n_seeds"] == 3
+    assert row["mean"] == pytest.approx(per_seed.mean(), rel=1e-12)
+    # An independent, loop-based two-level bootstrap agrees within Monte-Carlo error.
+    boot = brute_force_bootstrap(df, metric, 3000, seed=123)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    width = hi - lo
+    assert row["ci_low"] == pytest.approx(lo, abs=0.08 * width)
+    assert row["ci_high"] == pytest.approx(hi, abs=0.08 * width)
+    assert df[metric].min() <= row["ci_low"] < row["mean"] < row["ci_high"] <= df[metric].max()
+    assert row["n_seeds"] == 3 and row["n_penalized"] == 0
     n_nan = 3 if metric == "hd95" else 0  # case 003 of each seed
     assert (row["n"], row["n_nan"]) == (len(df) - n_nan, n_nan)
     assert row["median"] == pytest.approx(np.nanmedian(df[metric]))
@@ -156,16 +177,85 @@ def test_holm():
     assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])  # monotone, capped at 1
 
 
-def test_t_interval_and_cv_by_hand():
-    values = np.array([0.2, 0.5, 0.35, 0.41])
-    half = 3.182446305284263 * values.std(ddof=1) / 2  # t(0.975, 3) * sd / sqrt(4)
-    mean, lo, hi = t_interval(values, 0.95)
-    assert (mean, lo, hi) == pytest.approx((values.mean(), values.mean() - half,
-                                            values.mean() + half))
-    assert t_interval(np.array([0.5, 0.5, 0.5]), 0.95) == (0.5, 0.5, 0.5)  # no spread
-    assert math.isnan(t_interval(np.array([0.5]), 0.95)[1])
+def test_cv_by_hand():
     assert cv(np.array([1.0, 2.0, 3.0, math.nan])) == pytest.approx(1.0 / 2.0)  # sd 1, mean 2
     assert math.isnan(cv(np.array([1.0]))) and math.isnan(cv(np.array([-1.0, 1.0])))
+
+
+def test_empty_prediction_distances_get_the_diagonal_penalty(tmp_path):
+    for loss in ["dice", "hytver"]:
+        for seed in (0, 1):
+            rows = make_rows(loss, seed, f"{loss}_s{seed}")
+            for r in rows:
+                r["diagonal_mm"], r["diagonal_vox"] = 250.0, 80.0
+                if loss == "dice" and r["case"] in ("002", "005") and seed == 1:
+                    r.update(dice=0.0, pred_volume_mm3=0.0, hd=math.nan, hd95=math.nan,
+                             asd=math.nan, assd=math.nan, hd95_vox=math.nan, asd_vox=math.nan)
+            write_trial(tmp_path, f"{loss}_s{seed}", rows,
+                        extra=("diagonal_mm", "diagonal_vox"))
+    summary = build_report(tmp_path, tmp_path / "out")
+    t1 = pd.read_csv(tmp_path / "out" / "table1.csv").set_index(["method", "metric"])
+    assert t1.loc[("dice", "hd95"), "n_penalized"] == 2
+    assert t1.loc[("dice", "asd_vox"), "n_penalized"] == 2
+    assert t1.loc[("dice", "dice"), "n_penalized"] == 0  # overlap metrics need no penalty
+    assert t1.loc[("hytver", "hd95"), "n_penalized"] == 0
+    cases = pd.read_csv(tmp_path / "out" / "cases.csv", dtype={"case": str})
+    hit = cases[(cases["method"] == "dice") & (cases["seed"] == 1)
+                & cases["case"].isin(["002", "005"])]
+    assert (hit["hd95"] == 250.0).all() and (hit["hd95_vox"] == 80.0).all()
+    # The NaN HD95 of case 003 (non-empty prediction) is not penalized: still excluded.
+    assert t1.loc[("dice", "hd95"), "n_nan"] == 2
+    text = summary.read_text()
+    assert "| Loss | seeds | empty preds |" in text
+    assert "| dice | 2 | 2 |" in text and "| hytver | 2 | 0 |" in text
+    assert "2 case x seed row(s) with new lesions got an empty prediction" in text
+
+
+def test_intervals_stay_in_range_with_extreme_values(tmp_path):
+    # Three seeds, mostly perfect or failed cases: a t-interval would leave [0, 1].
+    for seed, values in enumerate([[1.0, 1.0, 0.0, 1.0], [1.0, 0.9, 1.0, 1.0],
+                                   [0.0, 1.0, 1.0, 1.0]]):
+        rows = make_rows("dice", seed, f"dice_s{seed}")[:4]
+        for r, v in zip(rows, values, strict=True):
+            r["dice"] = v
+        write_trial(tmp_path, f"dice_s{seed}", rows)
+    build_report(tmp_path, tmp_path / "out")
+    t1 = pd.read_csv(tmp_path / "out" / "table1.csv").set_index("metric")
+    lo, hi = t1.loc["dice", ["ci_low", "ci_high"]]
+    assert 0.0 <= lo < t1.loc["dice", "mean"] < hi <= 1.0
+
+
+def test_bootstrap_interval_edge_cases():
+    mean, lo, hi = bootstrap_interval(np.array([[0.2, 0.4, np.nan, 0.9]]))
+    assert mean == pytest.approx(0.5) and 0.2 <= lo < hi <= 0.9
+    assert all(math.isnan(v) for v in bootstrap_interval(np.full((2, 3), np.nan)))
+    mean, lo, hi = bootstrap_interval(np.array([[0.7], [0.3]]))  # one case: no interval
+    assert mean == pytest.approx(0.5) and math.isnan(lo) and math.isnan(hi)
+    same = bootstrap_interval(np.array([[0.5, 0.5], [0.5, 0.5]]))
+    assert same == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="seeds x cases"):
+        bootstrap_interval(np.array([0.1, 0.2]))
+
+
+def test_utilisation_line(results, tmp_path):
+    import shutil
+
+    root = tmp_path / "r"
+    shutil.copytree(results, root)
+    for i, p in enumerate(sorted((root / "trials").glob("*_s*/status.json"))):
+        status = json.loads(p.read_text())
+        if status["status"] == "ok":
+            p.write_text(json.dumps({**status, "work_s": 10.0 + i}))
+    work = sum(json.loads(p.read_text()).get("work_s", 0)
+               for p in (root / "trials").glob("*/status.json"))
+    (root / "sweep.json").write_text(json.dumps({"slots": 2, "trials_wall_s": 100.0,
+                                                 "total_wall_s": 160.0, "pretrain_s": 30.0,
+                                                 "data_s": 5.0}))
+    text = build_report(root).read_text()
+    assert f"- Utilisation: {work / 200:.0%} = worker time in training and evaluation " \
+           f"({work:.0f} s over 9 trials) / (trials' wall time 100 s x 2" in text
+    assert "- Sweep wall time 160 s: data 5 s, pretraining 30 s, trials 100 s" in text
+    assert "Utilisation" not in build_report(results, tmp_path / "plain").read_text()
 
 
 def test_negatives_reported_apart(report):
@@ -207,10 +297,11 @@ def test_single_seed_and_no_reference(tmp_path):
         write_trial(tmp_path, f"{loss}_s0", make_rows(loss, 0, f"{loss}_s0"))
     summary = build_report(tmp_path, tmp_path / "out")
     t1 = pd.read_csv(tmp_path / "out" / "table1.csv")
-    assert t1["ci_low"].isna().all() and t1["ci_high"].isna().all()
+    dice = t1[t1["metric"] == "dice"]
+    assert (dice["ci_low"] < dice["mean"]).all() and (dice["mean"] < dice["ci_high"]).all()
     assert (t1["n_seeds"] == 1).all() and t1["mean"].notna().any()
     text = summary.read_text()
-    assert "single seed for dice, ce: confidence intervals are not computable" in text
+    assert "single seed for dice, ce: the intervals resample cases only" in text
     assert "reference loss 'hytver' is absent: paired tests skipped" in text
     assert pd.read_csv(tmp_path / "out" / "paired_vs_hytver.csv").empty
 

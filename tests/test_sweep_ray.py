@@ -453,7 +453,10 @@ def test_impossible_resources_fail_fast(cluster, tmp_path, capsys, resources, me
     short = "GPU" if resources.get("use_gpu") else "CPU"
     assert message in err and short in err, err
     assert time.monotonic() - start < 60
-    assert not (tmp_path / "big").exists()  # nothing was started
+    # Nothing was started: no Tune experiment, no trial (only Ray's log of the attempt).
+    assert not list((tmp_path / "big").glob("experiment_state*"))
+    assert not (tmp_path / "big" / "results" / "trials").exists()
+    assert (tmp_path / "big" / "results" / "logs" / "ray.log").is_file()
 
 
 @pytest.mark.timeout(300)
@@ -506,3 +509,35 @@ def test_asha_stops_a_trial_certain_to_lose(ray_env, cache_dir, tmp_path):
     assert frozen_rows[1]["val_dice"] < learner_rows[1]["val_dice"]
     assert frozen_rows[0]["train_loss"] == 0.0
     assert_report(storage / name / "results")
+
+
+@pytest.mark.timeout(300)
+def test_pretrain_stage_runs_once_and_trials_fine_tune_from_it(cluster, cache_dir, tmp_path,
+                                                                capfd):
+    pre = {"loss": "dice_ce", "iterations": 3, "eval_every": 3}
+    cfg = load_config(sweep_dict("pre-a", tmp_path, pretrain=pre,
+                                 search={"losses": ["hytver"], "seeds": [0]}))
+    run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+    stored = list((tmp_path / "pretrain").glob("*/model.pt"))
+    assert len(stored) == 1
+    assert (tmp_path / f"pretrain-{stored[0].parent.name}").is_dir()  # a Ray Train run
+    first = stored[0].stat().st_mtime_ns
+    out = capfd.readouterr().out  # the console: written to the file descriptor
+    assert "pretrained model (" in out and "reused" not in out
+    assert "1/1 done, 0 running, 0 failed" in out  # the compact progress line
+    # The trial's worker loaded every key of the stored weights. Its report reaches Ray's log
+    # file on the command line; under pytest's capture Ray's forwarding writes to the capture.
+    seen = out + capfd.readouterr().out + (Path(cfg.results_dir) / "logs" / "ray.log").read_text()
+    assert f"load_pretrained({stored[0]}): " in seen and "0 missing, 0 unexpected" in seen
+
+    # Another sweep with the same data, split, model and pretrain settings reuses it.
+    again = load_config(sweep_dict("pre-b", tmp_path, pretrain=pre,
+                                   search={"losses": ["dice"], "seeds": [1]},
+                                   training={"lr": 5e-4}))
+    run_sweep(again, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+    assert "pretrained model (reused)" in capfd.readouterr().out
+    assert list((tmp_path / "pretrain").glob("*/model.pt")) == stored
+    assert stored[0].stat().st_mtime_ns == first
+    for c in (cfg, again):
+        statuses = trial_statuses(Path(c.results_dir))
+        assert [s["status"] for s in statuses.values()] == ["ok"], statuses

@@ -34,20 +34,23 @@ def variants(space: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- shipped sweeps
 
 
-def test_default_is_small_local_and_every_loss_times_two_seeds():
+def test_default_is_small_local_and_every_loss_times_three_seeds():
     cfg = load_config("default")
     assert cfg.search.losses == loss_names()
-    assert count_trials(cfg) == len(loss_names()) * 2 == 28
+    assert count_trials(cfg) == len(loss_names()) * 3 == 42
     space = build_param_space(cfg)
     trials = variants(space)
-    assert len(trials) == 28
+    assert len(trials) == 42
     pairs = {(trial_spec(t).loss, trial_spec(t).seed) for t in trials}
-    assert pairs == {(loss, s) for loss in loss_names() for s in (0, 1)}
+    assert pairs == {(loss, s) for loss in loss_names() for s in (0, 1, 2)}
     assert all(trial_spec(t).params == {} for t in trials)
-    # CPU-sized: tiny synthetic data and model, 1 CPU worker per trial.
-    assert cfg.data.is_synthetic and 10 <= cfg.data.synthetic.n_cases <= 12
+    # CPU-sized: tiny synthetic data and model, 1 CPU worker per trial; the paper's protocol
+    # in small: a pretraining stage, then 250 fine-tuning iterations; >= 10 test cases.
+    assert cfg.data.is_synthetic and cfg.data.synthetic.n_cases == 26
+    assert cfg.data.split.n_test == 14  # 11 with new lesions, 3 without (stratified)
+    assert cfg.pretrain is not None and cfg.model.init_checkpoint is None
     assert cfg.model.n_filters == 4 and cfg.training.patch_size == (32, 32, 32)
-    assert cfg.training.iterations <= 200 and not cfg.resources.use_gpu
+    assert cfg.training.iterations == 250 and not cfg.resources.use_gpu
     assert cfg.resources.num_workers == 1
     assert tune_config_kwargs(cfg, {"CPU": 2, "TRAIN_DRIVER": 2})["num_samples"] == 1
 

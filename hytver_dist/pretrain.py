@@ -1,0 +1,163 @@
+"""The initial model of a sweep or a training run: a pretraining stage made once, or a given
+checkpoint.
+
+A config's ``pretrain`` section trains one model (its loss, hyperparameters, iterations, lr and
+seed; batch and patch size from ``training``) on the training cases, keeping the weights with
+the best validation Dice. The result is stored under ``<storage>/pretrain/<key>/model.pt``,
+where ``key`` hashes everything that determines it: the data (source, synthetic settings,
+preprocessing), the split's case IDs, the model and the pretrain section. A resumed sweep, a
+later sweep or ``python -m hytver_dist.train`` with the same key reuses the file instead of
+training again. ``model.init_checkpoint`` names such a file directly (any V-Net state dict, also
+CoactSeg's layout, loaded by :func:`hytver_dist.model.checkpoint.load_pretrained`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from .config import Config
+from .experiment import PreparedData
+from .train import RunSpec, train_loop
+
+MODEL_FILE = "model.pt"
+
+
+def pretrain_key(cfg: Config, data: PreparedData) -> str:
+    """16 hex digits of a hash of what determines the pretrained weights."""
+    assert cfg.pretrain is not None
+    what = {
+        "data": cfg.data.model_dump(mode="json", exclude={"path"}),
+        # Synthetic data is fully described by its settings; a real dataset by its folder.
+        "source": "synthetic" if cfg.data.is_synthetic else str(data.root),
+        "split": data.split.as_dict(),
+        "model": cfg.model.vnet_kwargs(),
+        "pretrain": cfg.pretrain.model_dump(mode="json"),
+        "batch": cfg.training.batch_size,
+        "patch": list(cfg.training.patch_size),
+    }
+    text = json.dumps(what, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pretrain_spec(cfg: Config) -> RunSpec:
+    """The run spec of the pretraining stage (no checkpoints: it is short and stored once)."""
+    p = cfg.pretrain
+    assert p is not None
+    # checkpoint_every: any multiple of eval_every; nothing receives the stage's reports.
+    training = cfg.training.model_copy(update={
+        "iterations": p.iterations, "lr": p.lr, "eval_every": p.eval_every,
+        "checkpoint_every": p.iterations * p.eval_every})
+    return RunSpec(p.loss, p.seed, dict(p.hyperparameters), cfg.model, training)
+
+
+def model_uri(storage: str, key: str) -> str:
+    """Where the stage's weights live: a local path or a URI (``s3://...``)."""
+    return f"{storage.rstrip('/')}/pretrain/{key}/{MODEL_FILE}"
+
+
+def _fs(uri: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def save(payload: Mapping[str, Any], uri: str) -> None:
+    """Write ``payload`` to a temporary name, then move it into place (readers never see half
+    a file; local and ``s3://`` alike)."""
+    fs, path = _fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    buf = io.BytesIO()
+    torch.save(dict(payload), buf)
+    tmp = f"{path}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(buf.getvalue())
+    fs.move(tmp, path)
+
+
+def load_state(uri: str) -> dict[str, Any]:
+    """The payload of a stored stage (weights only: no arbitrary pickles)."""
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+
+
+def run_pretrain(cfg: Config, data: PreparedData, device: torch.device | str, *,
+                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+                 ) -> dict[str, Any]:
+    """Train the stage; returns the payload stored by :func:`save` (best weights + facts)."""
+    spec = pretrain_spec(cfg)
+    result = train_loop(spec, data, device, wrap_model=wrap_model)
+    return {"model": result.best_state, "loss": spec.loss, "seed": spec.seed,
+            "iterations": result.iterations, "best_val_dice": result.best_metric,
+            "best_iteration": result.best_iteration}
+
+
+def ensure_local(cfg: Config, data: PreparedData, storage: str,
+                 device: torch.device | str = "cpu") -> tuple[str, bool]:
+    """(weights URI, reused?) of the config's stage, trained in this process when missing."""
+    uri = model_uri(storage, pretrain_key(cfg, data))
+    if exists(uri):
+        return uri, True
+    save(run_pretrain(cfg, data, device), uri)
+    return uri, False
+
+
+# ------------------------------------------------------------------------- as a Ray Train run
+def _pretrain_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of the stage: train (DDP over the workers); rank 0 stores."""
+    import ray.train
+    import ray.train.torch
+
+    from .config import load_config
+    from .experiment import prepare_data
+
+    cfg = load_config(config["sweep"])
+    data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
+                        cache_dir=config.get("cache_dir"))
+    payload = run_pretrain(cfg, data, ray.train.torch.get_device(),
+                           wrap_model=ray.train.torch.prepare_model)
+    if ray.train.get_context().get_world_rank() == 0:
+        save(payload, config["uri"])
+    ray.train.report({"best_val_dice": payload["best_val_dice"],
+                      "best_iteration": payload["best_iteration"]})
+
+
+def ensure_on_ray(cfg: Config, data: PreparedData, storage: str, *, data_dir: str | None,
+                  cache_dir: str | None, scaling: Any, failure: Any) -> tuple[str, bool]:
+    """(weights URI, reused?) of the config's stage, run as one Ray Train run with the trials'
+    ``scaling`` (``ray.train.ScalingConfig``) when the storage does not hold it yet."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    key = pretrain_key(cfg, data)
+    uri = model_uri(storage, key)
+    if exists(uri):
+        return uri, True
+    TorchTrainer(
+        _pretrain_worker,
+        train_loop_config={"sweep": cfg.to_dict(), "uri": uri, "data_dir": data_dir,
+                           "cache_dir": cache_dir},
+        scaling_config=scaling,
+        run_config=ray.train.RunConfig(name=f"pretrain-{key}", storage_path=storage,
+                                       failure_config=failure),
+    ).fit()
+    if not exists(uri):
+        raise RuntimeError(f"pretraining run pretrain-{key} ended without writing {uri}")
+    return uri, False
+
+
+__all__ = ["MODEL_FILE", "ensure_local", "ensure_on_ray", "exists", "load_state", "model_uri",
+           "pretrain_key", "pretrain_spec", "run_pretrain", "save"]
