@@ -3,12 +3,11 @@ accepted target forms and the errors of the spec."""
 
 from __future__ import annotations
 
+import monai.losses as monai_losses
 import pytest
 import torch
 
 from hytver_dist.losses import LOSSES, get_loss
-
-monai_losses = pytest.importorskip("monai.losses")
 
 CLAMPED = {"symmetric_unified_focal", "asymmetric_unified_focal", "dice_pp"}
 
