@@ -515,9 +515,9 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
         init = cfg.model.init_checkpoint = str(Path(init).expanduser().resolve())
         if not Path(init).is_file():
             raise FileNotFoundError(f"{cfg.source}: model.init_checkpoint: {init} not found")
+    _preflight(cfg, data_dir, root)  # before resolving: "" must fail, not become the cwd
     data_dir = None if data_dir is None else str(Path(data_dir).resolve())
     cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
-    _preflight(cfg, data_dir, root)
     import ray
     from ray import tune
 
