@@ -11,9 +11,9 @@ uint8 targets. Providers:
   monai           MONAI's closest loss (TverskyLoss for hytver's region term, DiceCELoss)
 The "dice_pp vs hytver" group puts fused DSC++ (per-voxel exponents) beside fused HyTver.
 The "all losses" group times fused full steps of every registry loss.
-``test_target_ratios`` times the performance targets' comparisons round-robin (one full step of
-each provider per round, so that a shared machine's slow spells hit them all alike) and prints
-the ratios of the per-provider minima at the end of the run.
+``test_target_ratios`` times the performance targets' comparisons round-robin (an untimed and a
+timed full step of each provider per round, so that a shared machine's slow spells hit them all
+alike) and prints the ratios of the per-provider minima at the end of the run.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_all_losses_fused(benchmark, bench_case, name):
     _bench(benchmark, bench_case, name, "fused", "full", "all losses fused full")
 
 
-# The performance targets (docs/kernels.md), full steps (forward + backward):
+# The performance targets (docs/benchmarks.md), full steps (forward + backward):
 #   CPU, 2 threads, 4x1x80^3 float32 + uint8: fused HyTver >= 5x the eager reference and
 #   >= 2.5x torch.compile of it; fused DSC++ <= 1.2x fused HyTver; C = 3 channels cost no more
 #   per voxel than C = 1 (within 10 %).

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -92,6 +93,23 @@ def loss_names() -> tuple[str, ...]:
 def loss_hyperparameters(loss: str) -> tuple[str, ...]:
     """Keyword names of a loss, without ``backend`` (that is ``training.backend``)."""
     return tuple(n for n in _registry()[loss].hyperparameters() if n != "backend")
+
+
+def _known_loss(name: str, path: str = "") -> str:
+    """``name`` if it is a registry loss, else a KeyProblem at ``path`` with a suggestion."""
+    if name not in loss_names():
+        raise KeyProblem(path, suggest(str(name), loss_names(), "loss"))
+    return name
+
+
+def _check_hyperparameter_names(loss: str, given: Any, path: str) -> None:
+    """Every key of ``given`` is a keyword of ``loss`` (KeyProblem at ``path.<key>``)."""
+    names = loss_hyperparameters(loss)
+    for name in given:
+        if name not in names:
+            raise KeyProblem(f"{path}.{name}", suggest(
+                str(name), names, f"hyperparameter of {loss!r}") if names
+                else f"{loss!r} takes no hyperparameters")
 
 
 # ----------------------------------------------------------------------------- value types
@@ -409,8 +427,7 @@ def _parse_losses(value: Any) -> Any:
     for i, name in enumerate(value):
         if not isinstance(name, str):
             raise KeyProblem(f"[{i}]", f"expected a loss name; got {name!r}")
-        if name not in valid:
-            raise KeyProblem(f"[{i}]", suggest(name, valid, "loss"))
+        _known_loss(name, f"[{i}]")
         if name in value[:i]:
             raise KeyProblem(f"[{i}]", f"duplicate loss {name!r}")
     return tuple(value)
@@ -423,25 +440,19 @@ def _parse_hyperparameters(value: Any) -> Any:
     if not isinstance(value, Mapping):
         raise KeyProblem("", f"expected a mapping loss -> {{hyperparameter: spec}}; "
                          f"got {value!r}")
-    valid = loss_names()
     out: dict[str, Any] = {}
     for loss, params in value.items():
-        if loss not in valid:
-            raise KeyProblem(f".{loss}", suggest(str(loss), valid, "loss"))
+        _known_loss(loss, f".{loss}")
         params = {} if params is None else params
         if not isinstance(params, Mapping):
             raise KeyProblem(f".{loss}", f"expected a mapping hyperparameter -> spec; "
                              f"got {params!r}")
-        names = loss_hyperparameters(loss)
-        for name in params:
-            if name not in names:
-                raise KeyProblem(f".{loss}.{name}", suggest(
-                    str(name), names, f"hyperparameter of {loss!r}") if names
-                    else f"{loss!r} takes no hyperparameters")
+        _check_hyperparameter_names(loss, params, f".{loss}")
         out[loss] = dict(params)
     return out
 
 
+LossName = Annotated[str, AfterValidator(lambda name: _known_loss(name))]
 LossList = Annotated[
     tuple[str, ...], BeforeValidator(_parse_losses),
     WithJsonSchema({"description": "'all' (the registry) or a list of loss names",
@@ -513,7 +524,7 @@ class PretrainConfig(Section):
     """A pretraining run made once before the trials; every trial fine-tunes from its best
     (validation) weights with a fresh optimizer. Batch and patch size come from ``training``."""
 
-    loss: str = "dice_ce"
+    loss: LossName = "dice_ce"
     """Registry name of the pretraining loss."""
     hyperparameters: dict[str, Scalar] = Field(default_factory=dict)
     """Fixed keyword arguments of that loss."""
@@ -523,21 +534,9 @@ class PretrainConfig(Section):
     eval_every: StrictInt = Field(40, ge=1)
     """Iterations between validations (the best validated weights are kept)."""
 
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        if v not in loss_names():
-            raise KeyProblem("", suggest(v, loss_names(), "loss"))
-        return v
-
     @model_validator(mode="after")
     def _loss_accepts(self) -> PretrainConfig:
-        names = loss_hyperparameters(self.loss)
-        for name in self.hyperparameters:
-            if name not in names:
-                raise KeyProblem(f".hyperparameters.{name}", suggest(
-                    str(name), names, f"hyperparameter of {self.loss!r}") if names
-                    else f"{self.loss!r} takes no hyperparameters")
+        _check_hyperparameter_names(self.loss, self.hyperparameters, ".hyperparameters")
         try:
             _get_loss(self.loss, backend="reference", **self.hyperparameters)
         except (ValueError, TypeError) as exc:
@@ -592,16 +591,9 @@ class ReportConfig(Section):
     enabled: StrictBool = True
     out_dir: str | None = None
     """null = <results_dir>/report."""
-    reference_loss: str = "hytver"
+    reference_loss: LossName = "hytver"
     """The paired tests compare every loss with this one."""
     confidence: Annotated[Number, Field(gt=0.0, lt=1.0)] = 0.95
-
-    @field_validator("reference_loss")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        if v not in loss_names():
-            raise KeyProblem("", suggest(v, loss_names(), "loss"))
-        return v
 
 
 # ----------------------------------------------------------------------------- the whole file

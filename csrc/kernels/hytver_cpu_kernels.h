@@ -194,6 +194,8 @@ inline void sig_pq_sp(double x, double& p, double& q, double& sp) {
 }
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+template <class T> inline T maxv(T a, T b) { return a > b ? a : b; }
+template <class T> inline T minv(T a, T b) { return a < b ? a : b; }
 
 // Clamp constants of exp_stats in the compute type.
 template <class C> struct ClampConsts {
@@ -214,8 +216,6 @@ template <class C> struct ClampConsts {
 // Target check of one block (while it is in L1), in its own short loop: folding it into the
 // arithmetic loop slowed that loop down noticeably. Invalid: a uint8 value above 1; a float value
 // outside [0, 1] or NaN (stats), or other than 0 and 1 (the exp sums, for hard labels).
-template <class T> inline T maxv(T a, T b) { return a > b ? a : b; }
-template <class T> inline T minv(T a, T b) { return a < b ? a : b; }
 template <bool HARD, class U> inline bool block_invalid(const U* y, int64_t m) {
   U worst = 0;
   if constexpr (sizeof(U) == 1) {
@@ -309,7 +309,6 @@ void stats_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
         s4 += ny * (sp + max0(x));   // (1 - y) * softplus(x)
         if constexpr (SAVE) mb[i] = saved_m(x, p, q);
       }
-
       acc0 += s0;
       acc1 += s1;
       acc2 += s2;
@@ -461,7 +460,6 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           if constexpr (SAVE) mb[i] = saved_m(x, p, q);
         }
       }
-
       acc[0] += s0;
       acc[1] += s1;
       acc[2] += s2;
@@ -534,7 +532,8 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
         sig_pq_sp(x, p, q, sp);
         const C nlp = sp + max0(-x);
         const C nlq = sp + max0(x);
-        // Hard labels: q^gamma where y = 1, p^gamma where y = 0 (one exp, see exp_fwd).
+        // Hard labels: q^gamma where y = 1, p^gamma where y = 0, both in qg (one exp, see
+        // exp_fwd).
         C qg;
         if constexpr (SQUARE) {
           const C base = y > C(0.5) ? q : p;
@@ -542,11 +541,10 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
         } else {
           qg = hexp(-gam * (y > C(0.5) ? nlq : nlp));
         }
-        const C pg = qg;
         const C gp = gam * p;
         const C gq = gam * q;
         v = p * q * (y * g0m2 + ny * g1) + (g4 * ny * p - g3 * y * q) - y * qg * (gp * g5) +
-            ny * pg * (gq * g6) + ny * pg * (g8 * (p + gq * nlq)) -
+            ny * qg * (gq * g6) + ny * qg * (g8 * (p + gq * nlq)) -
             y * qg * (g7 * (gp * nlp + q));
       }
       // Inside [eps, 1 - eps] (all of it when eps == 0) the clamp is the identity; outside,
