@@ -24,6 +24,7 @@ import torch
 from .config import Config
 from .experiment import PreparedData
 from .train import RunSpec, train_loop
+from .trial_files import exists, read_bytes, write_bytes
 
 MODEL_FILE = "model.pt"
 
@@ -61,37 +62,20 @@ def model_uri(storage: str, key: str) -> str:
     return f"{storage.rstrip('/')}/pretrain/{key}/{MODEL_FILE}"
 
 
-def _fs(uri: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
-def exists(uri: str) -> bool:
-    import pyarrow.fs
-
-    fs, path = _fs(uri)
-    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
-
-
 def save(payload: Mapping[str, Any], uri: str) -> None:
     """Write ``payload`` to a temporary name, then move it into place (readers never see half
     a file; local and ``s3://`` alike)."""
-    fs, path = _fs(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     buf = io.BytesIO()
     torch.save(dict(payload), buf)
-    tmp = f"{path}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(buf.getvalue())
-    fs.move(tmp, path)
+    write_bytes(uri, buf.getvalue())
 
 
 def load_state(uri: str) -> dict[str, Any]:
     """The payload of a stored stage (weights only: no arbitrary pickles)."""
-    fs, path = _fs(uri)
-    with fs.open_input_stream(path) as f:
-        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    data = read_bytes(uri)
+    if data is None:
+        raise FileNotFoundError(f"{uri}: no pretrained model there")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def run_pretrain(cfg: Config, data: PreparedData, device: torch.device | str, *,

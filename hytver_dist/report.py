@@ -100,6 +100,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from .stats import (
+    N_BOOT,
     PENALTY_COLUMN,
     bootstrap_interval,
     penalize_empty_predictions,
@@ -493,7 +494,7 @@ def table1_markdown(t1: pd.DataFrame, confidence: float) -> str:
     arrows = ", ".join(f"{t} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m, t in TABLE1_MD)
     head = (f"Mean over seeds of the per-seed mean over cases with new lesions, "
             f"[{confidence:.0%} percentile bootstrap interval, seeds and cases resampled "
-            f"(2000 draws)]. {arrows}. 'empty preds': case x seed rows with an empty "
+            f"({N_BOOT} draws)]. {arrows}. 'empty preds': case x seed rows with an empty "
             "prediction on a case with new lesions; their distances are set to the image "
             "diagonal.\n\n")
     return head + md_table(pd.DataFrame(rows))
@@ -631,12 +632,12 @@ def utilisation_lines(results_dir: Path) -> list[str]:
     if not facts_path.is_file():
         return []
     facts = json.loads(facts_path.read_text())
+    if facts.get("resumed"):  # the wall time covers the resumed part only
+        return ["- Utilisation: not computed (the sweep was resumed)"]
     work = [json.loads(p.read_text()).get("work_s")
             for p in (results_dir / "trials").glob("*/status.json")]
     work = [float(w) for w in work if isinstance(w, (int, float))]
     wall, slots = facts.get("trials_wall_s"), facts.get("slots")
-    if facts.get("resumed"):  # the wall time covers the resumed part only
-        return ["- Utilisation: not computed (the sweep was resumed)"]
     if not work or not wall or not slots:
         return []
     lines = [f"- Utilisation: {sum(work) / (wall * slots):.0%} = worker time in training and "

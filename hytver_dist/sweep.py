@@ -38,11 +38,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import trial_files
 from .config import Config, ConfigError, add_override_argument, json_schema, load_config
-from .progress import ray_output_to
-from .tune_glue import count_trials, trial_spec, tune_config_kwargs
+from .progress import final_summary, make_callback, ray_output_to
+from .tune_glue import (
+    build_param_space,
+    cluster_capacity,
+    count_trials,
+    trial_spec,
+    tune_config_kwargs,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Written by `ray up` on the head node: the autoscaler's node types.
+RAY_UP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
+
 # The embedded local Ray only (setdefault): no usage-stats prompt, no V1-migration warnings,
 # results forwarded every 0.2 s instead of Train's default 2 s, every worker's log line shown,
 # and no per-run preemption-watcher actor or metrics (two fewer processes per trial: on a small
@@ -65,7 +75,6 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from . import trial_files
     from .evaluate import evaluate_model
     from .experiment import prepare_data
     from .model import build_model, load_checkpoint
@@ -181,7 +190,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
                            "init": init},
         scaling_config=scaling,
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}", storage_path=storage, failure_config=failure,
+            name=trial_files.run_name(trial_id), storage_path=storage, failure_config=failure,
             # One kept checkpoint: a restart needs only the latest.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()]),
@@ -239,9 +248,8 @@ def connect(address: str | None, cfg: Config, num_cpus: int | None) -> dict[str,
     # The State API (served by the dashboard) lets each Train run's placement-group cleaner
     # see its controller end and exit; without it stopped trials leak placement groups and
     # every cleaner polls (and logs) once a second for the rest of the sweep.
-    dashboard = True
     ctx = ray.init(num_cpus=cpus, resources={cfg.resources.driver_resource: cpus},
-                   include_dashboard=dashboard, logging_level="WARNING")
+                   include_dashboard=True, logging_level="WARNING")
     return {"mode": f"embedded local Ray ({cpus} CPUs)", "dashboard": ctx.dashboard_url}
 
 
@@ -250,13 +258,10 @@ def cluster_resources() -> dict[str, float]:
     autoscaler's full-scale capacity when larger."""
     import ray
 
-    from .tune_glue import cluster_capacity
-
     have = {k: float(v) for k, v in ray.cluster_resources().items()}
-    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
-    if bootstrap.is_file():
+    if RAY_UP_CONFIG.is_file():
         try:
-            full = cluster_capacity(bootstrap)
+            full = cluster_capacity(RAY_UP_CONFIG)
         except ValueError:  # local provider: resources come from `ray start` flags
             return have
         return {k: max(have.get(k, 0.0), full.get(k, 0.0)) for k in set(have) | set(full)}
@@ -273,9 +278,8 @@ def check_worker_fits(cfg: Config) -> None:
     r = cfg.resources
     need = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
-    if bootstrap.is_file():
-        types_ = (yaml.safe_load(bootstrap.read_text()) or {}).get("available_node_types") or {}
+    if RAY_UP_CONFIG.is_file():
+        types_ = (yaml.safe_load(RAY_UP_CONFIG.read_text()) or {}).get("available_node_types") or {}
         nodes += [t.get("resources") or {} for t in types_.values()]
     if not any(all(float(n.get(k, 0.0)) + 1e-9 >= v for k, v in need.items()) for n in nodes):
         largest = {k: max((float(n.get(k, 0.0)) for n in nodes), default=0.0) for k in need}
@@ -310,28 +314,27 @@ def unfinished_trials(cfg: Config, experiment: str, grid: Any) -> int:
     TERMINATED in memory, so the grid cannot tell; the experiment state it saved just before
     can. Trials the searcher had not generated yet count too.
     """
+    total = count_trials(cfg)
     done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done_training")]
-    if len(done) >= count_trials(cfg):
+    if len(done) >= total:
         return 0
     from ray.tune import ExperimentAnalysis
 
     try:
         trials = ExperimentAnalysis(experiment).trials
     except Exception:  # unreadable state: judge by the grid alone
-        return max(0, count_trials(cfg) - len(grid))
+        return max(0, total - len(grid))
     live = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
-    return live + max(0, count_trials(cfg) - len(trials))
+    return live + max(0, total - len(trials))
 
 
-def collect_results(grid: Any, results_dir: Path, storage: str = "", *,
+def collect_results(grid: Any, results_dir: Path, storage: str, *,
                     interrupted: bool = False) -> tuple[int, int]:
     """Write ``trials/<trial>/cases.csv`` and ``status.json`` from Tune's results and the
     ``cases.csv`` each trial's rank 0 wrote into its run directory under ``storage``; returns
     (ok, not ok) counts: trials that failed or were stopped early (status ``stopped``).
     ``interrupted``: skip trials with neither results nor an error (they continue on resume)
     instead of marking them failed."""
-    from . import trial_files
-
     ok = failed = 0
     for result in grid:
         metrics = result.metrics or {}
@@ -412,26 +415,25 @@ def write_sweep_facts(results_dir: Path, facts: dict[str, Any]) -> None:
 
 def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experiment: str,
                results_dir: Path, init: str | None, data_dir: str | None,
-               cache_dir: str | None, resume: bool, retry_errored: bool,
+               cache_dir: str | None, restore: bool, retry_errored: bool,
                callbacks: Sequence[Any], verbose: int, log_path: Path) -> dict[str, Any]:
-    """The part of :func:`run_sweep` on a connected Ray: the pretraining stage, then Tune."""
+    """The part of :func:`run_sweep` on a connected Ray: the pretraining stage, then Tune.
+    ``restore``: continue the existing experiment (run_sweep checked there is one to resume)."""
     from ray import tune
 
-    from .progress import make_callback
-    from .tune_glue import build_param_space
+    total = count_trials(cfg)
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    say(f"sweep {cfg.name!r}: {count_trials(cfg)} trials on {info['mode']}")
+    say(f"sweep {cfg.name!r}: {total} trials on {info['mode']}")
     if info.get("dashboard"):
         say(f"Ray dashboard: http://{info['dashboard']}")
     if verbose == 0:
         say(f"Ray's output: {log_path} (--verbose shows it here)")
     kwargs = tune_config_kwargs(cfg, cluster_resources())
     check_worker_fits(cfg)
-    facts: dict[str, Any] = {"slots": kwargs["max_concurrent_trials"], "pretrain_s": 0.0,
-                             "resumed": bool(resume)}
+    facts: dict[str, Any] = {"slots": kwargs["max_concurrent_trials"], "pretrain_s": 0.0}
     if cfg.pretrain is not None:
         from .experiment import prepare_data
         from .pretrain import ensure_on_ray
@@ -457,11 +459,9 @@ def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experimen
                              cache_dir=cache_dir, init=init),
         {cfg.resources.driver_resource: 1})
     out.flush()
-    progress = make_callback(count_trials(cfg), cfg.search.metric, cfg.search.mode,
-                             out.fileno())
+    progress = make_callback(total, cfg.search.metric, cfg.search.mode, out.fileno())
 
-    exists = tune.Tuner.can_restore(experiment)  # an existing one without resume: refused earlier
-    if resume and exists:
+    if restore:
         say(f"resuming {experiment}: finished trials are kept, unfinished ones continue "
             "from their last checkpoint")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
@@ -521,7 +521,8 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     import ray
     from ray import tune
 
-    if tune.Tuner.can_restore(experiment) and not resume:
+    exists = tune.Tuner.can_restore(experiment)
+    if exists and not resume:
         raise FileExistsError(f"sweep {cfg.name!r} already exists at {experiment}: "
                               "pass --resume to continue it, or change name/storage")
     sweep_start = time.perf_counter()
@@ -530,12 +531,13 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
         info = connect(address, cfg, num_cpus)
         try:
             summary_info = _run_tuner(cfg, info, out, root, experiment, results_dir, init,
-                                      data_dir, cache_dir, resume, retry_errored, callbacks,
-                                      verbose, log_path)
+                                      data_dir, cache_dir, resume and exists, retry_errored,
+                                      callbacks, verbose, log_path)
         finally:
             ray.shutdown()
     unfinished, ok = summary_info["unfinished"], summary_info["ok"]
     summary_info["total_wall_s"] = time.perf_counter() - sweep_start
+    summary_info["resumed"] = resume
     write_sweep_facts(results_dir, summary_info)
     if unfinished:
         raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of "
@@ -551,8 +553,6 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     summary = build_report(results_dir, report_dir,
                            reference_loss=cfg.report.reference_loss,
                            confidence=cfg.report.confidence)
-    from .progress import final_summary
-
     statuses = [json.loads(p.read_text())
                 for p in sorted((results_dir / "trials").glob("*/status.json"))]
     print(final_summary(statuses, summary, Path(report_dir) / "table1.csv"))

@@ -46,8 +46,7 @@ from .data import PatchConfig, PatchSampler, PreprocessedCase
 from .experiment import PreparedData, prepare_data
 from .inference import sliding_window_probabilities
 from .losses import get_loss
-from .model import CheckpointError, build_model, load_checkpoint
-from .model.checkpoint import load_pretrained
+from .model import CheckpointError, build_model, load_checkpoint, load_pretrained
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
 Reporter = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -96,7 +95,7 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     for key, value in state.items():
         t = value.detach().to("cpu").contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
@@ -263,7 +262,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         rng = np.random.default_rng([spec.seed, rank, it])
         pairs = [sampler.sample(rng) for _ in range(training.batch_size)]
         image = torch.from_numpy(np.stack([p[0] for p in pairs]))
-        patches.update(image.numpy().tobytes())
+        patches.update(image.numpy())  # hashed in place, no copy
         image = image.to(device)
         mask = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

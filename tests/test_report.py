@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from hytver_dist.report import CASE_COLUMNS, build_report, cv, holm, main
+from hytver_dist.report import CASE_COLUMNS, build_report, cv, holm, main, utilisation_lines
 from hytver_dist.stats import bootstrap_interval
 
 LOSSES = ["dice", "ce", "hytver"]
@@ -256,6 +256,10 @@ def test_utilisation_line(results, tmp_path):
            f"({work:.0f} s over 9 trials) / (trials' wall time 100 s x 2" in text
     assert "- Sweep wall time 160 s: data 5 s, pretraining 30 s, trials 100 s" in text
     assert "Utilisation" not in build_report(results, tmp_path / "plain").read_text()
+    # A resumed sweep's wall time covers only its resumed part: no ratio is given.
+    (root / "sweep.json").write_text(json.dumps({"slots": 2, "trials_wall_s": 100.0,
+                                                 "resumed": True}))
+    assert utilisation_lines(root) == ["- Utilisation: not computed (the sweep was resumed)"]
 
 
 def test_negatives_reported_apart(report):

@@ -82,7 +82,7 @@ def test_ok_failed_and_stopped_trials(tmp_path: Path):
 
 def test_interrupted_skips_unfinished_trials(tmp_path: Path):
     grid = [FakeResult("/x/dice-seed1-b_00000", config("dice", 1), {"iteration": 3})]
-    assert collect_results(grid, tmp_path, interrupted=True) == (0, 0)
+    assert collect_results(grid, tmp_path, str(tmp_path / "storage"), interrupted=True) == (0, 0)
     assert not (tmp_path / "trials" / "dice-seed1-b_00000" / "status.json").exists()
 
 
