@@ -467,6 +467,11 @@ class SearchConfig(Section):
     losses: LossList = Field(default_factory=loss_names)
     seeds: tuple[StrictInt, ...] = Field((0, 1), min_length=1)
     """Training seeds; every hyperparameter set is trained with every seed."""
+    seeds_per_trial: StrictInt = Field(1, ge=1)
+    """Seeds one trial trains one after another on the same (warm) Train workers: the seeds
+    are cut into groups of this size in their order, one trial per group. Larger groups spend
+    less of the sweep starting trials and more training; 1 gives every seed its own trial (the
+    most parallelism). Only with ``scheduler: none`` and ``search_alg: random``."""
     hyperparameters: Hyperparameters = Field(default_factory=dict)
     """Per loss, per keyword: a ParamSpec. Keywords left out keep the loss's defaults."""
     num_samples: StrictInt = Field(1, ge=1)
@@ -476,6 +481,12 @@ class SearchConfig(Section):
     mode: Literal["max", "min"] = "max"
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     search_alg: Literal["random", "optuna"] = "random"
+
+    @property
+    def seed_groups(self) -> list[tuple[int, ...]]:
+        """The seeds of each trial of one hyperparameter set (``seeds_per_trial`` at a time)."""
+        k = self.seeds_per_trial
+        return [tuple(self.seeds[i:i + k]) for i in range(0, len(self.seeds), k)]
 
     @property
     def has_distributions(self) -> bool:
@@ -496,6 +507,13 @@ class SearchConfig(Section):
                 raise KeyProblem(f".hyperparameters.{loss}", f"loss {loss!r} is not in "
                                  f"search.losses ({', '.join(self.losses)})")
             _check_loss_accepts(loss, specs)
+        if self.seeds_per_trial > 1 and self.search_alg == "optuna":
+            raise KeyProblem(".seeds_per_trial", "must be 1 with search_alg: optuna (Optuna "
+                             "picks one seed per trial)")
+        if self.seeds_per_trial > 1 and self.scheduler.type != "none":
+            raise KeyProblem(".seeds_per_trial", f"must be 1 with scheduler: "
+                             f"{self.scheduler.type} (it would compare one seed of a trial "
+                             "with another seed of another trial)")
         if self.search_alg == "random" and self.num_samples > 1 and not self.has_distributions:
             raise KeyProblem(".num_samples", f"{self.num_samples} has no effect: no "
                              "hyperparameter has a distribution (use search.seeds for "

@@ -124,13 +124,14 @@ def ensure_on_ray(cfg: Config, data: PreparedData, storage: str, *, data_dir: st
     """(weights URI, reused?) of the config's stage, run as one Ray Train run with the trials'
     ``scaling`` (``ray.train.ScalingConfig``) when the storage does not hold it yet."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from .lean_trainer import torch_trainer_class
 
     key = pretrain_key(cfg, data)
     uri = model_uri(storage, key)
     if exists(uri):
         return uri, True
-    TorchTrainer(
+    torch_trainer_class()(
         _pretrain_worker,
         train_loop_config={"sweep": cfg.to_dict(), "uri": uri, "data_dir": data_dir,
                            "cache_dir": cache_dir},

@@ -96,9 +96,10 @@ def make_callback(total: int, metric: str, mode: str, out: int) -> Any:
 
     from .tune_glue import trial_spec
 
-    def label(trial: Any) -> str:
-        spec = trial_spec(trial.config)
-        return f"{spec.arm_id} s{spec.seed}"
+    def label(trial: Any, result: dict) -> str:
+        """The arm and the seed the result is from (a trial may train several seeds)."""
+        seed = result.get("seed", trial_spec(trial.config).seed_label)
+        return f"{trial_spec(trial.config).arm_id} s{seed}"
 
     class _Progress(Callback):
         def __init__(self) -> None:
@@ -109,7 +110,7 @@ def make_callback(total: int, metric: str, mode: str, out: int) -> Any:
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                             **info: Any) -> None:
-            self.printer.result(trial.trial_id, label(trial), result.get(metric))
+            self.printer.result(trial.trial_id, label(trial, result), result.get(metric))
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                               **info: Any) -> None:

@@ -6,7 +6,8 @@ Usage: ``python -m hytver_dist.report RESULTS_DIR [--out DIR]`` or :func:`build_
 Input contract
 --------------
 Every trial of a sweep writes ``<RESULTS_DIR>/trials/<trial_name>/cases.csv``, one row per
-evaluated (test) case, with exactly these columns (extra columns are kept but ignored):
+evaluated (test) case and seed, with exactly these columns (extra columns are kept but
+ignored):
 
 ==================  =====================================================================
 trial               the trial name (unique per trial; the directory name)
@@ -38,8 +39,11 @@ Metrics may be NaN (empty CSV cell) where the metrics policy calls them undefine
 and distances when the GT is empty, precision when the prediction is empty). Optionally a trial
 also writes ``<RESULTS_DIR>/trials/<trial_name>/status.json``::
 
-    {"trial": "...", "loss": "...", "seed": 0, "status": "ok" | "failed" | "stopped",
+    {"trial": "...", "loss": "...", "seed": "0", "status": "ok" | "failed" | "stopped",
      "error": "..."}
+
+(``seed``: the trial's seed, or ``"0_1_2"`` for a trial that trained several; the rows of
+``cases.csv`` each carry their own seed.)
 
 (``stopped``: ended early by the scheduler, e.g. ASHA, so never evaluated on the test cases.)
 
@@ -185,7 +189,7 @@ def _read_cases(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: seed must be an integer in every row")
     df["seed"] = df["seed"].astype(int)
     df["params"] = [_canonical_params(p, path) for p in df["params"]]
-    dup = df.duplicated(["trial", "case"])
+    dup = df.duplicated(["trial", "seed", "case"])
     if dup.any():
         raise ValueError(f"{path}: duplicate rows for case {df.loc[dup, 'case'].iloc[0]!r}")
     return df
@@ -223,7 +227,8 @@ def load_results(results_dir: str | Path) -> Results:
         row = {
             "trial": status.get("trial", tdir.name),
             "loss": status.get("loss"),
-            "seed": status.get("seed"),
+            # "0", or "0_1_2" for a trial that trains several seeds
+            "seed": None if status.get("seed") is None else str(status["seed"]),
             "status": status.get("status", "ok"),
             "error": status.get("error", ""),
         }
@@ -245,11 +250,10 @@ def load_results(results_dir: str | Path) -> Results:
             f"({len(trial_dirs)} trial directories, {len(failed)} failed or empty)"
         )
     cases = pd.concat(frames, ignore_index=True)
-    if cases.duplicated(["trial", "case"]).any():
+    if cases.duplicated(["trial", "seed", "case"]).any():
         raise ValueError(f"{trials_dir}: the same trial name appears in several cases.csv")
     cases["method"] = _method_labels(cases)
     failed_df = pd.DataFrame(failed, columns=["trial", "loss", "seed", "status", "error"])
-    failed_df["seed"] = pd.to_numeric(failed_df["seed"], errors="coerce").astype("Int64")
     return Results(cases=cases, failed=failed_df, n_trials=len(trial_dirs))
 
 

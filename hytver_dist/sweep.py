@@ -54,13 +54,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RAY_UP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 
 # The embedded local Ray only (setdefault): no usage-stats prompt, no V1-migration warnings,
-# results forwarded every 0.2 s instead of Train's default 2 s, every worker's log line shown,
-# and no per-run preemption-watcher actor or metrics (two fewer processes per trial: on a small
-# machine, each one's start-up is time the trials do not train).
+# results forwarded every second instead of Train's default 2 s (polling every 0.2 s cost
+# each run CPU-seconds on a small machine), every worker's log line shown, and no per-run
+# preemption-watcher actor or metrics (two fewer processes per trial: on a small machine, each
+# one's start-up is time the trials do not train).
 LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
@@ -69,32 +70,63 @@ LOCAL_ENV = {
 
 # --------------------------------------------------------------------------- worker side
 def train_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: train, report + checkpoint, then evaluate the test cases."""
+    """One Ray Train worker: for each seed of the trial in turn, train (reports + checkpoints)
+    and evaluate the test cases; the seeds share this process, its imports and its data."""
+    import ray.train
+
+    from .experiment import prepare_data
+    from .model import load_checkpoint
+
+    cfg = load_config(config["sweep"])
+    seeds = [int(s) for s in config["seeds"]]
+    data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
+                        cache_dir=config.get("cache_dir"))
+    # A checkpoint belongs to the seed being trained when it was written; the seeds before it
+    # are finished and their test rows are already in the run directory.
+    resume, first = None, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+        first = seeds.index(int(resume["spec"]["seed"]))
+    init = config.get("init")
+    if init is not None and "://" in init:  # object storage: read through pyarrow
+        from .pretrain import load_state
+
+        init = load_state(init)
+    out = trial_files.run_dir(config["storage"], config["trial_id"])
+    work, bests = 0.0, []
+    for i in range(first, len(seeds)):
+        started = time.perf_counter()
+        final = _train_one_seed(config, cfg, data, seeds[i], i, resume if i == first else None,
+                                init, out)
+        work += time.perf_counter() - started
+        bests.append(final["best_val_dice"])
+    # The last validation row comes first (Tune checks every result for the sweep's metric).
+    ray.train.report({**final, "done_training": 1, "best_val_dice": sum(bests) / len(bests),
+                      "seeds_done": len(seeds), "work_s": work})
+
+
+def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, index: int,
+                    resume: dict[str, Any] | None, init: Any, out: str) -> dict[str, Any]:
+    """Train one seed of the trial, evaluate it on the test cases and add its rows to the run
+    directory's cases file (rank 0); returns its last validation row and best score."""
     import pandas as pd
     import ray.train
     import ray.train.torch
     import torch
 
     from .evaluate import evaluate_model
-    from .experiment import prepare_data
-    from .model import build_model, load_checkpoint
+    from .model import build_model
     from .train import RunSpec, train_loop
 
-    cfg = load_config(config["sweep"])
-    spec = RunSpec.from_config(cfg, config["loss"], config["seed"], config["loss_params"])
+    spec = RunSpec.from_config(cfg, config["loss"], seed, config["loss_params"])
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
-                        cache_dir=config.get("cache_dir"))
-
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
 
     def report(row: dict[str, float], payload: dict[str, Any] | None) -> None:
+        row = {**row, "seed": seed, "seed_index": index}
         if payload is None:
             ray.train.report(row)
             return
@@ -102,19 +134,13 @@ def train_worker(config: dict[str, Any]) -> None:
             torch.save(payload, Path(d) / CHECKPOINT_FILE)
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    init = config.get("init")
-    if init is not None and "://" in init:  # object storage: read through pyarrow
-        from .pretrain import load_state
-
-        init = load_state(init)
-    started = time.perf_counter()
     result = train_loop(spec, data, device, resume=resume, report=report,
                         wrap_model=ray.train.torch.prepare_model, init=init)
-    if result.init_report and rank == 0:
+    if result.init_report and rank == 0 and index == 0:
         print(result.init_report, flush=True)  # matched / missing keys of the initial weights
-    world = ctx.get_world_size()
     workers = _gather(world, {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
-                              "pid": os.getpid(), "params_digest": result.params_digest,
+                              "pid": os.getpid(), "seed": seed,
+                              "params_digest": result.params_digest,
                               "patch_digest": result.patch_digest})
     # Test evaluation, sharded over the ranks; rank 0 writes every case to the run directory.
     model = build_model(spec.model.vnet_kwargs()).to(device)
@@ -126,22 +152,22 @@ def train_worker(config: dict[str, Any]) -> None:
                         data.files, data.cases, data.preprocess)
     rows = _gather(world, evaluate_model(model, subset, spec.training).to_dict("records"))
     rows = [r for part in rows for r in part]
-    out = trial_files.run_dir(config["storage"], config["trial_id"])
     if rank == 0:
         order = {c.id: i for i, c in enumerate(test)}
         frame = pd.DataFrame(sorted(rows, key=lambda r: order[r["case"]]))
-        trial_files.write_text(f"{out}/{trial_files.CASES_FILE}", frame.to_csv(index=False))
+        frame.insert(0, "seed", seed)
+        path = f"{out}/{trial_files.CASES_FILE}"
+        earlier = trial_files.read_cases(path) if index > 0 else None
+        if earlier is not None:  # the seeds before this one (a rerun of this seed replaces it)
+            frame = pd.concat([earlier[earlier["seed"] != seed], frame], ignore_index=True)
+        trial_files.write_text(path, frame.to_csv(index=False))
         trial_files.write_text(f"{out}/{trial_files.WORKERS_FILE}",
                                json.dumps(workers, indent=1))
-    # The last validation row comes first, from the checkpoint's history when a resumed run
-    # had nothing left to train: Tune checks every result for the sweep's metric.
-    final = {**result.history[-1], "iteration": result.iterations,
-             "best_val_dice": result.best_metric, "best_iteration": result.best_iteration,
-             "done_training": 1, "n_test_cases": len(rows),
-             # Where rank 0 finished (Tune's node_ip / pid are the trial driver's).
-             "node_id": workers[0]["node_id"], "worker_pid": os.getpid(),
-             "work_s": time.perf_counter() - started}
-    ray.train.report(final)
+    return {**result.history[-1], "seed": seed, "seed_index": index,
+            "iteration": result.iterations, "best_val_dice": result.best_metric,
+            "best_iteration": result.best_iteration, "n_test_cases": len(rows),
+            # Where rank 0 finished (Tune's node_ip / pid are the trial driver's).
+            "node_id": workers[0]["node_id"], "worker_pid": os.getpid()}
 
 
 def _gather(world: int, obj: Any) -> list[Any]:
@@ -172,19 +198,21 @@ def scaling_and_failure(cfg: Config) -> tuple[Any, Any]:
 
 def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
               data_dir: str | None, cache_dir: str | None, init: str | None = None) -> None:
-    """One Tune trial = one Train run (the driver of its worker group)."""
+    """One Tune trial = one Train run (the driver of its worker group), training the trial's
+    seeds one after another on the same workers."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .lean_trainer import torch_trainer_class
 
     cfg = load_config(sweep)
     spec = trial_spec(config)
     scaling, failure = scaling_and_failure(cfg)
     trial_id = ray.tune.get_context().get_trial_id()
-    trainer = TorchTrainer(
+    trainer = torch_trainer_class()(
         train_worker,
-        train_loop_config={"sweep": sweep, "loss": spec.loss, "seed": spec.seed,
+        train_loop_config={"sweep": sweep, "loss": spec.loss, "seeds": list(spec.seeds),
                            "loss_params": spec.params, "data_dir": data_dir,
                            "cache_dir": cache_dir, "storage": storage, "trial_id": trial_id,
                            "init": init},
@@ -199,9 +227,9 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
 
 
 def trial_name(trial: Any) -> str:
-    """Readable, unique trial names: ``<arm>-seed<k>-<trial id>``."""
+    """Readable, unique trial names: ``<arm>-seed<k>-<trial id>`` (``seed0_1_2``: a group)."""
     spec = trial_spec(trial.config)
-    return f"{spec.arm_id}-seed{spec.seed}-{trial.trial_id}"
+    return f"{spec.arm_id}-seed{spec.seed_label}-{trial.trial_id}"
 
 
 # ---------------------------------------------------------------------------- driver side
@@ -344,7 +372,7 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
         spec = trial_spec(config) if config else None
         out = results_dir / "trials" / name
         status: dict[str, Any] = {"trial": name, "loss": spec.loss if spec else None,
-                                  "seed": spec.seed if spec else None}
+                                  "seed": spec.seed_label if spec else None}
         done = result.error is None and metrics.get("done_training")
         if interrupted and result.error is None and not done:
             continue
@@ -352,15 +380,22 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
         cases_path = f"{trial_files.run_dir(storage, trial_id)}/{trial_files.CASES_FILE}"
         frame = trial_files.read_cases(cases_path) if done else None
         if frame is not None:
+            seeds = frame.pop("seed") if "seed" in frame else None
+            missing = (sorted(set(spec.seeds) - set(seeds.astype(int))) if seeds is not None
+                       else list(spec.seeds))
+        if frame is not None and not missing:
             frame.insert(0, "params", json.dumps(spec.params, sort_keys=True))
-            frame.insert(0, "seed", spec.seed)
+            frame.insert(0, "seed", seeds.astype(int))
             frame.insert(0, "loss", spec.loss)
             frame.insert(0, "trial", name)
             frame.to_csv(out / "cases.csv", index=False)
             status.update(status="ok", best_val_dice=metrics.get("best_val_dice"),
-                          best_iteration=metrics.get("best_iteration"),
                           work_s=metrics.get("work_s"))
             ok += 1
+        elif frame is not None:
+            status.update(status="failed", error=f"{cases_path}: no rows for seed(s) "
+                          f"{', '.join(map(str, missing))} of the trial")
+            failed += 1
         elif done:
             status.update(status="failed", error=f"{cases_path}: missing (the trial finished "
                           "but its test results are not on the storage)")
@@ -469,7 +504,10 @@ def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experimen
     else:
         tuner = tune.Tuner(
             trainable, param_space=build_param_space(cfg),
-            tune_config=tune.TuneConfig(**kwargs, trial_name_creator=trial_name,
+            # reuse_actors: a trial's driver process (torch and Ray Train imported) serves
+            # the next trial instead of a fresh one starting for each.
+            tune_config=tune.TuneConfig(**kwargs, reuse_actors=True,
+                                        trial_name_creator=trial_name,
                                         trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(
                 name=cfg.name, storage_path=root, verbose=verbose,

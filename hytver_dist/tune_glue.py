@@ -3,16 +3,18 @@ sweep, built from its validated :class:`hytver_dist.config.Config`.
 
 Search-space design (why not ``tune.sample_from``): :func:`build_arms` expands the per-loss
 hyperparameters into *arms* (one loss + one concrete hyperparameter dict) and
-:func:`build_param_space` grid-searches ``seed x arm``. Hyperparameters of one loss therefore
+:func:`build_param_space` grid-searches ``seed group x arm`` (a seed group: the seeds one trial
+trains one after another, ``search.seeds_per_trial`` of them). Hyperparameters of one loss therefore
 never multiply the trials of another, grids inside a loss are exhaustive, and each random sample
 is drawn once (seeded by ``sample_seed`` and the loss name) and trained with *every* seed, so
 seeds are true replicates that the report can average. ``sample_from`` would need one closure
 per loss, could only sample (not grid), and would redraw hyperparameters per seed. Optuna cannot
 take a grid, so with ``search_alg: optuna`` the space is a define-by-run function
 (:func:`optuna_space`) that picks loss and seed as categoricals and only the chosen loss's
-hyperparameters. Both produce the same trial config, read it with :func:`trial_spec`::
+hyperparameters. Both produce trial configs that :func:`trial_spec` reads::
 
-    {"seed": 0, "arm": {"id": "hytver-003", "loss": "hytver", "loss_params": {"alpha": 0.41}}}
+    {"seeds": [0, 1], "arm": {"id": "hytver-003", "loss": "hytver", "loss_params": {"alpha": 0.41}}}
+    {"seed": 0, "arm": {...}}     # Optuna: one seed per trial
 
 Ray is imported inside the functions that build Ray objects, so the rest is testable (and
 importable) without starting anything.
@@ -54,15 +56,22 @@ class TrialSpec:
 
     arm_id: str
     loss: str
-    seed: int
+    seeds: tuple[int, ...]
     params: dict[str, Any]
+
+    @property
+    def seed_label(self) -> str:
+        """``0`` for one seed, ``0_1_2`` for a group (trial names, progress lines)."""
+        return "_".join(str(s) for s in self.seeds)
 
 
 def trial_spec(config: Mapping[str, Any]) -> TrialSpec:
-    """Loss, seed and loss hyperparameters of a trial config (random search or Optuna)."""
+    """Loss, seeds and loss hyperparameters of a trial config (random search or Optuna)."""
     arm = config["arm"]
     params = dict(arm.get("loss_params") or {})
-    return TrialSpec(arm.get("id", arm["loss"]), arm["loss"], int(config["seed"]), params)
+    seeds = config["seeds"] if "seeds" in config else [config["seed"]]
+    return TrialSpec(arm.get("id", arm["loss"]), arm["loss"], tuple(int(s) for s in seeds),
+                     params)
 
 
 def build_arms(cfg: Config) -> list[dict[str, Any]]:
@@ -93,14 +102,14 @@ def build_arms(cfg: Config) -> list[dict[str, Any]]:
 
 
 def count_trials(cfg: Config) -> int:
-    """Trials the sweep runs: seeds x arms (random search) or num_samples (Optuna)."""
+    """Trials the sweep runs: seed groups x arms (random search) or num_samples (Optuna)."""
     if cfg.search.search_alg == "optuna":
         return cfg.search.num_samples
-    return len(cfg.search.seeds) * len(build_arms(cfg))
+    return len(cfg.search.seed_groups) * len(build_arms(cfg))
 
 
 def build_param_space(cfg: Config) -> dict[str, Any]:
-    """Ray Tune ``param_space``: ``grid_search`` over seed x arm (see the module docstring).
+    """Ray Tune ``param_space``: ``grid_search`` over seed group x arm (module docstring).
 
     With ``search_alg: optuna`` it is ``{}``: the space lives in :func:`build_search_alg`
     (Optuna rejects grid_search, and a Tune space next to a define-by-run one is an error).
@@ -110,7 +119,7 @@ def build_param_space(cfg: Config) -> dict[str, Any]:
     if cfg.search.search_alg == "optuna":
         return {}
     return {
-        "seed": tune.grid_search(list(cfg.search.seeds)),
+        "seeds": tune.grid_search([list(g) for g in cfg.search.seed_groups]),
         "arm": tune.grid_search(build_arms(cfg)),
     }
 

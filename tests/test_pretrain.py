@@ -132,6 +132,20 @@ def test_train_cli_pretrains_once_and_takes_init_checkpoint(tmp_path, cache, cap
     assert f"load_pretrained({stored})" in capsys.readouterr().out
 
 
+def test_train_cli_pretrains_into_object_storage_uri(tmp_path, cache, capsys):
+    """With storage given as a URI (here file://, read and written through pyarrow as s3://
+    would be), the stored stage is read back through the same layer."""
+    cfg_path = tmp_path / "uri.yaml"
+    cfg_path.write_text(yaml.safe_dump({**CONFIG,
+                                        "storage": {"path": f"file://{tmp_path / 'st'}"}}))
+    base = ["--config", str(cfg_path), "--cache", str(cache), "--no-progress"]
+    assert train.main([*base, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert f"pretrained model (trained now): file://{tmp_path / 'st'}/pretrain/" in out
+    assert "load_pretrained(<mapping>)" in out and "0 missing" in out
+    assert list((tmp_path / "st" / "pretrain").glob("*/model.pt"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.init_checkpoint=x.pt"], r"pretrain: set either pretrain or model.init_checkpoint"),
     (["pretrain.loss=dcie"], r"pretrain\.loss: unknown loss 'dcie' \(did you mean 'dice'\?\)"),

@@ -285,7 +285,7 @@ def test_data_parallel_trial_across_two_nodes(cluster, cache_dir, tmp_path):
     data = prepare_data(cfg.data, cache_dir=cache_dir)
     expected = evaluate_model(model, data, cfg.training)
     got = pd.read_csv(run / "cases.csv", dtype={"case": str})
-    assert len(got) == 2
+    assert len(got) == 2 and list(got.pop("seed")) == [0, 0]
     expected = pd.read_csv(io.StringIO(expected.to_csv(index=False)), dtype={"case": str})
     pd.testing.assert_frame_equal(got, expected, rtol=1e-6)
 
@@ -313,6 +313,36 @@ def test_sweep_whose_trials_all_fail_exits_1_with_a_summary(cluster, cache_dir, 
     assert not (tmp_path / "storage" / "allfail" / "results" / "report").exists()
 
 
+def run_killing_a_worker(cfg: Any, cluster: Any, cache_dir: Path, storage: Path,
+                         when: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Run the sweep while a thread SIGKILLs one Train worker process, once, as soon as Train
+    has registered a checkpoint whose metrics satisfy ``when``. Returns ``{"pid", "after"}``
+    (the killed pid, the checkpoint's iteration), empty when nothing was killed."""
+    killed: dict[str, Any] = {}
+
+    def kill() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline:
+            for snap in storage.glob("train-*/checkpoint_manager_snapshot.json"):
+                try:
+                    latest = json.loads(snap.read_text())["latest_checkpoint_result"]
+                    ready = bool(latest) and when(latest["metrics"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                pids = train_worker_pids(cluster) if ready else []
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.update(pid=pids[0], after=latest["metrics"]["iteration"])
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+    killer.join(timeout=5)
+    return killed
+
+
 @pytest.mark.timeout(300)
 def test_killed_worker_of_two_restarts_from_checkpoint(cluster, cache_dir, tmp_path):
     """One of a trial's two workers is SIGKILLed once a checkpoint is registered: Train
@@ -323,28 +353,7 @@ def test_killed_worker_of_two_restarts_from_checkpoint(cluster, cache_dir, tmp_p
         "kill-worker", tmp_path, search={"losses": ["dice"]},
         training={"iterations": iterations, "eval_every": every, "checkpoint_every": every},
         resources={"max_failures": 2, "num_workers": 2}))
-    killed: dict[str, Any] = {}
-
-    def kill_after_first_checkpoint() -> None:
-        """Once Train has registered a checkpoint, SIGKILL the trial's worker process."""
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and "pid" not in killed:
-            for snap in tmp_path.glob("train-*/checkpoint_manager_snapshot.json"):
-                try:
-                    latest = json.loads(snap.read_text())["latest_checkpoint_result"]
-                except (OSError, ValueError, KeyError):
-                    continue
-                pids = train_worker_pids(cluster) if latest else []
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.update(pid=pids[0], after=latest["metrics"]["iteration"])
-                    return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
-    killer.start()
-    run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
-    killer.join(timeout=5)
+    killed = run_killing_a_worker(cfg, cluster, cache_dir, tmp_path, lambda metrics: True)
 
     assert "pid" in killed, "no training worker was found to kill after the first checkpoint"
     assert killed["after"] < iterations, killed
@@ -366,6 +375,39 @@ def test_killed_worker_of_two_restarts_from_checkpoint(cluster, cache_dir, tmp_p
     assert [w["rank"] for w in workers] == [0, 1], workers
     assert killed["pid"] not in {w["pid"] for w in workers}
     assert {w["node_id"] for w in workers} == {n.node_id for n in cluster.worker_nodes}
+
+
+@pytest.mark.timeout(300)
+def test_trial_of_two_seeds_killed_in_its_second_seed_keeps_the_first(cluster, cache_dir,
+                                                                      tmp_path):
+    """A trial trains seeds 0 and 1 one after another; its worker is SIGKILLed once seed 1 has
+    a checkpoint. The restarted worker group neither retrains nor re-evaluates seed 0 and
+    continues seed 1 from that checkpoint; cases.csv ends with both seeds' rows."""
+    iterations, every = 12, 3
+    cfg = load_config(sweep_dict(
+        "kill-seeds", tmp_path, search={"losses": ["dice"], "seeds": [0, 1],
+                                        "seeds_per_trial": 2},
+        training={"iterations": iterations, "eval_every": every, "checkpoint_every": every},
+        resources={"max_failures": 2}))
+    killed = run_killing_a_worker(cfg, cluster, cache_dir, tmp_path,
+                                  lambda metrics: metrics.get("seed") == 1)
+
+    assert "pid" in killed, "no worker was found to kill during the second seed"
+    (status,) = trial_statuses(Path(cfg.results_dir)).values()
+    assert status["status"] == "ok" and status["seed"] == "0_1", status
+    (trial_dir,) = tune_trials(tmp_path / "kill-seeds").values()
+    rows = results(trial_dir)
+    assert rows[-1]["done_training"] == 1 and rows[-1]["seeds_done"] == 2
+    by_seed = {s: [r["iteration"] for r in rows if r.get("seed") == s
+                   and not r.get("done_training")] for s in (0, 1)}
+    # seed 0 ran once: each of its evaluations was reported exactly once
+    assert by_seed[0] == list(range(every, iterations + 1, every)), by_seed
+    # seed 1 continued from its checkpoint: what the checkpoint covered ran once
+    for it in range(every, killed["after"] + 1, every):
+        assert by_seed[1].count(it) == 1, (it, by_seed, killed)
+    cases = pd.read_csv(Path(cfg.results_dir) / "trials" / trial_dir.name / "cases.csv",
+                        dtype={"case": str})
+    assert sorted(cases.groupby("seed")["case"].count().items()) == [(0, 2), (1, 2)]
 
 
 def _run_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

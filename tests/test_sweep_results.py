@@ -21,7 +21,8 @@ class FakeResult:
 
 
 def config(loss, seed, **params):
-    return {"seed": seed, "arm": {"id": loss, "loss": loss, "loss_params": params}}
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    return {"seeds": seeds, "arm": {"id": loss, "loss": loss, "loss_params": params}}
 
 
 def rows(dice):
@@ -40,10 +41,12 @@ def rows(dice):
          "pred_volume_mm3": 12.0}])
 
 
-def finished(storage: Path, trial_id: str, dice: float) -> dict:
-    """What a finished trial leaves: cases.csv in its run directory, a final Tune result."""
+def finished(storage: Path, trial_id: str, dice: float, seeds=(0,)) -> dict:
+    """What a finished trial leaves: cases.csv (rows of each seed it trained) in its run
+    directory, a final Tune result."""
     (storage / f"train-{trial_id}").mkdir(parents=True)
-    rows(dice).to_csv(storage / f"train-{trial_id}" / "cases.csv", index=False)
+    frame = pd.concat([rows(dice).assign(seed=s) for s in seeds], ignore_index=True)
+    frame.to_csv(storage / f"train-{trial_id}" / "cases.csv", index=False)
     return {"trial_id": trial_id, "done_training": 1, "best_val_dice": dice - 0.1,
             "best_iteration": 20}
 
@@ -93,3 +96,22 @@ def test_finished_trial_without_cases_file_is_failed(tmp_path: Path):
     status = json.loads((tmp_path / "trials" / "dice-seed0-c_00000" / "status.json")
                         .read_text())
     assert status["status"] == "failed" and "train-c_00000/cases.csv" in status["error"]
+
+
+def test_trial_of_several_seeds_keeps_each_seeds_rows(tmp_path: Path):
+    storage = tmp_path / "storage"
+    grid = [FakeResult("/x/dice-seed0_1-d_00000", config("dice", [0, 1]),
+                       finished(storage, "d_00000", 0.7, seeds=(0, 1))),
+            FakeResult("/x/ce-seed0_1-d_00001", config("ce", [0, 1]),
+                       finished(storage, "d_00001", 0.7, seeds=(0,)))]
+    assert collect_results(grid, tmp_path, str(storage)) == (1, 1)
+    cases = pd.read_csv(tmp_path / "trials" / "dice-seed0_1-d_00000" / "cases.csv",
+                        dtype={"case": str})
+    assert list(cases.columns[:5]) == ["trial", "loss", "seed", "params", "case"]
+    assert sorted(zip(cases["seed"], cases["case"], strict=True)) == [(0, "013"), (0, "015"),
+                                                                      (1, "013"), (1, "015")]
+    short = json.loads((tmp_path / "trials" / "ce-seed0_1-d_00001" / "status.json").read_text())
+    assert short["status"] == "failed" and "no rows for seed(s) 1" in short["error"]
+    assert short["seed"] == "0_1"
+    summary = build_report(tmp_path).read_text()  # the report takes both seeds of one trial
+    assert "1 trial(s) failed" in summary

@@ -34,15 +34,16 @@ def variants(space: dict) -> list[dict]:
 # ----------------------------------------------------------------------------- shipped sweeps
 
 
-def test_default_is_small_local_and_every_loss_times_three_seeds():
+def test_default_is_small_local_one_trial_per_loss_with_four_seeds():
     cfg = load_config("default")
     assert cfg.search.losses == loss_names()
-    assert count_trials(cfg) == len(loss_names()) * 3 == 42
+    assert cfg.search.seeds == (0, 1, 2, 3) and cfg.search.seeds_per_trial == 4
+    assert count_trials(cfg) == len(loss_names()) == 14
     space = build_param_space(cfg)
     trials = variants(space)
-    assert len(trials) == 42
-    pairs = {(trial_spec(t).loss, trial_spec(t).seed) for t in trials}
-    assert pairs == {(loss, s) for loss in loss_names() for s in (0, 1, 2)}
+    assert len(trials) == 14
+    assert {(trial_spec(t).loss, trial_spec(t).seeds) for t in trials} == {
+        (loss, (0, 1, 2, 3)) for loss in loss_names()}
     assert all(trial_spec(t).params == {} for t in trials)
     # CPU-sized: tiny synthetic data and model, 1 CPU worker per trial; the paper's protocol
     # in small: a pretraining stage, then 250 fine-tuning iterations; >= 10 test cases.
@@ -81,7 +82,8 @@ def test_hytver_search_space_and_asha():
     by_arm: dict[str, set[int]] = {}
     for t in variants(build_param_space(cfg)):
         spec = trial_spec(t)
-        by_arm.setdefault(spec.arm_id, set()).add(spec.seed)
+        assert len(spec.seeds) == 1  # ASHA: one seed per trial
+        by_arm.setdefault(spec.arm_id, set()).update(spec.seeds)
     assert all(s == {0, 1} for s in by_arm.values())
     sched = build_scheduler(cfg)
     assert type(sched).__name__ == "AsyncHyperBandScheduler"
@@ -90,6 +92,22 @@ def test_hytver_search_space_and_asha():
 
 
 # ----------------------------------------------------------------------------- search space
+
+
+def test_seed_groups_cut_the_seeds_in_order_one_trial_each():
+    cfg = load_config(base(search__seeds=[4, 0, 1, 2, 3], search__seeds_per_trial=2))
+    assert cfg.search.seed_groups == [(4, 0), (1, 2), (3,)]
+    trials = variants(build_param_space(cfg))
+    assert count_trials(cfg) == 3 * len(build_arms(cfg)) == len(trials)
+    per_loss: dict[str, list[tuple[int, ...]]] = {}
+    for t in trials:
+        spec = trial_spec(t)
+        per_loss.setdefault(spec.loss, []).append(spec.seeds)
+    assert all(sorted(g) == [(1, 2), (3,), (4, 0)] for g in per_loss.values())
+    assert trial_spec({"seeds": [1, 2], "arm": {"loss": "dice"}}).seed_label == "1_2"
+    # one seed per trial (the default) keeps one seed per trial config
+    assert load_config(base(search__seeds=[0, 1])).search.seed_groups == [(0,), (1,)]
+
 
 
 def test_hyperparameters_do_not_multiply_other_losses():
@@ -136,7 +154,7 @@ def test_optuna_define_by_run_space():
     captured = {k: (trial.loss if k == "arm/loss" else v[1][-1] if v[0] == "cat" else v[1])
                 for k, v in trial.calls.items()}
     spec = trial_spec(unflatten_dict({**captured, **out}))
-    assert (spec.loss, spec.seed) == ("hytver", 1)
+    assert (spec.loss, spec.seeds) == ("hytver", (1,))
     assert spec.params == {"alpha": 0.01, "gamma": 0.5, "beta": 0.6}
     assert trial.calls["hp/hytver/alpha"] == ("float", 0.01, 1.0, True)
     dice = FakeTrial("dice")
