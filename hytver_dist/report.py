@@ -103,6 +103,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from . import trial_files
 from .stats import (
     N_BOOT,
     PENALTY_COLUMN,
@@ -632,7 +633,7 @@ def build_report(
 def utilisation_lines(results_dir: Path) -> list[str]:
     """Summary lines on how the sweep used its trial slots, from ``sweep.json`` (written by
     the sweep) and each trial's ``work_s`` in ``status.json``; none when either is missing."""
-    facts_path = results_dir / "sweep.json"
+    facts_path = results_dir / trial_files.SWEEP_FACTS_FILE
     if not facts_path.is_file():
         return []
     facts = json.loads(facts_path.read_text())

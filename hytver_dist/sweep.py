@@ -88,7 +88,11 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
-        first = seeds.index(int(resume["spec"]["seed"]))
+        seed = int(resume["spec"]["seed"])
+        if seed not in seeds:
+            raise ValueError(f"{checkpoint.path}: a checkpoint of seed {seed}, which is not one "
+                             f"of this trial's seeds {seeds}")
+        first = seeds.index(seed)
     init = config.get("init")
     if init is not None and "://" in init:  # object storage: read through pyarrow
         from .pretrain import load_state
@@ -103,6 +107,7 @@ def train_worker(config: dict[str, Any]) -> None:
         work += time.perf_counter() - started
         bests.append(final["best_val_dice"])
     # The last validation row comes first (Tune checks every result for the sweep's metric).
+    # After a restart, best_val_dice and work_s cover the seeds this attempt trained.
     ray.train.report({**final, "done_training": 1, "best_val_dice": sum(bests) / len(bests),
                       "seeds_done": len(seeds), "work_s": work})
 
@@ -437,15 +442,13 @@ def _preflight(cfg: Config, data_dir: str | None, root: str) -> None:
     check_storage(root)
 
 
-SWEEP_FACTS = "sweep.json"
-
-
 def write_sweep_facts(results_dir: Path, facts: dict[str, Any]) -> None:
     """``<results_dir>/sweep.json``: wall times and trial slots, for the report's utilisation
     (a resumed sweep overwrites it with the resumed part's numbers)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     keep = {k: v for k, v in facts.items() if k not in ("unfinished", "ok")}
-    (results_dir / SWEEP_FACTS).write_text(json.dumps(keep, indent=1, default=str))
+    (results_dir / trial_files.SWEEP_FACTS_FILE).write_text(json.dumps(keep, indent=1,
+                                                                       default=str))
 
 
 def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experiment: str,

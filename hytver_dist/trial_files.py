@@ -10,6 +10,9 @@ from typing import Any
 
 CASES_FILE = "cases.csv"
 WORKERS_FILE = "workers.json"
+SWEEP_FACTS_FILE = "sweep.json"
+"""In the sweep's results directory (not a run directory): wall times and trial slots, which
+the report turns into the utilisation line."""
 
 
 def run_name(trial_id: str) -> str:
