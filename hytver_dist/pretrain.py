@@ -78,6 +78,12 @@ def load_state(uri: str) -> dict[str, Any]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def open_init(init: str | None) -> str | dict[str, Any] | None:
+    """Initial weights as :func:`hytver_dist.train.train_loop` takes them: a local path as
+    is, the payload behind a URI (``s3://``, ``file://``) read through pyarrow."""
+    return load_state(init) if init is not None and "://" in init else init
+
+
 def run_pretrain(cfg: Config, data: PreparedData, device: torch.device | str, *,
                  wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
                  ) -> dict[str, Any]:
@@ -145,4 +151,4 @@ def ensure_on_ray(cfg: Config, data: PreparedData, storage: str, *, data_dir: st
 
 
 __all__ = ["MODEL_FILE", "ensure_local", "ensure_on_ray", "exists", "load_state", "model_uri",
-           "pretrain_key", "pretrain_spec", "run_pretrain", "save"]
+           "open_init", "pretrain_key", "pretrain_spec", "run_pretrain", "save"]

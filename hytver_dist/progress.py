@@ -98,8 +98,8 @@ def make_callback(total: int, metric: str, mode: str, out: int) -> Any:
 
     def label(trial: Any, result: dict) -> str:
         """The arm and the seed the result is from (a trial may train several seeds)."""
-        seed = result.get("seed", trial_spec(trial.config).seed_label)
-        return f"{trial_spec(trial.config).arm_id} s{seed}"
+        spec = trial_spec(trial.config)
+        return f"{spec.arm_id} s{result.get('seed', spec.seed_label)}"
 
     class _Progress(Callback):
         def __init__(self) -> None:

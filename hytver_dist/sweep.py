@@ -76,6 +76,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     from .experiment import prepare_data
     from .model import load_checkpoint
+    from .pretrain import open_init
 
     cfg = load_config(config["sweep"])
     seeds = [int(s) for s in config["seeds"]]
@@ -93,17 +94,18 @@ def train_worker(config: dict[str, Any]) -> None:
             raise ValueError(f"{checkpoint.path}: a checkpoint of seed {seed}, which is not one "
                              f"of this trial's seeds {seeds}")
         first = seeds.index(seed)
-    init = config.get("init")
-    if init is not None and "://" in init:  # object storage: read through pyarrow
-        from .pretrain import load_state
-
-        init = load_state(init)
+    init = open_init(config.get("init"))
     out = trial_files.run_dir(config["storage"], config["trial_id"])
+    # Rank 0: the test rows of the finished seeds, as in the run directory (read once, on a
+    # restart that skips seeds; then kept here).
+    written = None
+    if first > 0 and ray.train.get_context().get_world_rank() == 0:
+        written = trial_files.read_cases(f"{out}/{trial_files.CASES_FILE}")
     work, bests = 0.0, []
     for i in range(first, len(seeds)):
         started = time.perf_counter()
-        final = _train_one_seed(config, cfg, data, seeds[i], i, resume if i == first else None,
-                                init, out)
+        final, written = _train_one_seed(config, cfg, data, seeds[i], i,
+                                         resume if i == first else None, init, out, written)
         work += time.perf_counter() - started
         bests.append(final["best_val_dice"])
     # The last validation row comes first (Tune checks every result for the sweep's metric).
@@ -113,9 +115,11 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, index: int,
-                    resume: dict[str, Any] | None, init: Any, out: str) -> dict[str, Any]:
-    """Train one seed of the trial, evaluate it on the test cases and add its rows to the run
-    directory's cases file (rank 0); returns its last validation row and best score."""
+                    resume: dict[str, Any] | None, init: Any, out: str,
+                    written: Any) -> tuple[dict[str, Any], Any]:
+    """Train one seed of the trial, evaluate it on the test cases and write them with
+    ``written`` (the earlier seeds' rows) to the run directory's cases file (rank 0). Returns
+    its last validation row with its best score, and (rank 0) the rows now written."""
     import pandas as pd
     import ray.train
     import ray.train.torch
@@ -161,18 +165,17 @@ def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, i
         order = {c.id: i for i, c in enumerate(test)}
         frame = pd.DataFrame(sorted(rows, key=lambda r: order[r["case"]]))
         frame.insert(0, "seed", seed)
-        path = f"{out}/{trial_files.CASES_FILE}"
-        earlier = trial_files.read_cases(path) if index > 0 else None
-        if earlier is not None:  # the seeds before this one (a rerun of this seed replaces it)
-            frame = pd.concat([earlier[earlier["seed"] != seed], frame], ignore_index=True)
-        trial_files.write_text(path, frame.to_csv(index=False))
+        if written is not None:  # the seeds before this one (a rerun of this seed replaces it)
+            frame = pd.concat([written[written["seed"] != seed], frame], ignore_index=True)
+        trial_files.write_text(f"{out}/{trial_files.CASES_FILE}", frame.to_csv(index=False))
         trial_files.write_text(f"{out}/{trial_files.WORKERS_FILE}",
                                json.dumps(workers, indent=1))
+        written = frame
     return {**result.history[-1], "seed": seed, "seed_index": index,
             "iteration": result.iterations, "best_val_dice": result.best_metric,
             "best_iteration": result.best_iteration, "n_test_cases": len(rows),
             # Where rank 0 finished (Tune's node_ip / pid are the trial driver's).
-            "node_id": workers[0]["node_id"], "worker_pid": os.getpid()}
+            "node_id": workers[0]["node_id"], "worker_pid": os.getpid()}, written
 
 
 def _gather(world: int, obj: Any) -> list[Any]:
@@ -385,12 +388,12 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
         cases_path = f"{trial_files.run_dir(storage, trial_id)}/{trial_files.CASES_FILE}"
         frame = trial_files.read_cases(cases_path) if done else None
         if frame is not None:
-            seeds = frame.pop("seed") if "seed" in frame else None
-            missing = (sorted(set(spec.seeds) - set(seeds.astype(int))) if seeds is not None
-                       else list(spec.seeds))
+            have = set(frame["seed"]) if "seed" in frame else set()
+            missing = sorted(set(spec.seeds) - have)
         if frame is not None and not missing:
+            seeds = frame.pop("seed")
             frame.insert(0, "params", json.dumps(spec.params, sort_keys=True))
-            frame.insert(0, "seed", seeds.astype(int))
+            frame.insert(0, "seed", seeds)
             frame.insert(0, "loss", spec.loss)
             frame.insert(0, "trial", name)
             frame.to_csv(out / "cases.csv", index=False)

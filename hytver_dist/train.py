@@ -433,10 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
         init, reused = ensure_local(cfg, data, storage, args.device)
         print(f"pretrained model ({'reused' if reused else 'trained now'}): {init}")
-    if init is not None and "://" in init:  # object storage: read through pyarrow
-        from .pretrain import load_state
+    if init is not None:
+        from .pretrain import open_init
 
-        init = load_state(init)
+        init = open_init(init)
     start = time.perf_counter()
     result = train_loop(spec, data, args.device, resume=resume, report=report,
                         progress=not args.no_progress, init=init)
