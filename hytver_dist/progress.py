@@ -3,7 +3,7 @@ and a short summary at the end.
 
 By default everything Ray prints in the driver process (its logging, Tune's status tables, the
 workers' forwarded output) goes to ``<results_dir>/logs/ray.log``; the console gets progress
-lines such as ``[3:12] 18/42 done, 2 running, 0 failed | best val_dice 0.874 (hytver s1) |
+lines such as ``[3:12] 6/14 done, 2 running, 0 failed | best val_dice 0.874 (hytver s1) |
 ~4:40 left``. ``--verbose`` leaves Ray's output on the console as well.
 """
 
