@@ -54,7 +54,9 @@ class ProgressPrinter:
                  every: float = 30.0) -> None:
         self.total, self.metric, self.mode, self.out, self.every = total, metric, mode, out, every
         self.start = time.monotonic()
-        self.last = 0.0
+        # -inf, not 0: monotonic() counts from boot, so 0 would throttle the first line away on
+        # a machine up for less than ``every`` seconds.
+        self.last = -math.inf
         self.running: set[str] = set()
         self.done: set[str] = set()
         self.failed: set[str] = set()

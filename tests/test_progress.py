@@ -60,6 +60,25 @@ def test_printer_tracks_trials_and_the_best_score():
     assert (low.best, low.best_label) == (0.2, "y")
 
 
+def test_first_line_prints_whatever_the_clock_origin(monkeypatch):
+    # A machine booted a few seconds ago: monotonic() is small, far below ``every``.
+    now = [2.0]
+    monkeypatch.setattr("hytver_dist.progress.time.monotonic", lambda: now[0])
+    r, w = os.pipe()
+    printer = ProgressPrinter(total=2, metric="val_dice", mode="max", out=w, every=30.0)
+    printer.result("a", "dice s0", 0.5)   # first line, at 2 s after boot
+    now[0] = 10.0
+    printer.result("a", "dice s0", 0.6)   # within 30 s of the first: throttled
+    now[0] = 33.0
+    printer.result("a", "dice s0", 0.7)   # 31 s later: printed
+    os.close(w)
+    lines = os.read(r, 10000).decode().splitlines()
+    os.close(r)
+    assert len(lines) == 2
+    assert lines[0].startswith("[0:00]") and "best val_dice 0.500" in lines[0]
+    assert lines[1].startswith("[0:31]") and "best val_dice 0.700" in lines[1]
+
+
 def test_ray_output_goes_to_the_log_file(tmp_path):
     code = textwrap.dedent(f"""
         import os, sys
