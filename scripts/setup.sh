@@ -43,8 +43,8 @@ fi
 # numpy before the build: torch imported without it warns "Failed to initialize NumPy".
 step "numpy" pip_install "numpy>=1.24"
 # --no-build-isolation: build the extension against the torch above, never a downloaded one.
-step "hytver-dist and its test extras (compiles the kernels)" \
-  pip_install --no-build-isolation -e ".[test]"
+step "hytver-dist with all extras and the test tools (compiles the kernels)" \
+  pip_install --no-build-isolation -e ".[all,test]"
 TORCH=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null)
 EXT=$("$VENV/bin/python" -c 'import hytver_dist.ops as o; print("built" if o.is_available() else "NOT built")' 2>/dev/null || echo "unknown")
 echo "ready: $VENV (torch $TORCH, fused kernels $EXT; build log $LOG)"

@@ -21,7 +21,7 @@ pytest_plugins = ["pytester"]
 def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root folder holding ``syn000 .. syn003/`` (``flair_time01/02_on_middle_space.nii.gz``,
     ``ground_truth.nii.gz``) and ``manifest.json``."""
-    from hytver_dist.synth import generate_dataset
+    from hytver_dist.data.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("synth_tiny")
     generate_dataset(root, 4, seed=0, size="tiny", n_negative=1)

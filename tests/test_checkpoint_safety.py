@@ -12,8 +12,8 @@ import torch
 import yaml
 from test_train import CONFIG, cache, data, spec  # noqa: F401  (module fixtures)
 
-from hytver_dist import evaluate, train
-from hytver_dist.model import CheckpointError, load_checkpoint
+from hytver_dist.model import CheckpointError, load_checkpoint, save_atomic
+from hytver_dist.run import evaluate, train, train_cli
 
 
 class Exploit:
@@ -42,7 +42,7 @@ def test_training_checkpoint_is_plain_and_loads_weights_only(data, tmp_path):  #
     assert plain(payload), payload.keys()
     assert isinstance(payload["torch_rng"], torch.Tensor)
     path = tmp_path / "checkpoint.pt"
-    train.save_atomic(payload, path)
+    save_atomic(payload, path)
     loaded = load_checkpoint(path)
     assert loaded["iteration"] == payload["iteration"] and loaded["spec"] == payload["spec"]
     assert torch.equal(loaded["torch_rng"], payload["torch_rng"])
@@ -71,7 +71,7 @@ def test_cli_resume_and_evaluate_refuse_a_crafted_checkpoint(tmp_path):
     run.mkdir()
     torch.save({"spec": Exploit(marker)}, run / "checkpoint.pt")
     with pytest.raises(SystemExit, match=r"--resume: .*checkpoint\.pt: refused"):
-        train.main(["--config", str(config), "--out", str(run), "--resume"])
+        train_cli.main(["--config", str(config), "--out", str(run), "--resume"])
     torch.save({"spec": Exploit(marker)}, run / "best_model.pt")
     (run / "run.json").write_text(json.dumps({"config": CONFIG, "split": {}}))
     with pytest.raises(SystemExit, match=r"best_model\.pt: refused"):

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from config_helpers import base
 
-from hytver_dist import config as config_module
-from hytver_dist.config import (
+from hytver_dist.run import config as config_module
+from hytver_dist.run.config import (
     SWEEPS_DIR,
     Config,
     ConfigError,
@@ -66,7 +66,7 @@ def test_defaults_and_conversions():
 
 
 def test_synthetic_grid_comes_from_the_generator():
-    from hytver_dist import synth
+    from hytver_dist.data import synth
 
     for size, mm in synth.SIZES.items():
         cfg = load_config({"name": "x", "data": {"synthetic": {"size": size}}})
@@ -341,7 +341,7 @@ def test_documented_defaults_match_the_models():
 
 
 def test_single_run_path_does_not_import_ray():
-    code = ("import sys, hytver_dist.train, hytver_dist.evaluate, hytver_dist.config; "
+    code = ("import sys, hytver_dist.train, hytver_dist.evaluate, hytver_dist.run.config; "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT)

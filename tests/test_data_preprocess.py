@@ -22,7 +22,7 @@ from hytver_dist.data import (
     resample_to_spacing,
     to_original_grid,
 )
-from hytver_dist.synth import case_rng, generate_case
+from hytver_dist.data.synth import case_rng, generate_case
 
 CONN26 = np.ones((3, 3, 3), bool)
 SMALL = PreprocessConfig(target_spacing=(2.0, 3.0, 3.0), crop_margin=3)

@@ -25,9 +25,9 @@ def _rank(rank: int, port: int, cache_dir: str, out: str) -> None:
     """One rank: train with a loss that is NaN on rank 1 only; record how it ended."""
     import torch.distributed as dist
 
-    from hytver_dist import train
-    from hytver_dist.config import load_config
-    from hytver_dist.experiment import prepare_data
+    from hytver_dist.run import train
+    from hytver_dist.run.config import load_config
+    from hytver_dist.run.prepare import prepare_data
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)

@@ -43,7 +43,7 @@ LINGERING = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 DRIVER = """
 import os, signal, sys
 from ray import tune
-from hytver_dist.config import load_config
+from hytver_dist.run.config import load_config
 from hytver_dist.sweep import SweepInterrupted, run_sweep
 config, cache, resume = sys.argv[1:4]
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hytver_dist.inference import sliding_window_probabilities
+from hytver_dist.run.inference import sliding_window_probabilities
 
 
 def _starts(size: int, patch: int, stride: int) -> list[int]:

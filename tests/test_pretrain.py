@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from hytver_dist import pretrain, train
-from hytver_dist.config import ConfigError, load_config
-from hytver_dist.experiment import prepare_data
 from hytver_dist.model import build_model
+from hytver_dist.run import pretrain, train, train_cli
+from hytver_dist.run.config import ConfigError, load_config
+from hytver_dist.run.prepare import prepare_data
 
 CONFIG = {
     "name": "unit",
@@ -121,13 +121,13 @@ def test_train_cli_pretrains_once_and_takes_init_checkpoint(tmp_path, cache, cap
     cfg_path = tmp_path / "unit.yaml"
     cfg_path.write_text(yaml.safe_dump({**CONFIG, "storage": {"path": str(tmp_path / "st")}}))
     base = ["--config", str(cfg_path), "--cache", str(cache), "--no-progress"]
-    assert train.main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert train_cli.main([*base, "--out", str(tmp_path / "a")]) == 0
     assert "pretrained model (trained now)" in capsys.readouterr().out
-    assert train.main([*base, "--out", str(tmp_path / "b"), "--loss", "dice"]) == 0
+    assert train_cli.main([*base, "--out", str(tmp_path / "b"), "--loss", "dice"]) == 0
     out = capsys.readouterr().out
     assert "pretrained model (reused)" in out and "0 missing" in out
     stored = next((tmp_path / "st" / "pretrain").glob("*/model.pt"))
-    assert train.main([*base, "--out", str(tmp_path / "c"), "--set", "pretrain=null",
+    assert train_cli.main([*base, "--out", str(tmp_path / "c"), "--set", "pretrain=null",
                        "--init-checkpoint", str(stored)]) == 0
     assert f"load_pretrained({stored})" in capsys.readouterr().out
 
@@ -139,7 +139,7 @@ def test_train_cli_pretrains_into_object_storage_uri(tmp_path, cache, capsys):
     cfg_path.write_text(yaml.safe_dump({**CONFIG,
                                         "storage": {"path": f"file://{tmp_path / 'st'}"}}))
     base = ["--config", str(cfg_path), "--cache", str(cache), "--no-progress"]
-    assert train.main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert train_cli.main([*base, "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert f"pretrained model (trained now): file://{tmp_path / 'st'}/pretrain/" in out
     assert "load_pretrained(<mapping>)" in out and "0 missing" in out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hytver_dist.progress import (
+from hytver_dist.sweep.progress import (
     ProgressPrinter,
     clock,
     estimate_left,
@@ -63,7 +63,7 @@ def test_printer_tracks_trials_and_the_best_score():
 def test_first_line_prints_whatever_the_clock_origin(monkeypatch):
     # A machine booted a few seconds ago: monotonic() is small, far below ``every``.
     now = [2.0]
-    monkeypatch.setattr("hytver_dist.progress.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("hytver_dist.sweep.progress.time.monotonic", lambda: now[0])
     r, w = os.pipe()
     printer = ProgressPrinter(total=2, metric="val_dice", mode="max", out=w, every=30.0)
     printer.result("a", "dice s0", 0.5)   # first line, at 2 s after boot
@@ -83,7 +83,7 @@ def test_ray_output_goes_to_the_log_file(tmp_path):
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from hytver_dist.progress import ray_output_to
+        from hytver_dist.sweep.progress import ray_output_to
         with ray_output_to(Path({str(tmp_path / 'logs' / 'ray.log')!r}), False) as out:
             print("from ray", flush=True)
             os.write(2, b"worker stderr\\n")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from hytver_dist.report import CASE_COLUMNS, build_report, cv, holm, main, utilisation_lines
-from hytver_dist.stats import bootstrap_interval
+from hytver_dist.report.build import CASE_COLUMNS, build_report, cv, holm, main, utilisation_lines
+from hytver_dist.report.stats import bootstrap_interval
 
 LOSSES = ["dice", "ce", "hytver"]
 SEEDS = [0, 1, 2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import yaml
 from config_helpers import base
 
-from hytver_dist.config import load_config
-from hytver_dist.tune_glue import tune_config_kwargs
+from hytver_dist.run.config import load_config
+from hytver_dist.sweep.search import tune_config_kwargs
 
 RESOURCES = {"CPU": 4.0, "TRAIN_DRIVER": 4.0}
 

@@ -36,7 +36,7 @@ if not sys.platform.startswith("linux"):
 
 from ray import tune  # noqa: E402
 
-from hytver_dist.config import load_config  # noqa: E402
+from hytver_dist.run.config import load_config  # noqa: E402
 from hytver_dist.sweep import main, run_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,7 +191,7 @@ def ray_env() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic dataset and preprocessed cases, generated once for the module."""
-    from hytver_dist.experiment import prepare_data
+    from hytver_dist.run.prepare import prepare_data
 
     cache = tmp_path_factory.mktemp("hcache")
     cfg = load_config(sweep_dict("warm", cache))
@@ -257,9 +257,9 @@ def test_multi_node_sweep_spreads_trials_and_writes_report(cluster, cache_dir, t
 @pytest.mark.timeout(300)
 def test_data_parallel_trial_across_two_nodes(cluster, cache_dir, tmp_path):
     """A trial with two workers (DDP over gloo), one per 1-CPU node."""
-    from hytver_dist.evaluate import evaluate_model
-    from hytver_dist.experiment import prepare_data
     from hytver_dist.model import build_model, load_checkpoint
+    from hytver_dist.run.evaluate import evaluate_model
+    from hytver_dist.run.prepare import prepare_data
 
     # max_failures: on an overloaded host a worker may miss Train's health check; a restart
     # from the checkpoint changes none of the assertions below.
@@ -295,7 +295,7 @@ def test_sweep_whose_trials_all_fail_exits_1_with_a_summary(cluster, cache_dir, 
                                                              capsys):
     """One corrupt case passes the up-front check (other cases are readable) but fails every
     trial when it loads all cases."""
-    from hytver_dist.experiment import synthetic_root
+    from hytver_dist.run.prepare import synthetic_root
 
     config = tmp_path / "allfail.yaml"
     cfg_dict = sweep_dict("allfail", tmp_path / "storage")
@@ -444,7 +444,7 @@ class CorruptAfterFirstTrial(tune.Callback):
 
 @pytest.mark.timeout(300)
 def test_corrupt_case_fails_its_trial_and_the_report_lists_it(cluster, cache_dir, tmp_path):
-    from hytver_dist.experiment import synthetic_root
+    from hytver_dist.run.prepare import synthetic_root
 
     cfg = load_config(sweep_dict("bad-data", tmp_path / "storage",
                                        resources={"max_concurrent_trials": 1}))

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hytver_dist import synth
-from hytver_dist.data import BASELINE_NAME, FOLLOWUP_NAME, MASK_NAME, discover_cases, load_case
+from hytver_dist.data import (
+    BASELINE_NAME,
+    FOLLOWUP_NAME,
+    MASK_NAME,
+    discover_cases,
+    load_case,
+    synth,
+)
 
 CONN26 = np.ones((3, 3, 3), bool)
 

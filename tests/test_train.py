@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from hytver_dist import evaluate, train
-from hytver_dist.config import load_config
-from hytver_dist.experiment import prepare_data
+from hytver_dist.run import evaluate, train, train_cli
+from hytver_dist.run.config import load_config
+from hytver_dist.run.prepare import prepare_data
 
 CONFIG = {
     "name": "unit",
@@ -98,14 +98,14 @@ def test_cli_train_then_evaluate(tmp_path, cache, data, capsys):
     run = tmp_path / "run"
     argv = ["--config", str(cfg_path), "--loss", "tversky", "--param", "alpha=0.6",
             "--seed", "2", "--out", str(run), "--cache", str(cache), "--no-progress"]
-    assert train.main(argv) == 0
+    assert train_cli.main(argv) == 0
     assert {"checkpoint.pt", "best_model.pt", "metrics.csv", "run.json"} <= {
         p.name for p in run.iterdir()}
     rows = pd.read_csv(run / "metrics.csv")
     assert list(rows["iteration"]) == [2, 4]
     with pytest.raises(SystemExit, match="--resume"):  # never overwrite a run silently
-        train.main(argv)
-    assert train.main([*argv, "--resume"]) == 0  # finished run: nothing left to do
+        train_cli.main(argv)
+    assert train_cli.main([*argv, "--resume"]) == 0  # finished run: nothing left to do
 
     assert evaluate.main(["--run", str(run), "--cache", str(cache), "--part", "all"]) == 0
     out = run / "eval-all"
@@ -131,7 +131,7 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, cache):
     cfg_path = tmp_path / "unit.yaml"
     cfg_path.write_text(yaml.safe_dump(CONFIG))
     with pytest.raises(SystemExit, match="no checkpoint"):
-        train.main(["--config", str(cfg_path), "--out", str(tmp_path / "r"), "--resume",
+        train_cli.main(["--config", str(cfg_path), "--out", str(tmp_path / "r"), "--resume",
                     "--cache", str(cache)])
 
 
@@ -139,7 +139,7 @@ def test_cli_set_overrides_reach_the_run(tmp_path, cache):
     cfg_path = tmp_path / "unit.yaml"
     cfg_path.write_text(yaml.safe_dump(CONFIG))
     run = tmp_path / "run"
-    assert train.main(["--config", str(cfg_path), "--out", str(run), "--cache", str(cache),
+    assert train_cli.main(["--config", str(cfg_path), "--out", str(run), "--cache", str(cache),
                        "--no-progress", "--set", "training.iterations=2",
                        "--set", "training.lr=5e-4", "--set", "model.n_filters=2"]) == 0
     assert list(pd.read_csv(run / "metrics.csv")["iteration"]) == [2]
@@ -158,6 +158,6 @@ def test_cli_bad_set_fails_before_training(tmp_path, cache):
     with pytest.raises(SystemExit, match=rf"{tmp_path}/unit\.yaml with --set training\.itrations"
                        r"=3: training\.itrations: unknown key 'itrations' \(did you mean "
                        r"'iterations'\?\)"):
-        train.main(["--config", str(cfg_path), "--out", str(tmp_path / "r"), "--cache",
+        train_cli.main(["--config", str(cfg_path), "--out", str(tmp_path / "r"), "--cache",
                     str(cache), "--set", "training.itrations=3"])
     assert not (tmp_path / "r").exists()

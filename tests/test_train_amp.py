@@ -7,7 +7,7 @@ import math
 import torch
 from test_train import cache, data, spec  # noqa: F401  (module fixtures)
 
-from hytver_dist import train
+from hytver_dist.run import train
 
 
 def test_bf16_autocast_trains_with_finite_falling_loss(data, monkeypatch):  # noqa: F811

@@ -10,6 +10,11 @@ Typical use::
     image, mask = sampler.sample(np.random.default_rng(0))
 """
 
+from .._extras import require_extra
+
+require_extra("train", "nibabel", "scipy")
+
+
 from .errors import DataError
 from .io import Case, load_case, read_volume, save_mask
 from .msseg2 import (

@@ -22,7 +22,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
-from .atomic import publish_dir
+from ..files import publish_dir
 from .errors import DataError
 from .io import Case, load_case
 from .msseg2 import CaseFiles

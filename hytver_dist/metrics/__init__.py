@@ -6,6 +6,11 @@ boolean (or 0/1) 3-D arrays of one shape; ``spacing`` is the voxel size in mm pe
 medpy and MONAI are test oracles only, not dependencies.
 """
 
+from .._extras import require_extra
+
+require_extra("train", "scipy")
+
+
 from hytver_dist.metrics.case import CASE_METRICS, COACTSEG_MIN_SIZE_VOXELS, evaluate_case
 from hytver_dist.metrics.detection import (
     LesionF1,

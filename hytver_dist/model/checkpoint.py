@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from collections.abc import Mapping
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..files import write_bytes
 
 #: Keys under which training scripts nest the weights (CoactSeg saves a raw state_dict).
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -179,3 +182,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise CheckpointError(f"{source}: expected a dict, got {type(payload).__name__}")
     return payload
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` that never leaves half a file: written under a temporary name, then
+    renamed (a local path or a URI, see :mod:`hytver_dist.files`)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(os.fspath(path), buf.getvalue())

@@ -6,8 +6,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .data import DataError, discover_cases
-from .data.io import load_case
+from ..data import DataError, discover_cases
+from ..data.io import load_case
 
 
 def check_data_dir(path: str | Path | None, flag: str = "--data") -> None:

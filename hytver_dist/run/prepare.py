@@ -11,8 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DataConfig
-from .data import (
+from ..data import (
     CaseFiles,
     PreprocessConfig,
     PreprocessedCase,
@@ -22,7 +21,8 @@ from .data import (
     load_preprocessed,
     split_cases,
 )
-from .data.atomic import publish_dir
+from ..files import publish_dir
+from .config import DataConfig
 
 
 def default_cache_dir() -> Path:
@@ -34,7 +34,7 @@ def synthetic_root(data: DataConfig, cache_dir: Path) -> Path:
     """Directory of the synthetic dataset that ``data.synthetic`` describes, generated on first
     use. Generation writes to a temporary folder renamed into place, so concurrent trials on
     one node never read half a dataset."""
-    from .synth import generate_dataset
+    from ..data.synth import generate_dataset
 
     syn = data.synthetic
     assert syn is not None

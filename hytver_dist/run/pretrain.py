@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from ..files import exists, is_uri, read_bytes
+from ..model import save_atomic
 from .config import Config
-from .experiment import PreparedData
+from .prepare import PreparedData
 from .train import RunSpec, train_loop
-from .trial_files import exists, read_bytes, write_bytes
 
 MODEL_FILE = "model.pt"
 
@@ -65,9 +66,7 @@ def model_uri(storage: str, key: str) -> str:
 def save(payload: Mapping[str, Any], uri: str) -> None:
     """Write ``payload`` to a temporary name, then move it into place (readers never see half
     a file; local and ``s3://`` alike)."""
-    buf = io.BytesIO()
-    torch.save(dict(payload), buf)
-    write_bytes(uri, buf.getvalue())
+    save_atomic(dict(payload), uri)
 
 
 def load_state(uri: str) -> dict[str, Any]:
@@ -79,9 +78,9 @@ def load_state(uri: str) -> dict[str, Any]:
 
 
 def open_init(init: str | None) -> str | dict[str, Any] | None:
-    """Initial weights as :func:`hytver_dist.train.train_loop` takes them: a local path as
+    """Initial weights as :func:`hytver_dist.run.train.train_loop` takes them: a local path as
     is, the payload behind a URI (``s3://``, ``file://``) read through pyarrow."""
-    return load_state(init) if init is not None and "://" in init else init
+    return load_state(init) if init is not None and is_uri(init) else init
 
 
 def run_pretrain(cfg: Config, data: PreparedData, device: torch.device | str, *,
@@ -105,50 +104,5 @@ def ensure_local(cfg: Config, data: PreparedData, storage: str,
     return uri, False
 
 
-# ------------------------------------------------------------------------- as a Ray Train run
-def _pretrain_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker of the stage: train (DDP over the workers); rank 0 stores."""
-    import ray.train
-    import ray.train.torch
-
-    from .config import load_config
-    from .experiment import prepare_data
-
-    cfg = load_config(config["sweep"])
-    data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
-                        cache_dir=config.get("cache_dir"))
-    payload = run_pretrain(cfg, data, ray.train.torch.get_device(),
-                           wrap_model=ray.train.torch.prepare_model)
-    if ray.train.get_context().get_world_rank() == 0:
-        save(payload, config["uri"])
-    ray.train.report({"best_val_dice": payload["best_val_dice"],
-                      "best_iteration": payload["best_iteration"]})
-
-
-def ensure_on_ray(cfg: Config, data: PreparedData, storage: str, *, data_dir: str | None,
-                  cache_dir: str | None, scaling: Any, failure: Any) -> tuple[str, bool]:
-    """(weights URI, reused?) of the config's stage, run as one Ray Train run with the trials'
-    ``scaling`` (``ray.train.ScalingConfig``) when the storage does not hold it yet."""
-    import ray.train
-
-    from .lean_trainer import torch_trainer_class
-
-    key = pretrain_key(cfg, data)
-    uri = model_uri(storage, key)
-    if exists(uri):
-        return uri, True
-    torch_trainer_class()(
-        _pretrain_worker,
-        train_loop_config={"sweep": cfg.to_dict(), "uri": uri, "data_dir": data_dir,
-                           "cache_dir": cache_dir},
-        scaling_config=scaling,
-        run_config=ray.train.RunConfig(name=f"pretrain-{key}", storage_path=storage,
-                                       failure_config=failure),
-    ).fit()
-    if not exists(uri):
-        raise RuntimeError(f"pretraining run pretrain-{key} ended without writing {uri}")
-    return uri, False
-
-
-__all__ = ["MODEL_FILE", "ensure_local", "ensure_on_ray", "exists", "load_state", "model_uri",
+__all__ = ["MODEL_FILE", "ensure_local", "load_state", "model_uri",
            "open_init", "pretrain_key", "pretrain_spec", "run_pretrain", "save"]

@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Scalar = bool | int | float | str | None
 
@@ -74,13 +74,13 @@ def suggest(name: str, valid: Sequence[str], what: str) -> str:
 
 @functools.cache
 def _registry() -> Mapping[str, Any]:
-    from .losses import LOSSES  # lazy: imports torch
+    from ..losses import LOSSES  # lazy: imports torch
 
     return LOSSES
 
 
 def _get_loss(name: str, **params: Any) -> Any:
-    from .losses import get_loss
+    from ..losses import get_loss
 
     return get_loss(name, **params)
 
@@ -173,7 +173,7 @@ class SyntheticConfig(Section):
 
     def grid_shape(self, target_spacing: Sequence[float] | None) -> tuple[int, int, int]:
         """Voxels per axis of a generated case on the training grid."""
-        from .synth import grid_shape
+        from ..data.synth import grid_shape
 
         return grid_shape(self.size, target_spacing)
 
@@ -282,7 +282,7 @@ class TrainingConfig(Section):
     @field_validator("patch_size")
     @classmethod
     def _patch_multiple(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        from .model.vnet import DOWNSAMPLING
+        from ..model.vnet import DOWNSAMPLING
 
         for i, s in enumerate(v):
             if s < DOWNSAMPLING or s % DOWNSAMPLING:

@@ -9,7 +9,7 @@ from ray.train.v2._internal.callbacks.placement_group_callback import (
     PlacementGroupCleanerCallback,
 )
 
-from hytver_dist.lean_trainer import CLEANER_CHECK_INTERVAL_S, torch_trainer_class
+from hytver_dist.sweep.ray_compat import CLEANER_CHECK_INTERVAL_S, torch_trainer_class
 
 
 def _noop(config: dict) -> None:

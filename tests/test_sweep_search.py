@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from config_helpers import base
 
-from hytver_dist.config import load_config, loss_names
-from hytver_dist.tune_glue import (
+from hytver_dist.run.config import load_config, loss_names
+from hytver_dist.sweep.search import (
     build_arms,
     build_param_space,
     build_scheduler,
@@ -198,7 +198,7 @@ def test_concurrency_impossible_request_raises():
 def test_optuna_search_alg_needs_the_package():
     import importlib.util
 
-    from hytver_dist.tune_glue import build_search_alg
+    from hytver_dist.sweep.search import build_search_alg
 
     cfg = load_config(base(search__search_alg="optuna", search__num_samples=2))
     if importlib.util.find_spec("optuna") is None:

@@ -1,5 +1,5 @@
 """Ray Tune glue: the search space, search algorithm, scheduler, resources and concurrency of a
-sweep, built from its validated :class:`hytver_dist.config.Config`.
+sweep, built from its validated :class:`hytver_dist.run.config.Config`.
 
 Search-space design (why not ``tune.sample_from``): :func:`build_arms` expands the per-loss
 hyperparameters into *arms* (one loss + one concrete hyperparameter dict) and
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ParamSpec
+from ..run.config import Config, ParamSpec
 
 
 def sample(spec: ParamSpec, rng: random.Random) -> Any:

@@ -72,7 +72,7 @@ Statistics
 * Other NaN values are dropped per metric; Table I gives ``n`` (values used) and ``n_nan``.
 * Table I: ``mean`` = mean over seeds of the per-seed mean over cases (equal to the pooled
   mean when every seed has the same cases); 95 % CI = **two-level percentile bootstrap**
-  (``hytver_dist.stats.bootstrap_interval``): seeds and cases resampled independently with
+  (``hytver_dist.report.stats.bootstrap_interval``): seeds and cases resampled independently with
   replacement, 2000 times, and the 2.5 / 97.5 percentiles of the resampled mean. It covers
   both the run-to-run (training) variation and the variation between test cases, and its
   bounds stay inside the metric's range. With one seed it resamples cases only; with fewer
@@ -103,7 +103,6 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from . import trial_files
 from .stats import (
     N_BOOT,
     PENALTY_COLUMN,
@@ -111,6 +110,10 @@ from .stats import (
     penalize_empty_predictions,
     seed_case_matrix,
 )
+
+SWEEP_FACTS_FILE = "sweep.json"
+"""In a sweep's results directory: wall times and trial slots, which the report turns into
+the utilisation line (written by the sweep)."""
 
 ID_COLUMNS = ["trial", "loss", "seed", "params", "case", "has_lesions"]
 METRICS = [
@@ -277,9 +280,9 @@ def _fmt_param(v: object) -> str:
 
 
 def _method_order(cases: pd.DataFrame) -> list[str]:
-    from .config import loss_names  # the registry's order (imports torch: only when needed)
+    from ..losses import LOSSES  # the registry's order (imports torch: only when needed)
 
-    rank = {name: i for i, name in enumerate(loss_names())}
+    rank = {name: i for i, name in enumerate(LOSSES)}
     first = cases.drop_duplicates("method")[["method", "loss"]]
     key = [(rank.get(lo, len(rank)), lo, m) for m, lo in zip(first["method"], first["loss"],
                                                             strict=True)]
@@ -296,7 +299,7 @@ def positives(cases: pd.DataFrame) -> pd.DataFrame:
 def table1(cases: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Long table: one row per (method, metric) over the cases with new lesions.
     ``n_penalized``: distance values set to the image diagonal (column
-    ``distance_penalized``, see :func:`hytver_dist.stats.penalize_empty_predictions`)."""
+    ``distance_penalized``, see :func:`hytver_dist.report.stats.penalize_empty_predictions`)."""
     pos, rows = positives(cases), []
     for method in _method_order(cases):
         sub = pos[pos["method"] == method]
@@ -633,7 +636,7 @@ def build_report(
 def utilisation_lines(results_dir: Path) -> list[str]:
     """Summary lines on how the sweep used its trial slots, from ``sweep.json`` (written by
     the sweep) and each trial's ``work_s`` in ``status.json``; none when either is missing."""
-    facts_path = results_dir / trial_files.SWEEP_FACTS_FILE
+    facts_path = results_dir / SWEEP_FACTS_FILE
     if not facts_path.is_file():
         return []
     facts = json.loads(facts_path.read_text())

@@ -96,7 +96,7 @@ def make_callback(total: int, metric: str, mode: str, out: int) -> Any:
     """A Tune callback driving a :class:`ProgressPrinter` (Ray imported here only)."""
     from ray.tune import Callback
 
-    from .tune_glue import trial_spec
+    from .search import trial_spec
 
     def label(trial: Any, result: dict) -> str:
         """The arm and the seed the result is from (a trial may train several seeds)."""

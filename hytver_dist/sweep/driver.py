@@ -12,18 +12,19 @@ https://docs.ray.io/en/latest/train/user-guides/hyperparameter-optimization.html
 function holds only the custom driver resource (``TRAIN_DRIVER``, no CPU), so trial drivers can
 never starve their own worker groups; it builds a ``TorchTrainer`` named ``train-<trial id>``
 (a stable name is what lets a restarted or resumed trial find its checkpoints), whose workers run
-:func:`hytver_dist.train.train_loop`, report validation metrics with a checkpoint every
+:func:`hytver_dist.run.train.train_loop`, report validation metrics with a checkpoint every
 ``checkpoint_every`` iterations, and finally evaluate the best model on the test cases. Rank 0
 writes the per-case rows to ``cases.csv`` in the trial's Train run directory on the storage
-(:mod:`hytver_dist.trial_files`); the driver copies them to
+(:mod:`hytver_dist.sweep.trial_files`); the driver copies them to
 ``<results_dir>/trials/<trial>/cases.csv`` (plus ``status.json``), which ``hytver_dist.report``
 turns into tables and plots.
 
 Before the trials, a config's ``pretrain`` section is trained once as a Ray Train run with the
 trials' resources and stored in the storage under a hash of what determines it
-(:mod:`hytver_dist.pretrain`); every trial fine-tunes from it (or from ``model.init_checkpoint``)
-with a fresh optimizer. The console shows compact progress (:mod:`hytver_dist.progress`); Ray's
-own output goes to ``<results_dir>/logs/ray.log`` unless ``--verbose``.
+(:mod:`hytver_dist.sweep.pretrain`); every trial fine-tunes from it (or from
+``model.init_checkpoint``) with a fresh optimizer. The console shows compact progress
+(:mod:`hytver_dist.sweep.progress`); Ray's own output goes to ``<results_dir>/logs/ray.log``
+unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import normalize, write_text
+from ..report.build import SWEEP_FACTS_FILE
+from ..run.config import Config, ConfigError, add_override_argument, json_schema, load_config
 from . import trial_files
-from .config import Config, ConfigError, add_override_argument, json_schema, load_config
 from .progress import final_summary, make_callback, ray_output_to
-from .tune_glue import (
+from .ray_compat import set_local_env, started_cluster_address
+from .search import (
     build_param_space,
     cluster_capacity,
     count_trials,
@@ -53,30 +57,15 @@ CHECKPOINT_FILE = "checkpoint.pt"
 # Written by `ray up` on the head node: the autoscaler's node types.
 RAY_UP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 
-# The embedded local Ray only (setdefault): no usage-stats prompt, no V1-migration warnings,
-# results forwarded every second instead of Train's default 2 s (polling every 0.2 s cost
-# each run CPU-seconds on a small machine), every worker's log line shown, and no per-run
-# preemption-watcher actor or metrics (two fewer processes per trial: on a small machine, each
-# one's start-up is time the trials do not train).
-LOCAL_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "0",
-}
-
-
 # --------------------------------------------------------------------------- worker side
 def train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: for each seed of the trial in turn, train (reports + checkpoints)
     and evaluate the test cases; the seeds share this process, its imports and its data."""
     import ray.train
 
-    from .experiment import prepare_data
-    from .model import load_checkpoint
-    from .pretrain import open_init
+    from ..model import load_checkpoint
+    from ..run.prepare import prepare_data
+    from ..run.pretrain import open_init
 
     cfg = load_config(config["sweep"])
     seeds = [int(s) for s in config["seeds"]]
@@ -125,9 +114,9 @@ def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, i
     import ray.train.torch
     import torch
 
-    from .evaluate import evaluate_model
-    from .model import build_model
-    from .train import RunSpec, train_loop
+    from ..model import build_model
+    from ..run.evaluate import evaluate_model
+    from ..run.train import RunSpec, train_loop
 
     spec = RunSpec.from_config(cfg, config["loss"], seed, config["loss_params"])
     ctx = ray.train.get_context()
@@ -167,8 +156,8 @@ def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, i
         frame.insert(0, "seed", seed)
         if written is not None:  # the seeds before this one (a rerun of this seed replaces it)
             frame = pd.concat([written[written["seed"] != seed], frame], ignore_index=True)
-        trial_files.write_text(f"{out}/{trial_files.CASES_FILE}", frame.to_csv(index=False))
-        trial_files.write_text(f"{out}/{trial_files.WORKERS_FILE}",
+        write_text(f"{out}/{trial_files.CASES_FILE}", frame.to_csv(index=False))
+        write_text(f"{out}/{trial_files.WORKERS_FILE}",
                                json.dumps(workers, indent=1))
         written = frame
     return {**result.history[-1], "seed": seed, "seed_index": index,
@@ -212,7 +201,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .lean_trainer import torch_trainer_class
+    from .ray_compat import torch_trainer_class
 
     cfg = load_config(sweep)
     spec = trial_spec(config)
@@ -243,23 +232,7 @@ def trial_name(trial: Any) -> str:
 # ---------------------------------------------------------------------------- driver side
 def storage_root(cfg: Config) -> str:
     """Absolute local path or URI where Tune and Train keep experiment state."""
-    path = cfg.storage.path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def _started_cluster_address() -> str | None:
-    """Address of the cluster that ``ray start`` (or ``ray up``) recorded on this machine
-    (``<RAY_TMPDIR or /tmp>/ray/ray_current_cluster``), else None.
-
-    ``ray.init(address="auto")`` alone would also join any other Ray instance it finds in ``ps``
-    (e.g. another user's or another test's embedded Ray, whose lifetime and resources are not
-    ours), so it is only tried when such a recorded address exists.
-    """
-    try:
-        from ray._private.utils import read_ray_address
-    except ImportError:  # private API moved: keep the old "auto" behaviour
-        return "auto"
-    return read_ray_address() or None
+    return normalize(cfg.storage.path)
 
 
 def connect(address: str | None, cfg: Config, num_cpus: int | None) -> dict[str, Any]:
@@ -269,7 +242,7 @@ def connect(address: str | None, cfg: Config, num_cpus: int | None) -> dict[str,
 
     if address is None and os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
-    if address is None and _started_cluster_address() is not None:
+    if address is None and started_cluster_address() is not None:
         try:
             ctx = ray.init(address="auto", logging_level="WARNING")
             return {"mode": "existing cluster", "dashboard": ctx.dashboard_url}
@@ -278,8 +251,7 @@ def connect(address: str | None, cfg: Config, num_cpus: int | None) -> dict[str,
     if address is not None:
         ctx = ray.init(address=address, logging_level="WARNING")
         return {"mode": f"cluster at {address}", "dashboard": ctx.dashboard_url}
-    for key, value in LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
+    set_local_env()
     cpus = num_cpus or os.cpu_count() or 1
     # The State API (served by the dashboard) lets each Train run's placement-group cleaner
     # see its controller end and exit; without it stopped trials leak placement groups and
@@ -450,7 +422,7 @@ def write_sweep_facts(results_dir: Path, facts: dict[str, Any]) -> None:
     (a resumed sweep overwrites it with the resumed part's numbers)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     keep = {k: v for k, v in facts.items() if k not in ("unfinished", "ok")}
-    (results_dir / trial_files.SWEEP_FACTS_FILE).write_text(json.dumps(keep, indent=1,
+    (results_dir / SWEEP_FACTS_FILE).write_text(json.dumps(keep, indent=1,
                                                                        default=str))
 
 
@@ -476,8 +448,8 @@ def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experimen
     check_worker_fits(cfg)
     facts: dict[str, Any] = {"slots": kwargs["max_concurrent_trials"], "pretrain_s": 0.0}
     if cfg.pretrain is not None:
-        from .experiment import prepare_data
-        from .pretrain import ensure_on_ray
+        from ..run.prepare import prepare_data
+        from ..run.pretrain import ensure_on_ray
 
         t0 = time.perf_counter()
         # Prepared here once (synthetic data generated, volumes cached) before any worker.
@@ -591,7 +563,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
         raise SweepFailed(_failure_summary(cfg, results_dir))
     if not cfg.report.enabled:
         return None
-    from .report import build_report
+    from ..report import build_report
 
     report_dir = cfg.report.out_dir or results_dir / "report"
     summary = build_report(results_dir, report_dir,
