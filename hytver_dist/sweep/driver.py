@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import normalize, write_text
-from ..report.build import SWEEP_FACTS_FILE
+from ..report.build import CURVES_FILE, SWEEP_FACTS_FILE
 from ..run.config import Config, ConfigError, add_override_argument, json_schema, load_config
 from . import trial_files
 from .progress import final_summary, make_callback, ray_output_to
@@ -357,6 +357,8 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
         if interrupted and result.error is None and not done:
             continue
         out.mkdir(parents=True, exist_ok=True)
+        if spec is not None:
+            write_curves(result, spec, name, out / CURVES_FILE)
         cases_path = f"{trial_files.run_dir(storage, trial_id)}/{trial_files.CASES_FILE}"
         frame = trial_files.read_cases(cases_path) if done else None
         if frame is not None:
@@ -391,6 +393,26 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
             failed += 1
         (out / "status.json").write_text(json.dumps(status, indent=1, default=str))
     return ok, failed
+
+
+def write_curves(result: Any, spec: Any, name: str, path: Path) -> None:
+    """The trial's validation history (``iteration``, ``train_loss``, ``val_dice`` per seed)
+    from Tune's record of its reports; a report repeated after a restart counts once."""
+    try:
+        frame = result.metrics_dataframe
+    except Exception:  # noqa: BLE001 - no progress file (a trial that never reported)
+        frame = None
+    wanted = ["seed", "iteration", "train_loss", "val_dice"]
+    if frame is None or frame.empty or not {"iteration", "val_dice"} <= set(frame.columns):
+        return
+    if "seed" not in frame.columns:
+        frame = frame.assign(seed=spec.seeds[0])
+    frame = frame[[c for c in wanted if c in frame.columns]].dropna(subset=["val_dice"])
+    frame = frame.drop_duplicates(["seed", "iteration"], keep="last")
+    frame.insert(0, "params", json.dumps(spec.params, sort_keys=True))
+    frame.insert(0, "loss", spec.loss)
+    frame.insert(0, "trial", name)
+    frame.sort_values(["seed", "iteration"]).to_csv(path, index=False)
 
 
 def _short_error(error: BaseException | str) -> str:
