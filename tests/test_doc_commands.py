@@ -1,10 +1,12 @@
-"""The documented cluster commands work with the cluster files they name: every ``ray exec`` in
-README.md, docs/, sweeps/ and the cluster files' headers changes into a directory that the
-named file mounts (inside the container, for a file with a ``docker`` section), and every
-``ray up`` / ``ray exec`` names a cluster file of the repository root."""
+"""The documented commands work: every ``ray exec`` in README.md, docs/, sweeps/ and the cluster
+files' headers changes into a directory that the named cluster file mounts (inside the
+container, for a file with a ``docker`` section), every ``ray up`` / ``ray exec`` names a
+cluster file of the repository root, and docs/cli.md documents every flag of every tool."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import posixpath
 import re
 import shlex
@@ -129,3 +131,69 @@ def test_the_check_catches_the_container_home_and_unmounted_data():
     # Without a container, "~" is the SSH user's home: /home/hytver/src is not mounted.
     assert exec_problems(["ray", "exec", "cluster.local.yaml", "cd ~/src && ls"])
     assert exec_problems(["ray", "up", "-y", "elsewhere/cluster.yaml"])
+
+
+# ------------------------------------------------------------------ every CLI flag in docs/cli.md
+
+CLI_DOC = ROOT / "docs" / "cli.md"
+# Each tool's main(); its parser is taken from the parse_args call (no tool runs).
+CLIS = {
+    "sweep": "hytver_dist.sweep.driver", "train": "hytver_dist.run.train_cli",
+    "evaluate": "hytver_dist.run.evaluate", "predict": "hytver_dist.run.predict",
+    "report": "hytver_dist.report.build", "synth": "hytver_dist.data.synth",
+    "losses": "hytver_dist.losses.__main__",
+}
+
+
+class _Parsed(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+def cli_parser(module: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The argparse parser that ``module.main`` builds."""
+    def capture(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        raise _Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(_Parsed) as parsed:
+        importlib.import_module(module).main([])
+    return parsed.value.parser
+
+
+def cli_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string (``--help`` aside) and positional (as its upper-case name)."""
+    out = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        out |= set(action.option_strings) or {action.dest.upper()}
+    return out
+
+
+def doc_section(tool: str) -> str:
+    text = CLI_DOC.read_text()
+    start = text.index(f"## `python -m hytver_dist.{tool}`")
+    end = text.find("\n## ", start + 1)
+    return text[start: end if end != -1 else len(text)]
+
+
+@pytest.mark.parametrize("tool", sorted(CLIS))
+def test_every_flag_of_the_tool_is_documented(tool, monkeypatch):
+    flags = cli_flags(cli_parser(CLIS[tool], monkeypatch))
+    section = doc_section(tool)
+    missing = sorted(f for f in flags if not re.search(rf"`{re.escape(f)}[` ,]", section))
+    assert missing == [], f"docs/cli.md, python -m hytver_dist.{tool}: undocumented {missing}"
+    # and nothing documented that the tool does not take
+    documented = set(re.findall(r"^\| `(-{1,2}[a-z][a-z0-9-]*|[A-Z_]+)", section, re.M))
+    documented |= set(re.findall(r"\(alias `(--[a-z-]+)`\)", section))
+    assert documented - flags == set()
+    assert flags <= documented | {f for f in flags if f.startswith("-") and
+                                  re.search(rf"`--[a-z-]+`, `{f}`", section)}
+
+
+def test_the_flag_check_sees_an_undocumented_flag(monkeypatch):
+    parser = cli_parser(CLIS["report"], monkeypatch)
+    parser.add_argument("--not-in-the-docs")
+    assert "--not-in-the-docs" in cli_flags(parser)
+    assert "`--not-in-the-docs" not in doc_section("report")
