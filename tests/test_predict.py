@@ -152,11 +152,21 @@ def test_a_model_with_other_input_channels_is_refused(trained):
     assert str(case / BASELINE_NAME) in message and str(case / FOLLOWUP_NAME) in message
 
 
-def test_a_checkpoint_without_run_json_needs_a_config(trained, tmp_path):
-    shutil.copy(trained["run"] / "best_model.pt", tmp_path / "best_model.pt")
-    with pytest.raises(SystemExit, match="no run.json beside best_model.pt; pass --config"):
-        predict.main(["--model", str(tmp_path / "best_model.pt"), "--scans",
+def test_a_checkpoint_without_run_json_takes_its_config_from_config(trained, tmp_path):
+    shutil.copy(trained["run"] / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="no run.json beside checkpoint.pt; pass --config"):
+        predict.main(["--model", str(tmp_path / "checkpoint.pt"), "--scans",
                       str(trained["scans"]), "--out", str(tmp_path / "out")])
+    # A checkpoint.pt (as a sweep trial leaves) predicts with its best weights.
+    case = sorted(trained["scans"].iterdir())[0]
+    (tmp_path / "one").mkdir()
+    shutil.copytree(case, tmp_path / "one" / case.name)
+    assert predict.main(["--model", str(tmp_path / "checkpoint.pt"), "--scans",
+                         str(tmp_path / "one"), "--out", str(tmp_path / "out"),
+                         "--config", str(trained["tmp"] / "unit.yaml")]) == 0
+    ours = nib.load(tmp_path / "out" / f"{case.name}.nii.gz")
+    theirs = nib.load(trained["eval"] / "predictions" / f"{case.name}.nii.gz")
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
     with pytest.raises(SystemExit, match="not found"):
         predict.main(["--model", str(tmp_path / "nothing"), "--scans", str(trained["scans"]),
                       "--out", str(tmp_path / "out")])
