@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,17 +25,13 @@ from .. import metrics
 from ..data import PreprocessedCase, load_case, save_mask, to_original_grid
 from ..metrics import surface
 from ..model import CheckpointError, build_model, load_checkpoint
-from .config import (
-    Config,
-    ConfigError,
-    ModelConfig,
-    TrainingConfig,
-    add_override_argument,
-    load_config,
-)
+from .config import ConfigError, ModelConfig, TrainingConfig, add_override_argument, load_config
 from .inference import sliding_window_probabilities
 from .prepare import PreparedData, prepare_data
 from .train import case_image, patch_edge
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def predict_case(model: nn.Module, case: PreprocessedCase, training: TrainingConfig, *,

@@ -20,6 +20,7 @@ import dataclasses
 import io
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -39,9 +40,12 @@ from ..data import (
 )
 from ..metrics import label_lesions, min_lesion_size_voxels
 from ..model import CheckpointError
-from .config import Config, ConfigError, add_override_argument, load_config
+from .config import ConfigError, add_override_argument, load_config
 from .evaluate import load_trained, predict_case, run_config, save_prediction
 from .prepare import preprocess_config
+
+if TYPE_CHECKING:
+    from .config import Config
 
 # The network input built from a case's two scans (hytver_dist.run.train.case_image):
 # baseline, follow-up and their difference.
@@ -61,7 +65,7 @@ def check_channels(case: CaseFiles, in_channels: int, model_file: str | Path) ->
     for path in (case.baseline, case.followup):
         try:
             shape = nib.load(path).shape
-        except Exception as exc:  # noqa: BLE001 - nibabel raises many types; load_case names them
+        except Exception as exc:  # nibabel and gzip raise many types for a corrupt header
             raise DataError(f"case {case.id}: unreadable scan ({type(exc).__name__}: {exc})",
                             path) from exc
         if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
