@@ -197,3 +197,46 @@ def test_the_flag_check_sees_an_undocumented_flag(monkeypatch):
     parser.add_argument("--not-in-the-docs")
     assert "--not-in-the-docs" in cli_flags(parser)
     assert "`--not-in-the-docs" not in doc_section("report")
+
+
+# ---------------------------------------------------------------- links between the documents
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation other than ``-`` and
+    ``_`` dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # no headings in code
+    return {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def broken_links(path: Path) -> list[str]:
+    out = []
+    for target in LINK.findall(path.read_text()):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            out.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            out.append(f"{target}: no heading with that anchor")
+    return out
+
+
+@pytest.mark.parametrize("path", [p for p in DOC_FILES if p.suffix == ".md"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_between_the_documents_resolve(path):
+    assert broken_links(path) == []
+
+
+def test_the_link_check_sees_a_missing_heading(tmp_path):
+    page = tmp_path / "a.md"
+    page.write_text("# Title\n## The default sweep (2026-12-03)\n[x](#the-default-sweep-2026-12-03)"
+                    " [y](#nothing) [z](b.md)\n")
+    assert broken_links(page) == ["#nothing: no heading with that anchor", "b.md: no such file"]
