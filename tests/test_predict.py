@@ -170,3 +170,27 @@ def test_a_checkpoint_without_run_json_takes_its_config_from_config(trained, tmp
     with pytest.raises(SystemExit, match="not found"):
         predict.main(["--model", str(tmp_path / "nothing"), "--scans", str(trained["scans"]),
                       "--out", str(tmp_path / "out")])
+
+
+def test_nnunet_imagests_layout(trained):
+    """``<case>_0000.nii.gz`` (baseline) and ``<case>_0001.nii.gz`` (follow-up) in one folder
+    give the masks of the MSSEG-2 layout; a third channel is refused, naming its file."""
+    images = trained["tmp"] / "imagesTs"
+    images.mkdir()
+    cases = sorted(trained["scans"].iterdir())[:2]
+    for case in cases:
+        shutil.copy(case / BASELINE_NAME, images / f"{case.name}_0000.nii.gz")
+        shutil.copy(case / FOLLOWUP_NAME, images / f"{case.name}_0001.nii.gz")
+    out = trained["tmp"] / "pred-nnunet"
+    assert predict.main(["--model", str(trained["run"]), "--scans", str(images),
+                         "--out", str(out)]) == 0
+    for case in cases:
+        ours = nib.load(out / f"{case.name}.nii.gz")
+        theirs = nib.load(trained["eval"] / "predictions" / f"{case.name}.nii.gz")
+        np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
+    third = images / f"{cases[1].name}_0002.nii.gz"
+    shutil.copy(cases[1] / FOLLOWUP_NAME, third)
+    with pytest.raises(SystemExit) as err:
+        predict.main(["--model", str(trained["run"]), "--scans", str(images),
+                      "--out", str(trained["tmp"] / "pred-nnunet-3")])
+    assert str(err.value).startswith(f"error: {third}: case {cases[1].name}: 3 channel files")

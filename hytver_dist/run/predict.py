@@ -8,9 +8,11 @@ checkpoint file (``best_model.pt``, ``checkpoint.pt``); the preprocessing
 (``data.preprocessing``) and the sliding window (``training.patch_size``,
 ``training.val_patch_overlap``) come from the ``run.json`` beside it, or from ``--config`` when
 there is none. ``--scans`` holds one folder per case in the MSSEG-2 layout
-(``flair_time01_on_middle_space.nii.gz``, ``flair_time02_on_middle_space.nii.gz``); a
-``ground_truth.nii.gz`` there is ignored. Each case goes through the code of
-``hytver_dist.evaluate`` (preprocessing, sliding window, threshold 0.5, back to the input grid).
+(``flair_time01_on_middle_space.nii.gz``, ``flair_time02_on_middle_space.nii.gz``; a
+``ground_truth.nii.gz`` there is ignored), or is an nnU-Net ``imagesTs`` folder
+(``<case>_0000.nii.gz`` baseline, ``<case>_0001.nii.gz`` follow-up). Each case goes through the
+code of ``hytver_dist.evaluate`` (preprocessing, sliding window, threshold 0.5, back to the
+input grid).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,8 +33,6 @@ from torch import nn
 
 from .. import files
 from ..data import (
-    BASELINE_NAME,
-    FOLLOWUP_NAME,
     CaseFiles,
     DataError,
     discover_cases,
@@ -49,13 +50,41 @@ if TYPE_CHECKING:
 
 # The network input built from a case's two scans (hytver_dist.run.train.case_image):
 # baseline, follow-up and their difference.
-SCANS = (BASELINE_NAME, FOLLOWUP_NAME)
 INPUT_CHANNELS = 3
 CSV_NAME = "predictions.csv"
+# nnU-Net's imagesTs layout: one folder of <case>_<channel>.nii.gz; channel 0000 is the
+# baseline and 0001 the follow-up (MSSEG-2's time points 1 and 2).
+NNUNET_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii\.gz$")
+NNUNET_CHANNELS = (0, 1)
+
+
+def nnunet_cases(root: Path) -> list[CaseFiles]:
+    """The cases of an nnU-Net ``imagesTs`` folder; a case without exactly the channels 0000
+    and 0001 is refused, naming the case and the file."""
+    groups: dict[str, dict[int, Path]] = {}
+    for path in sorted(root.glob("*.nii.gz")):
+        if m := NNUNET_FILE.match(path.name):
+            groups.setdefault(m["case"], {})[int(m["channel"])] = path
+    cases = []
+    for case, channels in groups.items():
+        extra = [channels[c] for c in sorted(channels) if c not in NNUNET_CHANNELS]
+        missing = [c for c in NNUNET_CHANNELS if c not in channels]
+        if extra or missing:
+            named = extra[0] if extra else root / f"{case}_{missing[0]:04d}.nii.gz"
+            raise DataError(f"case {case}: {len(channels)} channel files "
+                            f"({', '.join(p.name for p in channels.values())}); the model takes "
+                            f"2 scans: {case}_0000.nii.gz (baseline) and {case}_0001.nii.gz "
+                            f"(follow-up)", named)
+        cases.append(CaseFiles(id=case, dir=root, baseline=channels[0], followup=channels[1]))
+    return cases
 
 
 def scan_cases(root: str | Path) -> list[CaseFiles]:
-    """The cases under ``root`` (MSSEG-2 layout), their ground truth, if any, left out."""
+    """The cases under ``root``: an nnU-Net ``imagesTs`` folder, or MSSEG-2 case folders (their
+    ground truth, if any, left out)."""
+    root = Path(root)
+    if root.is_dir() and any(NNUNET_FILE.match(p.name) for p in root.glob("*.nii.gz")):
+        return nnunet_cases(root)
     return [dataclasses.replace(f, mask=None, experts=()) for f in discover_cases(root)]
 
 
