@@ -5,6 +5,11 @@ including the last, unlike CoactSeg's ``randint(0, n-1)``), shifted by U{-shift.
 axis; a case without gives a uniformly placed patch. Patches overhanging the volume are
 padded with the case's minimum intensity (air), the same value for both time points so the
 difference channel is 0 there. Channels: [baseline, follow-up, follow-up - baseline].
+
+Cases of other datasets (:class:`.nnunet_prep.PreprocessedVolume`) give their own channels,
+padded per channel with its minimum, and a label-map patch; a foreground-centred patch there
+first draws one of the case's labels uniformly, then one of its voxels, so a small class is
+sampled as often as a large one (nnU-Net's rule).
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .nnunet_prep import PreprocessedVolume
 from .preprocess import PreprocessedCase
+
+AnyCase = PreprocessedCase | PreprocessedVolume
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ def _clamp_start(start: np.ndarray, size: np.ndarray, shape) -> np.ndarray:
 class PatchSampler:
     """Draws patches from preprocessed cases; deterministic given the numpy Generator."""
 
-    def __init__(self, cases: Sequence[PreprocessedCase], config: PatchConfig | None = None):
+    def __init__(self, cases: Sequence[AnyCase], config: PatchConfig | None = None):
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         self.cases = list(cases)
@@ -77,7 +85,18 @@ class PatchSampler:
             np.flatnonzero(c.mask) if c.mask is not None else np.empty(0, np.int64)
             for c in self.cases
         ]
-        self._pad = [float(min(np.min(c.baseline), np.min(c.followup))) for c in self.cases]
+        self._pad = [float(min(np.min(c.baseline), np.min(c.followup)))
+                     if isinstance(c, PreprocessedCase)
+                     else np.asarray(c.image).reshape(c.image.shape[0], -1).min(1)
+                     for c in self.cases]
+        # Per label: its voxels' flat indices (cases of datasets with several labels).
+        self._by_label: list[list[np.ndarray]] = []
+        for c, fg in zip(self.cases, self._fg, strict=True):
+            if isinstance(c, PreprocessedCase) or not fg.size:
+                self._by_label.append([])
+                continue
+            values = np.asarray(c.mask).reshape(-1)[fg]
+            self._by_label.append([fg[values == v] for v in np.unique(values)])
 
     def patch_start(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
         """Corner of the next patch of case ``index`` and whether it is lesion-centred."""
@@ -85,6 +104,8 @@ class PatchSampler:
         size, shape = cfg.size, np.asarray(case.shape)
         fg = self._fg[index]
         if fg.size and rng.random() < cfg.p_foreground:
+            if self._by_label[index]:
+                fg = self._by_label[index][int(rng.integers(len(self._by_label[index])))]
             centre = np.asarray(np.unravel_index(fg[rng.integers(fg.size)], case.shape))
             shift = np.minimum(cfg.shift, size // 2 - 1)
             centre = centre + rng.integers(-shift, shift + 1)
@@ -95,17 +116,24 @@ class PatchSampler:
     def sample(
         self, rng: np.random.Generator, index: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One (image (3, P, P, P) float32, mask (1, P, P, P) float32) pair; a random case if
-        ``index`` is None."""
+        """One (image (C, P, P, P) float32, mask (1, P, P, P) float32) pair; a random case if
+        ``index`` is None. MSSEG-2: C = 3 and a 0/1 mask; other datasets: their channels and
+        the label map's values."""
         if index is None:
             index = int(rng.integers(len(self.cases)))
         case, size = self.cases[index], self.config.size
         start, _ = self.patch_start(index, rng)
         src, dst = _window(start, size, case.shape)
-        image = np.full((3, *size), self._pad[index], dtype=np.float32)
-        image[(0, *dst)] = case.baseline[src]
-        image[(1, *dst)] = case.followup[src]
-        image[2] = image[1] - image[0]
+        if isinstance(case, PreprocessedCase):
+            image = np.full((3, *size), self._pad[index], dtype=np.float32)
+            image[(0, *dst)] = case.baseline[src]
+            image[(1, *dst)] = case.followup[src]
+            image[2] = image[1] - image[0]
+        else:
+            pad = np.asarray(self._pad[index], np.float32)
+            image = np.empty((len(pad), *size), dtype=np.float32)
+            image[:] = pad.reshape(-1, 1, 1, 1)
+            image[(slice(None), *dst)] = case.image[(slice(None), *src)]
         mask = np.zeros((1, *size), dtype=np.float32)
         if case.mask is not None:
             mask[(0, *dst)] = case.mask[src]

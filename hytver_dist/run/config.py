@@ -163,6 +163,10 @@ class SyntheticConfig(Section):
     """Isotropic voxel size: tiny 4 mm, small 2 mm, full 1 mm."""
     n_negative: StrictInt | None = Field(None, ge=0)
     """Cases without new lesions; null = each case with probability 11/40 (as in MSSEG-2)."""
+    classes: StrictInt = Field(3, ge=2)
+    """data.format nnunet: classes including background (nested lesion labels)."""
+    regions: StrictBool = False
+    """data.format nnunet: three nested regions (sigmoid per region) instead of classes."""
 
     @model_validator(mode="after")
     def _negatives_fit(self) -> SyntheticConfig:
@@ -184,8 +188,15 @@ class PreprocessingConfig(Section):
 
 
 class SplitConfig(Section):
-    preset: Literal["random", "coactseg"] = "random"
-    """random, or coactseg: CoactSeg's fixed 32 training / 8 test case IDs (needs data.path)."""
+    preset: Literal["random", "coactseg", "file"] = "random"
+    """random; coactseg: CoactSeg's fixed 32 training / 8 test case IDs (needs data.path);
+    file: the case lists of split.file."""
+    file: str | None = Field(None, min_length=1)
+    """preset file: a JSON {train, val, test} of case IDs (val optional: then n_val cases come
+    out of train), or nnU-Net's splits_final.json with split.fold (its val cases are the
+    test cases here)."""
+    fold: StrictInt | None = Field(None, ge=0)
+    """preset file with a list of folds (splits_final.json): the fold used."""
     n_test: StrictInt | None = Field(None, ge=1)
     """Test cases with preset random (default 4); must be null with coactseg."""
     n_val: StrictInt = Field(2, ge=1)
@@ -195,6 +206,15 @@ class SplitConfig(Section):
 
     @model_validator(mode="after")
     def _preset_rules(self) -> SplitConfig:
+        if (self.preset == "file") != (self.file is not None):
+            raise KeyProblem(".file", "set split.file exactly when preset is 'file'")
+        if self.fold is not None and self.preset != "file":
+            raise KeyProblem(".fold", "only with preset 'file'")
+        if self.preset == "file":
+            if self.n_test is not None:
+                raise KeyProblem(".n_test", "must be null with preset 'file' (the file lists "
+                                 "the test cases)")
+            return self
         if self.preset == "coactseg":
             if self.n_test is not None:
                 raise KeyProblem(".n_test", "must be null with preset 'coactseg' (it fixes 8 "
@@ -209,7 +229,10 @@ class SplitConfig(Section):
 
 class DataConfig(Section):
     path: str | None = None
-    """MSSEG-2 training folder (one folder per patient); null = synthetic data."""
+    """MSSEG-2 training folder (one folder per patient) or nnU-Net v2 raw dataset folder
+    (dataset.json, imagesTr, labelsTr); null = synthetic data."""
+    format: Literal["auto", "msseg2", "nnunet"] = "auto"
+    """auto: nnunet when the folder holds a dataset.json, else msseg2 (synthetic: msseg2)."""
     synthetic: SyntheticConfig | None = None
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -217,6 +240,15 @@ class DataConfig(Section):
     @property
     def is_synthetic(self) -> bool:
         return self.path is None
+
+    def resolved_format(self, path: str | Path | None = None) -> str:
+        """msseg2 or nnunet for the folder ``path`` (default data.path)."""
+        if self.format != "auto":
+            return self.format
+        path = path if path is not None else self.path
+        if path is None:
+            return "msseg2"
+        return "nnunet" if (Path(path) / "dataset.json").is_file() else "msseg2"
 
     @model_validator(mode="after")
     def _source_rules(self) -> DataConfig:
@@ -226,9 +258,9 @@ class DataConfig(Section):
                                  "data)")
             return self
         self.synthetic = self.synthetic or SyntheticConfig()
-        if self.split.preset == "coactseg":
-            raise KeyProblem(".split.preset", "'coactseg' selects MSSEG-2 case IDs and needs "
-                             "data.path; synthetic data uses 'random'")
+        if self.split.preset in ("coactseg", "file"):
+            raise KeyProblem(".split.preset", f"{self.split.preset!r} selects case IDs of a "
+                             "dataset and needs data.path; synthetic data uses 'random'")
         held = (self.split.n_test or 0) + self.split.n_val
         if held >= self.synthetic.n_cases:
             raise KeyProblem(".split", f"n_test + n_val = {held} leaves no training case out "
@@ -274,6 +306,11 @@ class TrainingConfig(Section):
     amp: StrictBool = False
     backend: Literal["auto", "fused", "reference"] = "auto"
     """Loss implementation."""
+    loss_activation: Literal["auto", "sigmoid", "softmax"] = "auto"
+    """How the losses read the outputs: auto = softmax for datasets of classes (nnU-Net labels),
+    sigmoid for regions and MSSEG-2."""
+    include_background: StrictBool | None = None
+    """Softmax losses: whether the background class counts; null = the loss's default."""
 
     @property
     def n_evaluations(self) -> int:

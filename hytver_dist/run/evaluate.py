@@ -26,9 +26,9 @@ from ..data import PreprocessedCase, load_case, save_mask, to_original_grid
 from ..metrics import surface
 from ..model import CheckpointError, build_model, load_checkpoint
 from .config import ConfigError, ModelConfig, TrainingConfig, add_override_argument, load_config
-from .inference import sliding_window_probabilities
-from .prepare import PreparedData, prepare_data
-from .train import case_image, patch_edge
+from .inference import sliding_window_predict, sliding_window_probabilities
+from .prepare import DatasetInfo, PreparedData, prepare_data
+from .train import case_image, class_masks, hard_prediction, patch_edge
 
 if TYPE_CHECKING:
     from .config import Config
@@ -55,13 +55,89 @@ def save_prediction(mask: np.ndarray, case: PreprocessedCase, directory: Path) -
                      directory / f"{case.id}.nii.gz")
 
 
+def predict_labels(model: nn.Module, case: Any, training: TrainingConfig,
+                   dataset: DatasetInfo, activation: str, *,
+                   overlap: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction of one case of a dataset of classes or regions: ``(on the preprocessed
+    grid, label map on the input file's grid)``. Classes: the most probable class (uint8
+    label map, then (D, H, W)); regions: (R, D, H, W) masks above 0.5, each mapped back so
+    its lesions survive, painted into a label map in ``regions_class_order`` on the input
+    grid."""
+    from ..data.nnunet_prep import labels_to_original_grid
+
+    overlap = training.val_patch_overlap if overlap is None else overlap
+    probs = sliding_window_predict(model, case_image(case), patch=patch_edge(training),
+                                   overlap=overlap, activation=activation)
+    pred = hard_prediction(probs, dataset)
+    if dataset.kind == "labels":
+        return pred, labels_to_original_grid(pred, case.meta)
+    native = np.stack([to_original_grid(m, case.meta, is_mask=True) for m in pred])
+    out = np.zeros(native.shape[1:], np.uint8)
+    for mask, value in zip(native.astype(bool), dataset.regions_class_order, strict=True):
+        out[mask] = value  # nnU-Net's rule: a later region overwrites an earlier one
+    return pred, out
+
+
+def save_label_map(labels: np.ndarray, case: Any, directory: Path) -> Path:
+    """``<directory>/<case id>.nii.gz``: a uint8 label map with the input file's affine."""
+    import nibabel as nib
+
+    directory.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(labels, np.uint8), case.meta.original_affine)
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1.0, 0.0)
+    path = directory / f"{case.id}.nii.gz"
+    nib.save(img, path)
+    return path
+
+
+def _evaluate_classes(model: nn.Module, data: PreparedData, training: TrainingConfig,
+                      part: str, overlap: float | None, predictions_dir: Path | None,
+                      extra: dict[str, Any] | None, activation: str) -> pd.DataFrame:
+    """:func:`evaluate_model` for datasets of classes or regions: one row per (case, class)."""
+    from ..data import read_volume
+
+    ds, rows = data.dataset, []
+    for case in data.part(part):
+        pred, native_labels = predict_labels(model, case, training, ds, activation,
+                                             overlap=overlap)
+        raw, affine = read_volume(data.files[case.id].label)
+        gt_native = np.rint(raw).astype(np.uint8)
+        spacing = tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+        if predictions_dir is not None:
+            save_label_map(native_labels, case, predictions_dir)
+        gt_pre = np.asarray(case.mask)
+        for i, (name, sel) in enumerate(ds.classes):
+            # Regions are scored as regions: the painted label map's regions on the input grid.
+            p = class_masks(native_labels, sel, ds, is_prediction=False)
+            g = class_masks(gt_native, sel, ds, is_prediction=False)
+            scores = metrics.evaluate_case(p, g, spacing=spacing, voxel_units=False)
+            pv = class_masks(pred, sel, ds, is_prediction=True, index=i)
+            gv = class_masks(gt_pre, sel, ds, is_prediction=False)
+            vox = surface.summarize(pv, gv, (1.0, 1.0, 1.0))
+            scores.update({f"{k}_vox": v for k, v in vox.items()})
+            scores["diagonal_mm"] = float(np.linalg.norm(np.multiply(g.shape, spacing)))
+            scores["diagonal_vox"] = float(np.linalg.norm(pv.shape))
+            row = {"case": case.id, "class": name, "has_lesions": bool(g.any()), **scores}
+            rows.append({**(extra or {}), **row})
+    return pd.DataFrame(rows)
+
+
 def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfig, *,
                    part: str = "test", overlap: float | None = None,
                    predictions_dir: Path | None = None, threshold: float = 0.5,
-                   extra: dict[str, Any] | None = None) -> pd.DataFrame:
+                   extra: dict[str, Any] | None = None,
+                   activation: str = "sigmoid") -> pd.DataFrame:
     """One row per case of ``data.part(part)``: ``case``, ``has_lesions`` and every metric of
     :func:`hytver_dist.metrics.evaluate_case`, the image diagonals ``diagonal_mm`` (native grid)
-    and ``diagonal_vox`` (preprocessed grid), plus ``extra`` columns."""
+    and ``diagonal_vox`` (preprocessed grid), plus ``extra`` columns.
+
+    Datasets of several classes or regions (``data.dataset``): one row per (case, class or
+    region) with a ``class`` column, ``has_lesions`` meaning that class is in the case's
+    ground truth; predictions are label maps (``activation`` says how the outputs are read)."""
+    if data.dataset.kind != "binary":
+        return _evaluate_classes(model, data, training, part, overlap, predictions_dir, extra,
+                                 activation)
     rows = []
     for case in data.part(part):
         pred, pred_native = predict_case(model, case, training, overlap=overlap,
@@ -107,8 +183,9 @@ def load_trained(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, 
     # The input channels are those of the first convolution (a model trained on other inputs
     # must be refused by name, not fail inside load_state_dict).
     in_channels = next(int(v.shape[1]) for v in state.values() if v.dim() == 5)
+    out_channels = int(next(v for k, v in reversed(state.items()) if v.dim() == 5).shape[0])
     model = build_model({**ModelConfig(**payload["spec"]["model"]).vnet_kwargs(),
-                         "in_channels": in_channels})
+                         "in_channels": in_channels, "out_channels": out_channels})
     model.load_state_dict(state)
     return model.to(device).eval(), payload
 
@@ -160,8 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = payload["spec"]
     extra = {"loss": spec["loss"], "seed": spec["seed"],
              "params": json.dumps(spec["loss_params"], sort_keys=True)}
+    from .train import RunSpec, output_activation
+
+    run_spec = RunSpec.from_config(cfg, spec["loss"], spec["seed"], spec["loss_params"])
     cases = evaluate_model(model, data, cfg.training, part=args.part, overlap=args.overlap,
-                           predictions_dir=out / "predictions", extra=extra)
+                           predictions_dir=out / "predictions", extra=extra,
+                           activation=output_activation(run_spec, data.dataset))
     cases.to_csv(out / "cases.csv", index=False)
     summary = summarize(cases)
     summary.to_csv(out / "summary.csv")

@@ -37,7 +37,7 @@ from .config import (
     TrainingConfig,
 )
 from .inference import foreground, sliding_window_predict
-from .prepare import PreparedData
+from .prepare import MSSEG2, AnyCase, DatasetInfo, PreparedData
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
 Reporter = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -105,8 +105,11 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def case_image(case: PreprocessedCase) -> torch.Tensor:
-    """The network input of a whole case: [baseline, follow-up, follow-up - baseline]."""
+def case_image(case: AnyCase) -> torch.Tensor:
+    """The network input of a whole case: MSSEG-2 [baseline, follow-up, follow-up - baseline],
+    other datasets their channels."""
+    if not isinstance(case, PreprocessedCase):
+        return torch.from_numpy(case.network_input().copy())
     base = torch.tensor(np.asarray(case.baseline), dtype=torch.float32)
     follow = torch.tensor(np.asarray(case.followup), dtype=torch.float32)
     return torch.stack([base, follow, follow - base])
@@ -118,6 +121,85 @@ def patch_edge(training: TrainingConfig) -> int:
         raise ValueError(f"training.patch_size must be a cube for sliding-window inference, "
                          f"got {training.patch_size}")
     return sizes.pop()
+
+
+def model_kwargs(model: ModelConfig, dataset: DatasetInfo) -> dict[str, Any]:
+    """The V-Net's keyword arguments for ``dataset``: its channels in, its classes or regions
+    out (MSSEG-2: the defaults, 3 in, 1 out)."""
+    kwargs = model.vnet_kwargs()
+    if dataset is not MSSEG2:
+        kwargs.update(in_channels=dataset.in_channels, out_channels=dataset.out_channels)
+    return kwargs
+
+
+def loss_activation(training: TrainingConfig, dataset: DatasetInfo) -> str:
+    """training.loss_activation, with ``auto`` resolved from the dataset."""
+    act = training.loss_activation
+    act = dataset.default_activation if act == "auto" else act
+    if act == "softmax" and dataset.kind != "labels":
+        raise ValueError(f"training.loss_activation softmax needs mutually exclusive classes; "
+                         f"this dataset's outputs are {dataset.kind} (use sigmoid)")
+    return act
+
+
+def build_loss(spec: RunSpec, dataset: DatasetInfo) -> nn.Module:
+    """The run's loss, reading the outputs as the dataset asks (sigmoid or softmax)."""
+    from ..losses import LOSSES
+
+    kwargs: dict[str, Any] = {"backend": spec.training.backend, **spec.loss_params}
+    act = loss_activation(spec.training, dataset)
+    accepted = LOSSES[spec.loss].hyperparameters() if spec.loss in LOSSES else ()
+    if spec.training.loss_activation == "auto" and "activation" not in accepted:
+        act = "sigmoid"  # a loss with only a sigmoid form: one 0/1 channel per class
+    if act == "softmax" or spec.training.include_background is not None:
+        if "activation" not in accepted:
+            raise ValueError(f"loss {spec.loss!r} has no softmax form here; set "
+                             "training.loss_activation: sigmoid")
+        kwargs["activation"] = act
+        if spec.training.include_background is not None:
+            kwargs["include_background"] = spec.training.include_background
+    return get_loss(spec.loss, **kwargs)
+
+
+def output_activation(spec: RunSpec, dataset: DatasetInfo) -> str:
+    """How the trained outputs are read (the loss's activation: sigmoid or softmax)."""
+    return getattr(build_loss(spec, dataset), "activation", "sigmoid")
+
+
+def loss_target(mask: torch.Tensor, dataset: DatasetInfo, activation: str) -> torch.Tensor:
+    """The loss's target from a batch of label-map patches (B, 1, *spatial): MSSEG-2 the
+    0/1 mask itself; regions one 0/1 channel per region; classes under softmax the label map
+    (integers), under sigmoid one 0/1 channel per class."""
+    if dataset.kind == "binary":
+        return mask
+    labels = mask.to(torch.long)
+    if dataset.kind == "regions":
+        return torch.cat([torch.isin(labels, torch.tensor(v, device=labels.device))
+                          for v in dataset.region_values], dim=1).float()
+    if activation == "softmax":
+        return labels
+    return torch.cat([labels == c for c in range(dataset.out_channels)], dim=1).float()
+
+
+def hard_prediction(probs: torch.Tensor, dataset: DatasetInfo) -> np.ndarray:
+    """The prediction on the preprocessed grid: MSSEG-2 a bool mask, classes a uint8 label map
+    (the most probable class), regions uint8 (R, *spatial) masks (probability > 0.5)."""
+    if dataset.kind == "binary":
+        return (probs[0] > 0.5).numpy()
+    if dataset.kind == "labels":
+        return probs.argmax(dim=0).to(torch.uint8).numpy()
+    return (probs > 0.5).to(torch.uint8).numpy()
+
+
+def class_masks(labels: np.ndarray, selector: Any, dataset: DatasetInfo,
+                *, is_prediction: bool, index: int = 0) -> np.ndarray:
+    """bool mask of one class or region: of a label map (ground truth, class predictions) or of
+    a region prediction (R, *spatial)."""
+    if dataset.kind == "regions" and is_prediction:
+        return np.asarray(labels[index], dtype=bool)
+    if isinstance(selector, tuple):
+        return np.isin(labels, selector)
+    return np.asarray(labels) == selector
 
 
 def validation_scores(pred: np.ndarray, case: PreprocessedCase) -> dict[str, float]:
@@ -135,18 +217,41 @@ def validation_scores(pred: np.ndarray, case: PreprocessedCase) -> dict[str, flo
     return {"dice": dice, "lesion_f1": f1, "pred_voxels": float(pred.sum())}
 
 
+def multiclass_scores(pred: np.ndarray, case: AnyCase, dataset: DatasetInfo) -> dict[str, float]:
+    """Validation numbers of a case of several classes or regions: ``dice`` is the mean over
+    the foreground classes (an empty prediction of an empty class counts 1), ``lesion_f1``
+    the mean over the classes present, ``pred_voxels`` any foreground."""
+    gt = np.asarray(case.mask)
+    dices, f1s, fg = [], [], np.zeros(gt.shape, bool)
+    for i, (_, sel) in enumerate(dataset.classes):
+        p = class_masks(pred, sel, dataset, is_prediction=True, index=i)
+        g = class_masks(gt, sel, dataset, is_prediction=False)
+        fg |= p
+        dices.append(1.0 if not g.any() and not p.any() else metrics.dice(p, g))
+        if g.any():
+            f1s.append(metrics.lesion_f1(p, g, spacing=case.meta.spacing).f1)
+    return {"dice": float(np.mean(dices)),
+            "lesion_f1": float(np.mean(f1s)) if f1s else math.nan,
+            "pred_voxels": float(fg.sum())}
+
+
 @torch.no_grad()
-def validate(model: nn.Module, cases: list[PreprocessedCase], training: TrainingConfig,
-             device: torch.device, activation: str = "sigmoid") -> dict[str, float]:
+def validate(model: nn.Module, cases: list[AnyCase], training: TrainingConfig,
+             device: torch.device, activation: str = "sigmoid",
+             dataset: DatasetInfo = MSSEG2) -> dict[str, float]:
     """Mean validation scores over ``cases`` (sharded over ranks when distributed); a voxel is
-    foreground when any sigmoid channel, or the most probable softmax class, says so."""
+    foreground when any sigmoid channel, or the most probable softmax class, says so.
+    Datasets of several classes or regions score the mean over their foreground classes."""
     rank, world = _world()
     patch = patch_edge(training)
     mine = []
     for case in cases[rank::world]:
         probs = sliding_window_predict(model, case_image(case), patch=patch,
                                        overlap=training.val_patch_overlap, activation=activation)
-        mine.append(validation_scores(foreground(probs, activation).numpy(), case))
+        if dataset.kind == "binary":
+            mine.append(validation_scores(foreground(probs, activation).numpy(), case))
+        else:
+            mine.append(multiclass_scores(hard_prediction(probs, dataset), case, dataset))
     rows = mine
     if world > 1:
         gathered: list[list[dict[str, float]]] = [[] for _ in range(world)]
@@ -210,7 +315,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
     rank, world = _world()
     seed_everything(spec.seed)
     # Same seed -> same initial weights on all ranks.
-    model = build_model(spec.model.vnet_kwargs()).to(device)
+    dataset = data.dataset
+    model = build_model(model_kwargs(spec.model, dataset)).to(device)
     init_report = None
     if init is not None and resume is None:
         loaded = load_pretrained(model, init)
@@ -219,7 +325,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
                              f"(model {spec.model.vnet_kwargs()}):\n{loaded}")
         init_report = str(loaded)
     torch.manual_seed(spec.seed + 7919 * rank)  # then per-rank streams (dropout masks)
-    loss_fn = get_loss(spec.loss, backend=training.backend, **spec.loss_params)
+    loss_fn = build_loss(spec, dataset)
     # Validation reads the outputs the way the loss trained them (sigmoid or softmax).
     activation = getattr(loss_fn, "activation", "sigmoid")
     optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
@@ -258,7 +364,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         image = torch.from_numpy(np.stack([p[0] for p in pairs]))
         patches.update(image.numpy())  # hashed in place, no copy
         image = image.to(device)
-        mask = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
+        mask = loss_target(torch.from_numpy(np.stack([p[1] for p in pairs])).to(device),
+                           dataset, activation)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(image)
         loss = loss_fn(logits.float(), mask)  # losses in fp32 even under AMP
@@ -282,7 +389,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         if done % training.eval_every and done != training.iterations:
             continue
         _sync_buffers(model, world)
-        scores = validate(model, val_cases, training, device, activation)
+        scores = validate(model, val_cases, training, device, activation, dataset)
         row = {"iteration": done, "train_loss": float(np.mean(losses)), **scores}
         losses = []
         if scores["val_dice"] > best_metric or best_state is None:

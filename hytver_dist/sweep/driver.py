@@ -30,6 +30,7 @@ unless ``--verbose``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -116,7 +117,7 @@ def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, i
 
     from ..model import build_model
     from ..run.evaluate import evaluate_model
-    from ..run.train import RunSpec, train_loop
+    from ..run.train import RunSpec, model_kwargs, output_activation, train_loop
 
     spec = RunSpec.from_config(cfg, config["loss"], seed, config["loss_params"])
     ctx = ray.train.get_context()
@@ -141,18 +142,19 @@ def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, i
                               "params_digest": result.params_digest,
                               "patch_digest": result.patch_digest})
     # Test evaluation, sharded over the ranks; rank 0 writes every case to the run directory.
-    model = build_model(spec.model.vnet_kwargs()).to(device)
+    model = build_model(model_kwargs(spec.model, data.dataset)).to(device)
     model.load_state_dict(result.best_state)
     test = data.part("test")
     mine = [c.id for c in test[rank::world]]
-    subset = type(data)(data.root, type(data.split)(data.split.train, data.split.val,
-                                                    tuple(mine), data.split.meta),
-                        data.files, data.cases, data.preprocess)
-    rows = _gather(world, evaluate_model(model, subset, spec.training).to_dict("records"))
+    subset = dataclasses.replace(data, split=type(data.split)(
+        data.split.train, data.split.val, tuple(mine), data.split.meta))
+    rows = _gather(world, evaluate_model(
+        model, subset, spec.training,
+        activation=output_activation(spec, data.dataset)).to_dict("records"))
     rows = [r for part in rows for r in part]
     if rank == 0:
         order = {c.id: i for i, c in enumerate(test)}
-        frame = pd.DataFrame(sorted(rows, key=lambda r: order[r["case"]]))
+        frame = pd.DataFrame(sorted(rows, key=lambda r: order[r["case"]]))  # stable: classes
         frame.insert(0, "seed", seed)
         if written is not None:  # the seeds before this one (a rerun of this seed replaces it)
             frame = pd.concat([written[written["seed"] != seed], frame], ignore_index=True)
