@@ -32,6 +32,12 @@ gt_volume_mm3,
 pred_volume_mm3
 ==================  =====================================================================
 
+Datasets of several classes or regions add a ``class`` column: one row per (case, class or
+region), ``has_lesions`` meaning that class is in the case's ground truth. Table I then gives
+each class and the mean over foreground classes (per case and seed: the mean over the classes
+present in its ground truth); Table II, the paired tests, the box plots and the negatives use
+that per-case mean.
+
 Optional columns ``diagonal_mm`` / ``diagonal_vox`` (the image diagonal, native grid in mm /
 preprocessed grid in voxels) give the distance penalty of empty predictions (below).
 
@@ -181,8 +187,17 @@ def _parse_bool(series: pd.Series, path: Path) -> pd.Series:
     return text.isin(_TRUE)
 
 
+CLASS_COLUMN = "class"
+MEAN_CLASS = "mean over foreground classes"
+
+
+def _keys(df: pd.DataFrame) -> list[str]:
+    """Columns naming one row: (trial, seed, case), and the class when there is one."""
+    return ["trial", "seed", "case"] + ([CLASS_COLUMN] if CLASS_COLUMN in df.columns else [])
+
+
 def _read_cases(path: Path) -> pd.DataFrame:
-    text_cols = {c: str for c in ("trial", "loss", "params", "case")}
+    text_cols = {c: str for c in ("trial", "loss", "params", "case", CLASS_COLUMN)}
     df = pd.read_csv(path, dtype=text_cols, keep_default_na=True)
     missing = [c for c in CASE_COLUMNS if c not in df.columns]
     if missing:
@@ -196,7 +211,7 @@ def _read_cases(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: seed must be an integer in every row")
     df["seed"] = df["seed"].astype(int)
     df["params"] = [_canonical_params(p, path) for p in df["params"]]
-    dup = df.duplicated(["trial", "seed", "case"])
+    dup = df.duplicated(_keys(df))
     if dup.any():
         raise ValueError(f"{path}: duplicate rows for case {df.loc[dup, 'case'].iloc[0]!r}")
     return df
@@ -257,7 +272,7 @@ def load_results(results_dir: str | Path) -> Results:
             f"({len(trial_dirs)} trial directories, {len(failed)} failed or empty)"
         )
     cases = pd.concat(frames, ignore_index=True)
-    if cases.duplicated(["trial", "seed", "case"]).any():
+    if cases.duplicated(_keys(cases)).any():
         raise ValueError(f"{trials_dir}: the same trial name appears in several cases.csv")
     cases["method"] = _method_labels(cases)
     failed_df = pd.DataFrame(failed, columns=["trial", "loss", "seed", "status", "error"])
@@ -323,6 +338,46 @@ def table1(cases: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                 "median": float(vals[metric].median()) if vals[metric].notna().any() else math.nan,
             })
     return pd.DataFrame(rows)
+
+
+def is_per_class(cases: pd.DataFrame) -> bool:
+    """Whether the rows are per (case, class): a dataset of several classes or regions."""
+    return CLASS_COLUMN in cases.columns and bool(cases[CLASS_COLUMN].notna().any())
+
+
+def class_mean(cases: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial, seed, case) from per-class rows: each metric's mean over the classes
+    present in the case's ground truth (all classes when none is), counts and volumes summed,
+    ``has_lesions`` when any class is present."""
+    keys = ["trial", "loss", "seed", "params", "method", "case"]
+    metric_cols = [c for c in METRICS + OPTIONAL_METRICS if c in cases.columns]
+    sum_cols = [c for c in COUNTS if c in cases.columns]
+    rows = []
+    for key, g in cases.groupby(keys, sort=False):
+        present = g[g["has_lesions"]]
+        src = present if len(present) else g
+        row = dict(zip(keys, key, strict=True))
+        row["has_lesions"] = bool(len(present))
+        row.update(src[metric_cols].mean(numeric_only=True).to_dict())
+        row.update({c: g[c].sum(min_count=1) for c in sum_cols})
+        for c in ("diagonal_mm", "diagonal_vox"):
+            if c in g.columns:
+                row[c] = g[c].max()
+        if "distance_penalized" in g.columns:
+            row["distance_penalized"] = bool(src["distance_penalized"].any())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table1_per_class(cases: pd.DataFrame, mean: pd.DataFrame,
+                     confidence: float = 0.95) -> pd.DataFrame:
+    """:func:`table1` of each class and of the mean over foreground classes, with a ``class``
+    column (classes in the order of the rows)."""
+    parts = [table1(cases[cases[CLASS_COLUMN] == c], confidence).assign(**{CLASS_COLUMN: c})
+             for c in cases[CLASS_COLUMN].dropna().unique()]
+    parts.append(table1(mean, confidence).assign(**{CLASS_COLUMN: MEAN_CLASS}))
+    out = pd.concat(parts, ignore_index=True)
+    return out[[CLASS_COLUMN] + [c for c in out.columns if c != CLASS_COLUMN]]
 
 
 def cv(values: np.ndarray) -> float:
@@ -579,9 +634,18 @@ def build_report(
                                            if c not in CASE_COLUMNS and c != "method"]
     cases[ordered].to_csv(out / "cases.csv", index=False)
 
-    t1 = table1(cases, confidence)
+    per_class = is_per_class(cases)
+    if per_class:
+        # Everything but Table I's class blocks reads the per-case mean over the classes.
+        class_rows, cases = cases, class_mean(cases)
+        penalized = cases["distance_penalized"].astype(bool)
+        t1 = table1_per_class(class_rows, cases, confidence)
+        t1_md = "".join(f"### {c}\n\n{table1_markdown(g.drop(columns=CLASS_COLUMN), confidence)}\n"
+                        for c, g in t1.groupby(CLASS_COLUMN, sort=False))
+    else:
+        t1 = table1(cases, confidence)
+        t1_md = table1_markdown(t1, confidence)
     t1.to_csv(out / "table1.csv", index=False)
-    t1_md = table1_markdown(t1, confidence)
     (out / "table1.md").write_text(f"# Table I\n\n{t1_md}")
     t2 = table2(cases)
     t2.to_csv(out / "table2.csv", index=False)

@@ -258,9 +258,12 @@ class DataConfig(Section):
                                  "data)")
             return self
         self.synthetic = self.synthetic or SyntheticConfig()
-        if self.split.preset in ("coactseg", "file"):
-            raise KeyProblem(".split.preset", f"{self.split.preset!r} selects case IDs of a "
-                             "dataset and needs data.path; synthetic data uses 'random'")
+        if self.split.preset == "coactseg":
+            raise KeyProblem(".split.preset", "'coactseg' selects MSSEG-2 case IDs and needs "
+                             "data.path; synthetic data uses 'random'")
+        if self.split.preset == "file":
+            raise KeyProblem(".split.preset", "'file' lists case IDs of a dataset and needs "
+                             "data.path; synthetic data uses 'random'")
         held = (self.split.n_test or 0) + self.split.n_val
         if held >= self.synthetic.n_cases:
             raise KeyProblem(".split", f"n_test + n_val = {held} leaves no training case out "

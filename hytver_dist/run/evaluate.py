@@ -68,7 +68,7 @@ def predict_labels(model: nn.Module, case: Any, training: TrainingConfig,
     overlap = training.val_patch_overlap if overlap is None else overlap
     probs = sliding_window_predict(model, case_image(case), patch=patch_edge(training),
                                    overlap=overlap, activation=activation)
-    pred = hard_prediction(probs, dataset)
+    pred = hard_prediction(probs, dataset, activation)
     if dataset.kind == "labels":
         return pred, labels_to_original_grid(pred, case.meta)
     native = np.stack([to_original_grid(m, case.meta, is_mask=True) for m in pred])
@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", required=True, type=Path,
                         help="run directory of hytver_dist.train (holds best_model.pt, run.json)")
     parser.add_argument("--part", default="test", choices=["test", "val", "train", "all"])
-    parser.add_argument("--data", help="MSSEG-2 directory (overrides the run's data.path)")
+    parser.add_argument("--data", help="MSSEG-2 or nnU-Net v2 raw dataset directory "
+                        "(overrides the run's data.path)")
     parser.add_argument("--overlap", type=float, help="sliding-window overlap (default: the "
                         "config's training.val_patch_overlap)")
     parser.add_argument("--out", type=Path, help="output directory (default <run>/eval-<part>)")

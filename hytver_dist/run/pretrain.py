@@ -43,6 +43,10 @@ def pretrain_key(cfg: Config, data: PreparedData) -> str:
         "batch": cfg.training.batch_size,
         "patch": list(cfg.training.patch_size),
     }
+    if cfg.training.loss_activation != "auto" or cfg.training.include_background is not None:
+        # How the loss reads the outputs changes the weights (absent at the defaults, so the
+        # keys of earlier sweeps stay valid).
+        what["outputs"] = [cfg.training.loss_activation, cfg.training.include_background]
     text = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -181,13 +181,19 @@ def loss_target(mask: torch.Tensor, dataset: DatasetInfo, activation: str) -> to
     return torch.cat([labels == c for c in range(dataset.out_channels)], dim=1).float()
 
 
-def hard_prediction(probs: torch.Tensor, dataset: DatasetInfo) -> np.ndarray:
-    """The prediction on the preprocessed grid: MSSEG-2 a bool mask, classes a uint8 label map
-    (the most probable class), regions uint8 (R, *spatial) masks (probability > 0.5)."""
+def hard_prediction(probs: torch.Tensor, dataset: DatasetInfo,
+                    activation: str = "softmax") -> np.ndarray:
+    """The prediction on the preprocessed grid: MSSEG-2 a bool mask; classes a uint8 label map
+    (softmax: the most probable class; sigmoid: the most probable foreground class where its
+    probability is above 0.5, else background, since one-vs-rest sigmoids need not sum to 1);
+    regions uint8 (R, *spatial) masks (probability > 0.5)."""
     if dataset.kind == "binary":
         return (probs[0] > 0.5).numpy()
     if dataset.kind == "labels":
-        return probs.argmax(dim=0).to(torch.uint8).numpy()
+        if activation == "softmax":
+            return probs.argmax(dim=0).to(torch.uint8).numpy()
+        best, cls = probs[1:].max(dim=0)
+        return torch.where(best > 0.5, cls + 1, 0).to(torch.uint8).numpy()
     return (probs > 0.5).to(torch.uint8).numpy()
 
 
@@ -251,7 +257,8 @@ def validate(model: nn.Module, cases: list[AnyCase], training: TrainingConfig,
         if dataset.kind == "binary":
             mine.append(validation_scores(foreground(probs, activation).numpy(), case))
         else:
-            mine.append(multiclass_scores(hard_prediction(probs, dataset), case, dataset))
+            mine.append(multiclass_scores(hard_prediction(probs, dataset, activation), case,
+                                            dataset))
     rows = mine
     if world > 1:
         gathered: list[list[dict[str, float]]] = [[] for _ in range(world)]

@@ -612,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="continue an interrupted sweep (finished trials are not rerun)")
     parser.add_argument("--retry-errored", action="store_true",
                         help="with --resume: also restart trials that failed")
-    parser.add_argument("--data", help="MSSEG-2 directory (overrides data.path)")
+    parser.add_argument("--data", help="MSSEG-2 or nnU-Net v2 raw dataset directory (overrides "
+                        "data.path)")
     parser.add_argument("--cache", help="cache for synthetic data and preprocessed cases "
                         "(default $HYTVER_CACHE or ~/.cache/hytver_dist)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")

@@ -168,9 +168,14 @@ def final_summary(statuses: list[dict[str, Any]], summary_path: Path | None,
     if table1_csv is not None and table1_csv.is_file():
         import pandas as pd
 
+        from ..report.build import CLASS_COLUMN, MEAN_CLASS
+
         t1 = pd.read_csv(table1_csv)
+        what = "mean test Dice"
+        if CLASS_COLUMN in t1.columns:  # several classes: their mean
+            t1, what = t1[t1[CLASS_COLUMN] == MEAN_CLASS], f"{what} over foreground classes"
         dice = t1[t1["metric"] == "dice"].sort_values("mean", ascending=False).head(top)
-        lines.append(f"Table I, top {len(dice)} by mean test Dice [interval]:")
+        lines.append(f"Table I, top {len(dice)} by {what} [interval]:")
         for row in dice.itertuples(index=False):
             lines.append(f"  {row.method:<26} {row.mean:.3f} [{row.ci_low:.3f}, "
                          f"{row.ci_high:.3f}]")

@@ -1,0 +1,305 @@
+"""nnU-Net v2 raw datasets in training: label-map resampling and its inverse, preprocessing and
+the cache, CT statistics from the training cases only, splits from a file, patches of any
+channel count, inference output values and geometry, and sweeps end to end on embedded Ray
+(3 classes, 3 regions, and a dataset written by another tool)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from hytver_dist.data import PatchConfig, PatchSampler
+from hytver_dist.data.nnunet_prep import labels_to_original_grid, resample_labels
+from hytver_dist.data.preprocess import _target_grid
+from hytver_dist.run.config import ConfigError, load_config
+from hytver_dist.run.evaluate import predict_labels, save_label_map
+from hytver_dist.run.prepare import prepare_data
+from hytver_dist.run.train import RunSpec, build_loss, loss_target, model_kwargs
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = (40, 44, 36)
+
+
+def write_dataset(root: Path, n: int = 6, *, ending: str = ".nii", ct: bool = True,
+                  regions: bool = False) -> Path:
+    """An nnU-Net v2 raw dataset written with nibabel alone (as another tool would): LPS
+    orientation, 3 x 3 x 4 mm voxels, two channels (the second CT-like in Hounsfield units),
+    two labels in separate blobs per case (the last case has none)."""
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    affine = np.diag([-3.0, -3.0, 4.0, 1.0])
+    affine[:3, 3] = [60.0, 66.0, -72.0]
+    grid = np.indices(SHAPE)
+    for i in range(n):
+        label = np.zeros(SHAPE, np.uint8)
+        if i < n - 1:
+            for value, centre in ((1, (12 + i, 14, 18)), (2, (28, 30 - i, 16))):
+                r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)))
+                label[r <= 3.5] = value
+        body = np.sqrt(((grid[0] - 20) / 18) ** 2 + ((grid[1] - 22) / 20) ** 2
+                       + ((grid[2] - 18) / 16) ** 2) < 1
+        mr = body * 100.0 + label * 60.0 + rng.normal(0, 5, SHAPE)
+        hu = np.where(body, 40.0, -1000.0) + label * 30.0 + rng.normal(0, 10, SHAPE)
+        for c, vol in enumerate((mr, hu)):
+            nib.save(nib.Nifti1Image(vol.astype(np.float32), affine),
+                     root / "imagesTr" / f"pt{i:02d}_{c:04d}{ending}")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"pt{i:02d}{ending}")
+    labels: dict = ({"background": 0, "any": [1, 2], "second": 2} if regions
+                    else {"background": 0, "first": 1, "second": 2})
+    meta = {"channel_names": {"0": "T2", "1": "CT" if ct else "T1"}, "labels": labels,
+            "numTraining": n, "file_ending": ending, "name": "written by another tool"}
+    if regions:
+        meta["regions_class_order"] = [1, 2]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def config(path: Path | None = None, **sections) -> dict:
+    cfg = {"name": "nn", "data": {"path": str(path) if path else None,
+                                  "split": {"n_test": 2, "n_val": 1}},
+           "model": {"n_filters": 4},
+           "training": {"iterations": 2, "eval_every": 1, "checkpoint_every": 1,
+                        "batch_size": 1, "val_patch_overlap": 0.0},
+           "search": {"losses": ["dice"], "seeds": [0]}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg
+
+
+# ----------------------------------------------------------------------- label resampling
+
+
+def test_resample_labels_keeps_every_labels_lesions_and_maps_back_to_values():
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[2:12, 2:12, 2:12] = 1
+    label[6, 6, 6] = 2  # one voxel of label 2 inside label 1: lost by a majority vote
+    label[15, 15, 15] = 3  # a lone voxel of label 3
+    scale, offset, shape = _target_grid(label.shape, (1, 1, 1), (2.5, 2.5, 2.5))
+    down = resample_labels(label, scale, offset, shape)
+    assert set(np.unique(down)) == {0, 1, 2, 3}
+    assert abs(int((down == 1).sum()) * 2.5**3 - 999) < 250  # the big label keeps its volume
+    # Identity grid: exact.
+    assert np.array_equal(resample_labels(label, (1, 1, 1), (0, 0, 0), label.shape), label)
+
+
+def test_prepared_nnunet_cases_and_inverse_map(tmp_path):
+    data_dir = write_dataset(tmp_path / "ds")
+    cfg = load_config(config(data_dir, data={"preprocessing": {"target_spacing": [4, 4, 4]}}))
+    data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
+    assert data.dataset.kind == "labels" and data.dataset.outputs == ("background", "first",
+                                                                      "second")
+    assert data.dataset.in_channels == 2 and data.dataset.out_channels == 3
+    case = data.cases["pt00"]
+    assert case.image.shape[0] == 2 and case.meta.spacing == (4.0, 4.0, 4.0)
+    assert set(np.unique(case.mask)) == {0, 1, 2}
+    # Back on the file's grid: the file's shape and label values, lesions where they were.
+    back = labels_to_original_grid(np.asarray(case.mask), case.meta)
+    gt = np.asarray(nib.load(data_dir / "labelsTr" / "pt00.nii").dataobj)
+    assert back.shape == gt.shape and set(np.unique(back)) == {0, 1, 2}
+    for v in (1, 2):
+        overlap = ((back == v) & (gt == v)).sum() / (gt == v).sum()
+        assert overlap > 0.6, (v, overlap)
+    # A second preparation reads the cache (memory-mapped arrays).
+    again = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
+    assert isinstance(again.cases["pt01"].mask, np.memmap)
+
+
+def test_ct_channel_uses_training_statistics_only(tmp_path):
+    data_dir = write_dataset(tmp_path / "ds")
+    cfg = load_config(config(data_dir))
+    data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
+    stats = data.dataset.ct[1]
+    # Foreground (label > 0) HU of the training cases: 40 + 30 * label, noise sd 10.
+    assert 60 < stats.mean < 110 and stats.lower < stats.mean < stats.upper
+    train = [data.cases[i] for i in data.split.train]
+    fg = np.concatenate([np.asarray(c.image[1])[np.asarray(c.mask) > 0] for c in train])
+    assert abs(fg.mean()) < 0.2  # z-scored with those statistics
+    # The MR channel is z-scored per case.
+    mr = np.asarray(data.cases["pt03"].image[0])
+    assert abs(mr.mean()) < 1e-3 and abs(mr.std() - 1) < 1e-3
+
+
+def test_split_from_file_and_fold(tmp_path):
+    data_dir = write_dataset(tmp_path / "ds")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["pt00", "pt01", "pt02"], "val": ["pt03"],
+                                 "test": ["pt04", "pt05"]}))
+    cfg = load_config(config(data_dir, data={"split": {"preset": "file", "file": str(split)}}))
+    data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
+    assert data.split.test == ("pt04", "pt05") and data.split.val == ("pt03",)
+    folds = tmp_path / "splits_final.json"
+    folds.write_text(json.dumps([{"train": ["pt00", "pt01", "pt02", "pt03"],
+                                  "val": ["pt04", "pt05"]},
+                                 {"train": ["pt02", "pt03", "pt04", "pt05"],
+                                  "val": ["pt00", "pt01"]}]))
+    cfg = load_config(config(data_dir, data={"split": {"preset": "file", "file": str(folds),
+                                                       "fold": 1, "n_val": 1}}))
+    data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
+    assert data.split.test == ("pt00", "pt01") and len(data.split.val) == 1
+    with pytest.raises(ConfigError, match="split.file"):
+        load_config(config(data_dir, data={"split": {"preset": "file"}}))
+    with pytest.raises(ConfigError, match="n_test"):
+        load_config(config(data_dir, data={"split": {"preset": "file", "file": "x",
+                                                     "n_test": 2}}))
+
+
+def test_format_is_detected_and_can_be_forced(tmp_path):
+    data_dir = write_dataset(tmp_path / "ds")
+    assert load_config(config(data_dir)).data.resolved_format() == "nnunet"
+    assert load_config(config(tmp_path)).data.resolved_format() == "msseg2"
+    forced = load_config(config(tmp_path, data={"format": "nnunet"}))
+    with pytest.raises(Exception, match="dataset.json"):
+        prepare_data(forced.data, cache_dir=tmp_path / "cache")
+
+
+# ------------------------------------------------------------------------ training pieces
+
+
+def test_patches_have_the_datasets_channels_and_label_values(tmp_path):
+    data = prepare_data(load_config(config(write_dataset(tmp_path / "ds"))).data,
+                        cache_dir=tmp_path / "cache")
+    train = data.part("train")
+    sampler = PatchSampler(train, PatchConfig(patch_size=16))
+    rng = np.random.default_rng(0)
+    labels_seen = set()
+    for _ in range(10):
+        for index, case in enumerate(train):
+            image, mask = sampler.sample(rng, index)
+            assert image.shape == (2, 16, 16, 16) and mask.shape == (1, 16, 16, 16)
+            labels_seen |= {int(v) for v in np.unique(mask)}
+            assert mask.any() == case.has_lesions  # lesion-centred where there are lesions
+    assert labels_seen == {0, 1, 2}
+
+
+def test_targets_and_model_follow_the_dataset(tmp_path):
+    for regions, kind, out in ((False, "labels", 3), (True, "regions", 2)):
+        root = write_dataset(tmp_path / kind, regions=regions)
+        cfg = load_config(config(root))
+        data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
+        assert data.dataset.kind == kind
+        kwargs = model_kwargs(cfg.model, data.dataset)
+        assert (kwargs["in_channels"], kwargs["out_channels"]) == (2, out)
+        mask = torch.tensor([0, 1, 2, 2]).reshape(1, 1, 4, 1, 1)
+        loss = build_loss(RunSpec.from_config(cfg, "dice", 0), data.dataset)
+        target = loss_target(mask, data.dataset, getattr(loss, "activation", "sigmoid"))
+        if regions:  # any = {1, 2}, second = {2}
+            assert target[0, :, :, 0, 0].tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
+        else:
+            assert target.shape[1] in (1, 3)  # a label map (softmax) or one-hot (sigmoid)
+    with pytest.raises(ValueError, match="softmax needs mutually exclusive classes"):
+        build_loss(RunSpec.from_config(load_config(config(
+            root, training={"loss_activation": "softmax"})), "dice", 0), data.dataset)
+
+
+class _Constant(nn.Module):
+    """Logits favouring one output channel everywhere (a stand-in trained model)."""
+
+    def __init__(self, in_channels: int, out_channels: int, winner: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.fill_(-5.0)
+            self.conv.bias[winner] = 5.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_inference_writes_label_values_on_the_input_grid(tmp_path, regions):
+    root = write_dataset(tmp_path / "ds", regions=regions)
+    cfg = load_config(config(root, data={"preprocessing": {"target_spacing": [4, 4, 4]}}))
+    data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
+    case = data.cases["pt00"]
+    ds = data.dataset
+    if regions:  # only the first region on: painted with regions_class_order[0] = 1
+        model, activation, expected = _Constant(2, 2, 0), "sigmoid", 1
+    else:
+        model, activation, expected = _Constant(2, 3, 2), "softmax", 2
+    pred, native = predict_labels(model, case, cfg.training, ds, activation)
+    src = nib.load(root / "imagesTr" / "pt00_0000.nii")
+    assert native.shape == src.shape and native.dtype == np.uint8
+    assert set(np.unique(native)) <= {0, expected} and (native == expected).mean() > 0.5
+    path = save_label_map(native, case, tmp_path / "pred")
+    img = nib.load(path)
+    assert np.allclose(img.affine, src.affine) and img.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(img.dataobj), native)
+
+
+# --------------------------------------------------------------------- sweeps end to end
+
+
+def _sweep(tmp_path: Path, cfg: dict, *extra: str) -> Path:
+    """``python -m hytver_dist.sweep`` on its own embedded Ray; returns the results dir."""
+    path = tmp_path / "sweep.yaml"
+    cfg = {**cfg, "storage": {"path": str(tmp_path / "storage")},
+           "resources": {"max_failures": 0, "controller_failure_limit": 0}}
+    path.write_text(yaml.safe_dump(cfg))
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "hytver_dist.sweep", "--config", str(path),
+                          "--cache", str(tmp_path / "cache"), "--num-cpus", "2", *extra],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp_path / "storage" / cfg["name"] / "results"
+
+
+def _check_per_class(results: Path, classes: list[str]) -> pd.DataFrame:
+    for trial in (results / "trials").iterdir():
+        cases = pd.read_csv(trial / "cases.csv", dtype={"case": str})
+        assert list(cases["class"].unique()) == classes
+        assert len(cases) == 2 * len(classes)  # 2 test cases x classes
+    t1 = pd.read_csv(results / "report" / "table1.csv")
+    assert list(t1["class"].unique()) == [*classes, "mean over foreground classes"]
+    dice = t1[t1["metric"] == "dice"]
+    assert dice["mean"].between(0, 1).all()
+    summary = (results / "report" / "summary.md").read_text()
+    for name in classes:
+        assert f"### {name}" in summary
+    return t1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1000)
+def test_three_class_sweep_end_to_end(tmp_path):
+    results = _sweep(tmp_path, config(
+        None, name="classes", data={"format": "nnunet", "synthetic": {
+            "n_cases": 6, "size": "tiny", "classes": 4, "n_negative": 0}},
+        search={"losses": ["dice", "hytver"], "seeds": [0]}))
+    _check_per_class(results, ["class1", "class2", "class3"])
+    paired = pd.read_csv(results / "report" / "paired_vs_hytver.csv")
+    assert paired["method"].tolist() == ["dice"] and paired["n_pairs"].iloc[0] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1000)
+def test_three_region_sweep_end_to_end(tmp_path):
+    results = _sweep(tmp_path, config(
+        None, name="regions", data={"format": "nnunet", "synthetic": {
+            "n_cases": 6, "size": "tiny", "regions": True, "n_negative": 0}},
+        search={"losses": ["dice", "hytver"], "seeds": [0]}))
+    _check_per_class(results, ["whole", "core", "centre"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1000)
+def test_dataset_written_by_another_tool_runs_through_the_cli(tmp_path):
+    root = write_dataset(tmp_path / "Dataset042_Other")
+    cfg = config(None, name="other", search={"losses": ["dice"], "seeds": [0]})
+    results = _sweep(tmp_path, cfg, "--data", str(root))
+    _check_per_class(results, ["first", "second"])
