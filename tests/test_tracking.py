@@ -1,0 +1,252 @@
+"""Experiment tracking (``tracking:``): the config section, the MLflow runs and their resume,
+TensorBoard's event files, and the refusal when mlflow is missing.
+
+The sweep test reuses ``test_faults``' driver harness: a tiny sweep of 2 losses x 1 seed on its
+own embedded Ray, SIGKILLed mid-training and resumed, with MLflow's default store (a SQLite
+file under the results folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from test_faults import EVERY, ITERATIONS, Sweep
+from test_sweep_ray import cache_dir, ray_env, results  # noqa: F401  (module fixtures)
+
+from hytver_dist.run.config import ConfigError, load_config
+from hytver_dist.run.tracking_config import MlflowConfig, TrackingConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- config
+def test_tracking_defaults_and_errors():
+    cfg = load_config({"name": "x"})
+    assert cfg.tracking == TrackingConfig()
+    assert cfg.tracking.tensorboard is True and cfg.tracking.mlflow.enabled is False
+    cfg = load_config({"name": "x", "tracking": {"mlflow": {
+        "enabled": True, "tracking_uri": "http://mlflow:5000", "tags": {"round": 2}}}})
+    assert cfg.tracking.mlflow.tags == {"round": "2"}
+    bad = {
+        "tracking.mlfow: unknown key 'mlfow' (did you mean 'mlflow'?)": {"mlfow": {}},
+        "tracking.mlflow.enabeld: unknown key 'enabeld' (did you mean 'enabled'?)":
+            {"mlflow": {"enabeld": True}},
+        "tracking.mlflow.tracking_uri: expected a URI": {"mlflow": {"tracking_uri": "mlruns"}},
+        "tracking.mlflow.tags.a: expected a string": {"mlflow": {"tags": {"a": [1]}}},
+        "tracking.tensorboard: expected true or false": {"tensorboard": "yes"},
+    }
+    for message, section in bad.items():
+        with pytest.raises(ConfigError, match="^<dict>: " + message.replace("(", r"\(")
+                           .replace(")", r"\)").replace("?", r"\?")):
+            load_config({"name": "x", "tracking": section})
+
+
+def test_documented_tracking_keys_match_the_model():
+    doc = (ROOT / "docs" / "sweeps.md").read_text()
+    section = doc.split("### `tracking`")[1].split("\n## ")[0]
+    block = section.split("```yaml")[1].split("```")[0]
+    assert load_config({"name": "x", **yaml.safe_load(block)}).tracking == TrackingConfig()
+    for key in MlflowConfig.model_fields:
+        assert f"`mlflow.{key}`" in section, key
+    assert "`tensorboard`" in section
+    assert "## Watching a sweep" in doc
+
+
+# ----------------------------------------------------------------------------- no mlflow
+REFUSE = """
+import sys
+sys.modules["mlflow"] = None  # as if not installed: importlib.util.find_spec returns None
+from hytver_dist.sweep import main
+rc = main(["--config", sys.argv[1]])
+import ray
+print("RESULT", rc, ray.is_initialized())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_mlflow_enabled_without_the_package_is_refused_before_ray_starts(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"name": "nomlflow", "storage": {"path": str(tmp_path)},
+                                      "tracking": {"mlflow": {"enabled": True}}}))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hn", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-c", REFUSE, str(config)], capture_output=True,
+                         text=True, cwd=ROOT, env=env, timeout=110)
+    assert "RESULT 2 False" in out.stdout, out.stdout + out.stderr
+    assert "tracking.mlflow.enabled" in out.stderr and "hytver-dist[tracking]" in out.stderr, \
+        out.stderr
+    assert list(ray_tmp.iterdir()) == [], "Ray started"  # no session directory
+    assert not (tmp_path / "nomlflow").exists()
+    ray_tmp.rmdir()
+
+
+# ----------------------------------------------------------------------------- the callback
+def _trial(tid: str, loss: str, params: dict, seeds: list[int]) -> SimpleNamespace:
+    t = SimpleNamespace(trial_id=tid, config={"seeds": seeds, "arm": {
+        "id": loss, "loss": loss, "loss_params": params}})
+    t.__str__ = lambda: f"{loss}-{tid}"  # type: ignore[method-assign]
+    return t
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.timeout(120)
+def test_trial_runs_survive_a_driver_restart_without_duplicates(tmp_path):
+    """The callback as Tune drives it, then a second callback (a resumed driver: a new
+    process, the same run store): same runs, a repeated validation logged once."""
+    from hytver_dist.sweep import tracking
+    from hytver_dist.sweep.tracking_callbacks import MlflowTrialRuns
+
+    cfg = load_config({"name": "cb", "search": {"losses": ["hytver"], "seeds": [0, 1],
+                                                 "seeds_per_trial": 2},
+                       "tracking": {"mlflow": {"enabled": True, "tags": {"team": "t"}}}})
+    results = tmp_path / "results"
+    store = tracking.start(cfg, results, "/exp/cb", resume=False)
+    assert store["tracking_uri"] == f"sqlite:///{results / 'mlflow' / 'mlflow.db'}"
+    trial = _trial("a1", "hytver", {"alpha": 0.3}, [0, 1])
+    row = {"train_loss": 0.5, "val_dice": 0.25, "val_lesion_f1": float("nan"),
+           "best_val_dice": 0.25, "time_this_iter_s": 3.0, "training_iteration": 1}
+
+    cb = MlflowTrialRuns(str(tracking.store_path(results)))
+    cb.setup()
+    cb.on_trial_start(0, [], trial)
+    cb.on_trial_result(0, [], trial, {**row, "iteration": 3, "seed": 0, "seed_index": 0})
+    cb.on_trial_result(0, [], trial, {**row, "iteration": 6, "seed": 0, "seed_index": 0,
+                                      "val_dice": 0.5})
+    cb.on_trial_result(0, [], trial, {**row, "iteration": 3, "seed": 1, "seed_index": 1})
+
+    resumed = MlflowTrialRuns(str(tracking.store_path(results)))
+    again = tracking.start(cfg, results, "/exp/cb", resume=True)
+    assert again["parent_run_id"] == store["parent_run_id"]
+    resumed.setup()
+    resumed.on_trial_start(0, [], trial)
+    # Restarted from the seed-1 checkpoint at 3: iteration 3 comes again, then 6, the final.
+    resumed.on_trial_result(0, [], trial, {**row, "iteration": 3, "seed": 1, "seed_index": 1})
+    resumed.on_trial_result(0, [], trial, {**row, "iteration": 6, "seed": 1, "seed_index": 1})
+    resumed.on_trial_result(0, [], trial, {**row, "iteration": 6, "seed": 1, "seed_index": 1,
+                                           "done_training": 1})
+    resumed.on_trial_complete(0, [], trial)
+
+    client = MlflowClient(store["tracking_uri"])
+    runs = client.search_runs([store["experiment_id"]])
+    assert len(runs) == 2  # the sweep's and the trial's
+    (run,) = [r for r in runs if r.info.run_id != store["parent_run_id"]]
+    assert run.data.tags["mlflow.parentRunId"] == store["parent_run_id"]
+    assert run.data.tags["team"] == "t" and run.data.tags["hytver.trial_id"] == "a1"
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert (p["loss"], p["seeds"], p["loss.alpha"], p["loss.beta"]) == ("hytver", "0_1",
+                                                                        "0.3", "0.7")
+    assert _history(client, run.info.run_id, "val_dice/seed0") == [(3, 0.25), (6, 0.5)]
+    assert _history(client, run.info.run_id, "val_dice/seed1") == [(3, 0.25), (6, 0.25)]
+    assert "time_this_iter_s" not in run.data.metrics  # Tune's own fields are not logged
+    assert "val_lesion_f1/seed0" in run.data.metrics  # NaN (no lesion found) is a point too
+
+
+def test_tensorboard_false_keeps_tune_from_adding_its_logger():
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    from hytver_dist.sweep import tracking
+    from hytver_dist.sweep.tracking_callbacks import NoTensorBoard
+
+    for on in (True, False):
+        cfg = load_config({"name": "tb", "tracking": {"tensorboard": on}})
+        made = _create_default_callbacks(tracking.callbacks(cfg, Path("/nonexistent")))
+        tbx = [c for c in made if isinstance(c, TBXLoggerCallback)]
+        assert len(tbx) == 1 and isinstance(tbx[0], NoTensorBoard) is (not on)
+
+
+# ----------------------------------------------------------------------------- on Ray
+@pytest.fixture
+def tracked_sweep(ray_env, cache_dir, tmp_path):  # noqa: F811
+    s = Sweep(tmp_path, cache_dir, "tracked")
+    cfg = yaml.safe_load(s.config.read_text())
+    cfg["tracking"] = {"mlflow": {"enabled": True, "tags": {"team": "seg"}},
+                       "tensorboard": True}
+    s.config.write_text(yaml.safe_dump(cfg))
+    yield s
+    s.cleanup()
+
+
+@pytest.mark.timeout(600)
+def test_sweep_logs_runs_and_a_resume_after_a_kill_adds_none(tracked_sweep):
+    s = tracked_sweep
+    rc = s.run(loss="hytver", at=EVERY, sig="SIGKILL")
+    assert rc == -9, s.tail()
+    store_file = s.results_dir / "mlflow" / "runs.json"
+    before = json.loads(store_file.read_text())
+    assert len(before["runs"]) == 2, before  # dice finished, hytver was running
+    rc = s.run(resume=True)
+    assert rc == 0, s.tail()
+
+    # The console named the TensorBoard directory, and the event files are there.
+    lines = [ln for ln in s.log.read_text().splitlines() if ln.startswith("TensorBoard: ")]
+    assert lines and all(ln == f"TensorBoard: tensorboard --logdir {s.experiment}"
+                         for ln in lines), lines
+    assert "MLflow: mlflow ui --backend-store-uri sqlite:///" in s.tail()
+    for loss in ("dice", "hytver"):
+        assert list(s.trial(loss)[1].glob("events.out.tfevents.*")), loss
+
+    store = json.loads(store_file.read_text())
+    assert store["runs"] == before["runs"] and store["parent_run_id"] == before["parent_run_id"]
+    client = MlflowClient(store["tracking_uri"])
+    runs = {r.info.run_id: r for r in client.search_runs([store["experiment_id"]])}
+    assert set(runs) == {store["parent_run_id"], *store["runs"].values()}  # no duplicates
+
+    parent = runs[store["parent_run_id"]]
+    assert parent.info.status == "FINISHED" and parent.data.tags["team"] == "seg"
+    assert parent.data.params["losses"] == "dice,hytver"
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/table1.csv", "report/summary.md", "report/box_dice.png"} <= report
+    table1 = Path(mlflow.artifacts.download_artifacts(
+        run_id=parent.info.run_id, artifact_path="report/table1.csv",
+        tracking_uri=store["tracking_uri"], dst_path=str(s.results_dir / "dl")))
+    assert table1.read_text() == (s.results_dir / "report" / "table1.csv").read_text()
+
+    for tid, run_id in store["runs"].items():
+        run = runs[run_id]
+        loss = run.data.params["loss"]
+        assert run.data.tags["mlflow.parentRunId"] == store["parent_run_id"]
+        assert run.data.tags["hytver.trial_id"] == tid and run.info.status == "FINISHED"
+        assert run.data.params["seeds"] == "0"
+        if loss == "hytver":
+            assert {"loss.alpha", "loss.beta", "loss.gamma"} <= set(run.data.params)
+        # One point per validation Tune saw (a validation the killed driver never received is
+        # not in Tune's results either), each once, however often the trial was restarted.
+        tune_rows = results(s.trial(loss)[1])
+        seen = sorted({r["iteration"] for r in tune_rows if not r.get("done_training")})
+        steps = [m.step for m in client.get_metric_history(run_id, "val_dice")]
+        assert sorted(steps) == seen and seen[-1] == ITERATIONS, (loss, steps, seen)
+        assert set(seen) <= set(range(EVERY, ITERATIONS + 1, EVERY))
+        # The test summary: logged once (the resume did not log dice's again).
+        cases = (s.results_dir / "trials" / s.trial(loss)[1].name / "cases.csv")
+        frame = pd.read_csv(cases)
+        mean = frame.loc[frame["has_lesions"], "dice"].mean()
+        (point,) = client.get_metric_history(run_id, "test_dice_mean")
+        assert point.value == pytest.approx(mean)
+        assert run.data.metrics["test_n_cases"] == len(frame)
+
+
+def test_tracking_module_imports_mlflow_only_when_a_sweep_uses_it():
+    code = textwrap.dedent("""
+        import sys, hytver_dist.sweep.tracking
+        print(any(m == 'mlflow' or m.startswith('mlflow.') for m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
