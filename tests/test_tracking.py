@@ -108,7 +108,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 def test_trial_runs_survive_a_driver_restart_without_duplicates(tmp_path):
     """The callback as Tune drives it, then a second callback (a resumed driver: a new
     process, the same run store): same runs, a repeated validation logged once."""
-    from hytver_dist.sweep import tracking
+    from hytver_dist.sweep import mlflow_runs, tracking
     from hytver_dist.sweep.tracking_callbacks import MlflowTrialRuns
 
     cfg = load_config({"name": "cb", "search": {"losses": ["hytver"], "seeds": [0, 1],
@@ -121,7 +121,7 @@ def test_trial_runs_survive_a_driver_restart_without_duplicates(tmp_path):
     row = {"train_loss": 0.5, "val_dice": 0.25, "val_lesion_f1": float("nan"),
            "best_val_dice": 0.25, "time_this_iter_s": 3.0, "training_iteration": 1}
 
-    cb = MlflowTrialRuns(str(tracking.store_path(results)))
+    cb = MlflowTrialRuns(str(mlflow_runs.store_path(results)))
     cb.setup()
     cb.on_trial_start(0, [], trial)
     cb.on_trial_result(0, [], trial, {**row, "iteration": 3, "seed": 0, "seed_index": 0})
@@ -129,7 +129,7 @@ def test_trial_runs_survive_a_driver_restart_without_duplicates(tmp_path):
                                       "val_dice": 0.5})
     cb.on_trial_result(0, [], trial, {**row, "iteration": 3, "seed": 1, "seed_index": 1})
 
-    resumed = MlflowTrialRuns(str(tracking.store_path(results)))
+    resumed = MlflowTrialRuns(str(mlflow_runs.store_path(results)))
     again = tracking.start(cfg, results, "/exp/cb", resume=True)
     assert again["parent_run_id"] == store["parent_run_id"]
     resumed.setup()
@@ -191,6 +191,9 @@ def test_sweep_logs_runs_and_a_resume_after_a_kill_adds_none(tracked_sweep):
     store_file = s.results_dir / "mlflow" / "runs.json"
     before = json.loads(store_file.read_text())
     assert len(before["runs"]) == 2, before  # dice finished, hytver was running
+    # Tune's results so far (a restored trial may rewrite its result.json from scratch).
+    validations = {loss: {r["iteration"] for r in results(s.trial(loss)[1])
+                          if not r.get("done_training")} for loss in ("dice", "hytver")}
     rc = s.run(resume=True)
     assert rc == 0, s.tail()
 
@@ -226,10 +229,10 @@ def test_sweep_logs_runs_and_a_resume_after_a_kill_adds_none(tracked_sweep):
         assert run.data.params["seeds"] == "0"
         if loss == "hytver":
             assert {"loss.alpha", "loss.beta", "loss.gamma"} <= set(run.data.params)
-        # One point per validation Tune saw (a validation the killed driver never received is
-        # not in Tune's results either), each once, however often the trial was restarted.
-        tune_rows = results(s.trial(loss)[1])
-        seen = sorted({r["iteration"] for r in tune_rows if not r.get("done_training")})
+        # One point per validation Tune saw, in either driver run, each once (a validation
+        # made while the driver was dead reached neither Tune nor MLflow).
+        seen = sorted(validations[loss] | {r["iteration"] for r in results(s.trial(loss)[1])
+                                           if not r.get("done_training")})
         steps = [m.step for m in client.get_metric_history(run_id, "val_dice")]
         assert sorted(steps) == seen and seen[-1] == ITERATIONS, (loss, steps, seen)
         assert set(seen) <= set(range(EVERY, ITERATIONS + 1, EVERY))

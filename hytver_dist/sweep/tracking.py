@@ -22,42 +22,25 @@ off. The console prints the commands that open either.
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
 from .._extras import require_extra
-from ..files import read_text, write_text
 from ..run.config import Config, ConfigError
+from .mlflow_runs import (
+    STORE_DIR,
+    client,
+    log_metrics,
+    params,
+    read_store,
+    store_path,
+    write_store,
+)
 
 EXTRA = "tracking"
-STORE_DIR = "mlflow"
-STORE_FILE = "runs.json"
 TEST_MARKER = "test_dice_mean"  # present on a trial's run once its test summary is logged
-
-
-# ----------------------------------------------------------------------------- the run store
-def store_path(results_dir: Path) -> Path:
-    return Path(results_dir) / STORE_DIR / STORE_FILE
-
-
-def read_store(path: str | Path) -> dict[str, Any] | None:
-    text = read_text(str(path))
-    return None if text is None else json.loads(text)
-
-
-def write_store(path: str | Path, store: dict[str, Any]) -> None:
-    write_text(str(path), json.dumps(store, indent=1, sort_keys=True))
-
-
-def client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 # ----------------------------------------------------------------------------- before Ray
@@ -104,7 +87,7 @@ def start(cfg: Config, results_dir: Path, experiment: str, resume: bool) -> dict
         else:
             parent = mc.create_run(exp_id, run_name=cfg.name, tags={
                 **m.tags, "hytver.sweep": experiment}).info.run_id
-            mc.log_batch(parent, params=_params(sweep_params(cfg)))
+            mc.log_batch(parent, params=params(sweep_params(cfg)))
             mc.log_text(parent, json.dumps(cfg.to_dict(), indent=1), "config.json")
             runs = {}
     except ConfigError:
@@ -147,25 +130,6 @@ def sweep_params(cfg: Config) -> dict[str, Any]:
             "scheduler": s.scheduler.type, "iterations": t.iterations, "lr": t.lr,
             "batch_size": t.batch_size, "eval_every": t.eval_every,
             "pretrain": cfg.pretrain.loss if cfg.pretrain else None}
-
-
-def trial_params(spec: Any) -> dict[str, Any]:
-    """A trial's params: loss, arm, seed(s) and every hyperparameter of the loss (its
-    defaults filled in, so runs of one loss compare on the same columns)."""
-    from ..losses import LOSSES
-
-    sig = inspect.signature(LOSSES[spec.loss].__init__).parameters
-    defaults = {n: p.default for n, p in sig.items()
-                if n not in ("self", "backend") and p.default is not inspect.Parameter.empty}
-    return {"loss": spec.loss, "arm": spec.arm_id, "seeds": spec.seed_label,
-            **{f"loss.{k}": v for k, v in {**defaults, **spec.params}.items()}}
-
-
-def _params(values: dict[str, Any]) -> list[Any]:
-    from mlflow.entities import Param
-
-    return [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-            for k, v in values.items()]
 
 
 # ----------------------------------------------------------------------------- on Ray
@@ -224,7 +188,7 @@ def log_test_results(results_dir: Path) -> int:
             key = str(name).replace("negatives: ", "neg_")
             for stat in ("mean", "median"):
                 values[f"test_{key}_{stat}"] = float(row[stat])
-        _log_metrics(mc, run_id, values, step=0)
+        log_metrics(mc, run_id, values, step=0)
         done += 1
     return done
 
@@ -245,17 +209,5 @@ def finish(results_dir: Path, status: str, report_dir: Path | None = None) -> No
     mc.set_terminated(parent, status=status)
 
 
-def _log_metrics(mc: Any, run_id: str, values: dict[str, float], step: int) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, step) for k, v in values.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and not math.isinf(v)]
-    if metrics:
-        mc.log_batch(run_id, metrics=metrics)
-
-
 __all__ = ["EXTRA", "callbacks", "check_installed", "console_lines", "finish",
-           "log_test_results", "read_store", "start", "store_path", "trial_params",
-           "tracking_uri"]
+           "log_test_results", "start", "tracking_uri"]

@@ -16,8 +16,8 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
+from .mlflow_runs import client, log_metrics, params, read_store, trial_params, write_store
 from .search import trial_spec
-from .tracking import _log_metrics, _params, client, read_store, trial_params, write_store
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class MlflowTrialRuns(Callback):
                                          tags=tags).info.run_id
         runs[tid] = run_id
         write_store(self.store_file, self._store)
-        self._client.log_batch(run_id, params=_params(trial_params(spec)))
+        self._client.log_batch(run_id, params=params(trial_params(spec)))
         self._logged[tid] = set()
         return run_id
 
@@ -107,7 +107,7 @@ class MlflowTrialRuns(Callback):
             if (seed, step) in self._logged[trial.trial_id]:
                 return  # repeated after a restart from an earlier checkpoint
             grouped = len(trial_spec(trial.config).seeds) > 1
-            _log_metrics(self._client, run_id, {metric_key(k, seed, grouped): v for k, v in
+            log_metrics(self._client, run_id, {metric_key(k, seed, grouped): v for k, v in
                                                 validation_metrics(result).items()}, step)
             self._logged[trial.trial_id].add((seed, step))
 
