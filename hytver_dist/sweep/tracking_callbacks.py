@@ -98,17 +98,23 @@ class MlflowTrialRuns(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        if self._client is None or result.get("done_training") or "iteration" not in result:
-            return  # the final report repeats the last validation
+        if self._client is None or "iteration" not in result:
+            return
 
         def log() -> None:
             run_id = self._run(trial)
             seed, step = int(result.get("seed", 0)), int(result["iteration"])
+            # Seen already: repeated after a restart from an earlier checkpoint, or the final
+            # report, which repeats the last validation (logged from it only when the driver
+            # was dead when that validation was made).
             if (seed, step) in self._logged[trial.trial_id]:
-                return  # repeated after a restart from an earlier checkpoint
+                return
             grouped = len(trial_spec(trial.config).seeds) > 1
-            log_metrics(self._client, run_id, {metric_key(k, seed, grouped): v for k, v in
-                                                validation_metrics(result).items()}, step)
+            values = validation_metrics(result)
+            if result.get("done_training") and grouped:
+                values.pop("best_val_dice", None)  # there: the mean over the trial's seeds
+            log_metrics(self._client, run_id, {metric_key(k, seed, grouped): v
+                                               for k, v in values.items()}, step)
             self._logged[trial.trial_id].add((seed, step))
 
         self._safely("result", trial, log)
