@@ -178,7 +178,36 @@ def test_tensorboard_false_keeps_tune_from_adding_its_logger():
         assert len(tbx) == 1 and isinstance(tbx[0], NoTensorBoard) is (not on)
 
 
+def test_console_names_the_server_page_for_a_tracking_server():
+    from hytver_dist.sweep.tracking import console_lines
+
+    cfg = load_config({"name": "srv", "tracking": {"mlflow": {
+        "enabled": True, "tracking_uri": "http://mlflow.lab:5000/"}}})
+    store = {"tracking_uri": "http://mlflow.lab:5000/", "experiment_id": "7",
+             "parent_run_id": "abc", "experiment_name": "srv"}
+    assert console_lines(cfg, "/shared/results/srv", store) == [
+        "TensorBoard: tensorboard --logdir /shared/results/srv",
+        "MLflow: http://mlflow.lab:5000/#/experiments/7/runs/abc"]
+    cfg = load_config({"name": "srv", "tracking": {"tensorboard": False}})
+    assert console_lines(cfg, "/x/srv", None) == []
+
+
 # ----------------------------------------------------------------------------- on Ray
+def scalar_tags(event_files: list[Path]) -> set[str]:
+    """Scalar tags in TensorBoard event files (TFRecords of ``Event`` protos)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for f in event_files:
+        data, i = f.read_bytes(), 0
+        while i < len(data):  # record: u64 length, u32 crc, payload, u32 crc
+            n = int.from_bytes(data[i:i + 8], "little")
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            tags |= {v.tag for v in event.summary.value}
+            i += 16 + n
+    return tags
+
+
 @pytest.fixture
 def tracked_sweep(ray_env, cache_dir, tmp_path):  # noqa: F811
     s = Sweep(tmp_path, cache_dir, "tracked")
@@ -207,7 +236,8 @@ def test_sweep_logs_runs_and_a_resume_after_a_kill_adds_none(tracked_sweep):
                          for ln in lines), lines
     assert "MLflow: mlflow ui --backend-store-uri sqlite:///" in s.tail()
     for loss in ("dice", "hytver"):
-        assert list(s.trial(loss)[1].glob("events.out.tfevents.*")), loss
+        events = list(s.trial(loss)[1].glob("events.out.tfevents.*"))
+        assert "ray/tune/val_dice" in scalar_tags(events), loss
 
     store = json.loads(store_file.read_text())
     assert store["runs"] == before["runs"] and store["parent_run_id"] == before["parent_run_id"]
