@@ -178,6 +178,23 @@ def test_tensorboard_false_keeps_tune_from_adding_its_logger():
         assert len(tbx) == 1 and isinstance(tbx[0], NoTensorBoard) is (not on)
 
 
+def test_an_unusable_tracking_uri_fails_up_front_and_later_failures_only_warn(tmp_path,
+                                                                              capsys):
+    from hytver_dist.sweep import mlflow_runs, tracking
+
+    (tmp_path / "a-file").write_text("")
+    bad = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a file where a folder must be
+    cfg = load_config({"name": "u", "tracking": {"mlflow": {"enabled": True,
+                                                             "tracking_uri": bad}}})
+    with pytest.raises(ValueError, match=r"^<dict>: tracking\.mlflow\.tracking_uri: sqlite:"):
+        tracking.start(cfg, tmp_path / "results", "/exp/u", resume=False)
+    # The server went away after the trials: the sweep still ends, with a warning.
+    mlflow_runs.write_store(mlflow_runs.store_path(tmp_path / "results"), {
+        "enabled": True, "tracking_uri": bad, "parent_run_id": "p", "runs": {}})
+    assert tracking.finish(tmp_path / "results", "FINISHED") is None
+    assert "warning: MLflow: finish failed" in capsys.readouterr().err
+
+
 def test_console_names_the_server_page_for_a_tracking_server():
     from hytver_dist.sweep.tracking import console_lines
 

@@ -22,8 +22,11 @@ off. The console prints the commands that open either.
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +93,8 @@ def start(cfg: Config, results_dir: Path, experiment: str, resume: bool) -> dict
             mc.log_batch(parent, params=params(sweep_params(cfg)))
             mc.log_text(parent, json.dumps(cfg.to_dict(), indent=1), "config.json")
             runs = {}
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from None
     except Exception as exc:  # mlflow's and the transport's errors alike
         raise ValueError(f"{cfg.source}: tracking.mlflow.tracking_uri: {uri}: "
                          f"{type(exc).__name__}: {exc}") from None
@@ -162,6 +165,21 @@ def callbacks(cfg: Config, results_dir: Path) -> list[Any]:
 
 
 # ----------------------------------------------------------------------------- after Tune
+def _never_fails(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """After the trials, a tracking server that fails must not fail the sweep: its results
+    are in the results folder; the warning says what MLflow lacks."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            print(f"warning: MLflow: {fn.__name__} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+            return None
+    return wrapper
+
+
+@_never_fails
 def log_test_results(results_dir: Path) -> int:
     """Log each finished trial's test summary (means and medians over its cases) to its run,
     once; returns how many runs got one."""
@@ -193,6 +211,7 @@ def log_test_results(results_dir: Path) -> int:
     return done
 
 
+@_never_fails
 def finish(results_dir: Path, status: str, report_dir: Path | None = None) -> None:
     """Log the report's Table I, summary and box plots to the parent run and end it with
     ``status`` (FINISHED, FAILED, or KILLED for an interrupted sweep that may be resumed)."""
