@@ -22,10 +22,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from test_faults import EVERY, ITERATIONS, Sweep
-from test_sweep_ray import cache_dir, ray_env  # noqa: F401  (module fixtures)
+from test_sweep_ray import cache_dir, cluster, ray_env, sweep_dict  # noqa: F401  (fixtures)
 
 from hytver_dist.run.config import ConfigError, load_config
 from hytver_dist.run.tracking_config import MlflowConfig, TrackingConfig
+from hytver_dist.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -307,3 +308,35 @@ def test_tracking_module_imports_mlflow_only_when_a_sweep_uses_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.timeout(300)
+def test_mlflow_on_a_cluster_whose_trials_run_on_worker_nodes(cluster, cache_dir,  # noqa: F811
+                                                              tmp_path, capfd):
+    """Head without CPUs, trials on two worker nodes: the driver on the head logs it all (the
+    tracking store here is a SQLite file on storage only the head needs to see)."""
+    db = tmp_path / "shared" / "mlflow.db"
+    cfg = load_config(sweep_dict("cluster-mlflow", tmp_path / "storage", tracking={
+        "mlflow": {"enabled": True, "tracking_uri": f"sqlite:///{db}",
+                   "experiment_name": "lab"}}))
+    run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+    assert f"MLflow: mlflow ui --backend-store-uri sqlite:///{db}" in capfd.readouterr().out
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("lab")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.params.get("loss", "sweep") for r in runs) == ["dice", "hytver",
+                                                                        "sweep"]
+    # Each trial's run ends as the trial did (on a loaded machine Ray Train may lose one).
+    statuses = {s["trial"]: s["status"] for s in map(
+        json.loads, map(Path.read_text, Path(cfg.results_dir).glob("trials/*/status.json")))}
+    assert "ok" in statuses.values(), statuses
+    for run in runs:
+        if "loss" not in run.data.params:
+            assert run.info.status == "FINISHED"  # the sweep's run
+            continue
+        ok = statuses[run.info.run_name] == "ok"
+        assert run.info.status == ("FINISHED" if ok else "FAILED"), (run.info, statuses)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")]
+        assert len(steps) == len(set(steps)) and set(steps) <= {3, 6}, steps
+        if ok:
+            assert steps == [3, 6] and "test_dice_mean" in run.data.metrics
