@@ -62,6 +62,9 @@ def test_documented_tracking_keys_match_the_model():
         assert f"`mlflow.{key}`" in section, key
     assert "`tensorboard`" in section
     assert "## Watching a sweep" in doc
+    everything = doc.split("## All keys and their defaults")[1].split("```yaml")[1].split("```")[0]
+    assert load_config(yaml.safe_load(everything)).tracking == TrackingConfig()
+    assert "tracking:" in everything
 
 
 # ----------------------------------------------------------------------------- no mlflow
