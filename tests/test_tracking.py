@@ -3,7 +3,8 @@ TensorBoard's event files, and the refusal when mlflow is missing.
 
 The sweep test reuses ``test_faults``' driver harness: a tiny sweep of 2 losses x 1 seed on its
 own embedded Ray, SIGKILLed mid-training and resumed, with MLflow's default store (a SQLite
-file under the results folder)."""
+file under the results folder). The cluster test uses ``test_sweep_ray``'s 3-node cluster (a
+head without CPUs): trials train on the worker nodes, the head's driver logs the runs."""
 
 from __future__ import annotations
 
