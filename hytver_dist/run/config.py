@@ -44,6 +44,8 @@ from pydantic import (
     model_validator,
 )
 
+from .tracking_config import TrackingConfig
+
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Scalar = bool | int | float | str | None
@@ -671,6 +673,7 @@ class Config(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     _source: str = PrivateAttr("<dict>")
 
@@ -754,10 +757,11 @@ def _section_at(loc: Sequence[Any]) -> type[BaseModel] | None:
 
 
 def _model_class(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, Section):
+    # BaseModel, not Section: sections may live in their own modules (tracking_config).
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):  # Optional[Section]
-        if isinstance(arg, type) and issubclass(arg, Section):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
     return None
 
