@@ -303,3 +303,22 @@ def test_dataset_written_by_another_tool_runs_through_the_cli(tmp_path):
     cfg = config(None, name="other", search={"losses": ["dice"], "seeds": [0]})
     results = _sweep(tmp_path, cfg, "--data", str(root))
     _check_per_class(results, ["first", "second"])
+
+
+def test_train_then_evaluate_cli_writes_label_maps(tmp_path):
+    from hytver_dist.run import evaluate, train_cli
+
+    root = write_dataset(tmp_path / "ds")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(root)))
+    run = tmp_path / "run"
+    assert train_cli.main(["--config", str(cfg_path), "--loss", "dice", "--out", str(run),
+                           "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    assert evaluate.main(["--run", str(run), "--cache", str(tmp_path / "cache")]) == 0
+    cases = pd.read_csv(run / "eval-test" / "cases.csv", dtype={"case": str})
+    assert cases.groupby("case")["class"].apply(list).tolist() == [["first", "second"]] * 2
+    for case in cases["case"].unique():
+        img = nib.load(run / "eval-test" / "predictions" / f"{case}.nii.gz")
+        src = nib.load(root / "imagesTr" / f"{case}_0000.nii")
+        assert img.shape == src.shape and np.allclose(img.affine, src.affine)
+        assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1, 2}

@@ -165,6 +165,9 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
 def summarize(cases: pd.DataFrame) -> pd.DataFrame:
     """Mean / median / count of each metric over cases with new lesions, and the false-positive
     count and volume over cases without (reported apart, as the MSSEG-2 challenge does)."""
+    if "class" in cases.columns:  # one block per class or region
+        return pd.concat({c: summarize(g.drop(columns="class"))
+                          for c, g in cases.groupby("class", sort=False)})
     pos = cases[cases["has_lesions"]]
     neg = cases[~cases["has_lesions"]]
     cols = ["dice", "jaccard", "precision", "recall", "hd95", "asd", "assd", "hd95_vox",

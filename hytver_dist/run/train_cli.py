@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="loss hyperparameter, e.g. --param alpha=0.7 (repeatable)")
-    parser.add_argument("--data", help="MSSEG-2 directory (overrides data.path)")
+    parser.add_argument("--data", help="MSSEG-2 or nnU-Net v2 raw dataset directory (overrides "
+                        "data.path)")
     parser.add_argument("--out", help="run directory (default <storage>/<name>/train/<loss>-"
                         "seed<seed>)")
     parser.add_argument("--iterations", type=int, help="set training.iterations, with "
