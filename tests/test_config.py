@@ -28,7 +28,7 @@ from hytver_dist.run.config import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ["default", "paper_table1", "hytver_search"]
+SHIPPED = ["default", "paper_table1", "hytver_search", "nnunet_example"]
 
 
 # ----------------------------------------------------------------------------- shipped files

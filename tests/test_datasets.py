@@ -322,3 +322,43 @@ def test_train_then_evaluate_cli_writes_label_maps(tmp_path):
         src = nib.load(root / "imagesTr" / f"{case}_0000.nii")
         assert img.shape == src.shape and np.allclose(img.affine, src.affine)
         assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1, 2}
+
+
+def test_report_gives_each_class_and_the_mean_over_foreground_classes(tmp_path):
+    from hytver_dist.report.build import build_report
+
+    rng = np.random.default_rng(0)
+    for loss, offset in (("hytver", 0.0), ("dice", 0.1)):
+        rows = []
+        for seed in (0, 1):
+            for case in range(6):
+                for cls, present in (("a", True), ("b", case % 2 == 0)):
+                    dice = 0.5 + offset + 0.01 * rng.random() if present else np.nan
+                    rows.append({"trial": f"{loss}-t", "loss": loss, "seed": seed, "params": "{}",
+                                 "case": f"c{case}", "class": cls, "has_lesions": present,
+                                 "dice": dice, "pred_volume_mm3": 10.0,
+                                 **{m: 0.5 for m in ("jaccard", "precision", "recall", "hd",
+                                                     "hd95", "asd", "assd", "hd95_vox",
+                                                     "asd_vox", "lesion_f1",
+                                                     "lesion_sensitivity", "lesion_ppv",
+                                                     "n_gt_lesions", "n_pred_lesions",
+                                                     "gt_volume_mm3")},
+                                 "fp_lesions": np.nan if present else 0.0,
+                                 "fp_volume_mm3": np.nan if present else 0.0})
+        d = tmp_path / "results" / "trials" / f"{loss}-t"
+        d.mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(d / "cases.csv", index=False)
+    build_report(tmp_path / "results")
+    report = tmp_path / "results" / "report"
+    t1 = pd.read_csv(report / "table1.csv")
+    assert list(t1["class"].unique()) == ["a", "b", "mean over foreground classes"]
+    dice = t1[t1["metric"] == "dice"].set_index(["class", "method"])["mean"]
+    cases = pd.read_csv(report / "cases.csv")
+    for method in ("hytver", "dice"):
+        sub = cases[(cases["method"] == method) & cases["has_lesions"]]
+        per_case = sub.groupby(["seed", "case"])["dice"].mean()  # over the classes present
+        assert dice["mean over foreground classes", method] == pytest.approx(per_case.mean())
+        assert dice["b", method] == pytest.approx(sub.loc[sub["class"] == "b", "dice"].mean())
+    paired = pd.read_csv(report / "paired_vs_hytver.csv")
+    assert paired["n_pairs"].tolist() == [6]  # cases, not (case, class) pairs
+    assert paired["median_diff"].iloc[0] == pytest.approx(0.1, abs=0.02)
