@@ -666,6 +666,11 @@ def build_report(
         figures.append(("Validation Dice during training", "learning_curves.png"))
 
     # Notes for the edge cases.
+    if per_class:
+        notes.append(f"{class_rows[CLASS_COLUMN].nunique()} classes or regions: Table I gives "
+                     "each and their mean; everything else (cases below, Table II, paired "
+                     "tests, negatives, box plots) uses each case's mean over the foreground "
+                     "classes in its ground truth")
     pos = positives(cases)
     seeds = sorted(cases["seed"].unique())
     if (t1["n_seeds"] == 1).any():
