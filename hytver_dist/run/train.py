@@ -151,12 +151,12 @@ def build_loss(spec: RunSpec, dataset: DatasetInfo) -> nn.Module:
     accepted = LOSSES[spec.loss].hyperparameters() if spec.loss in LOSSES else ()
     if spec.training.loss_activation == "auto" and "activation" not in accepted:
         act = "sigmoid"  # a loss with only a sigmoid form: one 0/1 channel per class
-    if act == "softmax" or spec.training.include_background is not None:
+    if act == "softmax":
         if "activation" not in accepted:
             raise ValueError(f"loss {spec.loss!r} has no softmax form here; set "
                              "training.loss_activation: sigmoid")
         kwargs["activation"] = act
-        if spec.training.include_background is not None:
+        if spec.training.include_background is not None:  # a softmax setting only
             kwargs["include_background"] = spec.training.include_background
     return get_loss(spec.loss, **kwargs)
 

@@ -435,9 +435,9 @@ def _preflight(cfg: Config, data_dir: str | None, root: str) -> None:
     from .preflight import check_data_dir, check_storage
 
     if data_dir is not None:
-        check_data_dir(data_dir, "--data")
+        check_data_dir(data_dir, "--data", cfg.data.resolved_format(data_dir))
     else:
-        check_data_dir(cfg.data.path, "data.path")
+        check_data_dir(cfg.data.path, "data.path", cfg.data.resolved_format())
     check_storage(root)
 
 

@@ -10,11 +10,13 @@ from ..data import DataError, discover_cases
 from ..data.io import load_case
 
 
-def check_data_dir(path: str | Path | None, flag: str = "--data") -> None:
+def check_data_dir(path: str | Path | None, flag: str = "--data",
+                   data_format: str = "msseg2") -> None:
     """Refuse a missing or empty data folder, or one without a single readable case.
 
     ``None`` (synthetic data, generated later) and URIs pass. A case is readable when all its
     volumes load; reading stops at the first one, so a large dataset costs one case.
+    ``data_format`` nnunet: ``dataset.json`` and the file list are validated in full too.
     """
     if path is None or "://" in str(path):
         return
@@ -27,6 +29,12 @@ def check_data_dir(path: str | Path | None, flag: str = "--data") -> None:
         raise DataError(f"{flag}: not a folder", root)
     if not any(root.iterdir()):
         raise DataError(f"{flag}: data folder is empty", root)
+    if data_format == "nnunet":
+        from ..data.nnunet import discover_nnunet, load_nnunet_case
+
+        dataset = discover_nnunet(root)  # DataErrors name the file, case or key
+        load_nnunet_case(dataset, dataset.cases[0])
+        return
     problems = []
     for case in discover_cases(root, require_mask=True):
         try:
