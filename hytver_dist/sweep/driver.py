@@ -35,6 +35,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from ..files import normalize, write_text
 from ..report.build import SWEEP_FACTS_FILE
 from ..run.config import Config, ConfigError, add_override_argument, json_schema, load_config
 from . import trial_files
+from .lock import SweepRunning, sweep_lock
 from .progress import final_summary, make_callback, ray_output_to
 from .ray_compat import set_local_env, started_cluster_address
 from .search import (
@@ -344,6 +346,7 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
     ``interrupted``: skip trials with neither results nor an error (they continue on resume)
     instead of marking them failed."""
     ok = failed = 0
+    kept: list[Any] = []  # the case rows written so far
     for result in grid:
         metrics = result.metrics or {}
         config = result.config or {}
@@ -368,10 +371,21 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
             frame.insert(0, "seed", seeds)
             frame.insert(0, "loss", spec.loss)
             frame.insert(0, "trial", name)
-            frame.to_csv(out / "cases.csv", index=False)
+            frame, repeat = _unrepeated(kept, frame, results_dir / "trials")
             status.update(status="ok", best_val_dice=metrics.get("best_val_dice"),
                           work_s=metrics.get("work_s"))
-            ok += 1
+            if frame is None:  # the same rows with other values in another trial
+                status.update(status="failed", error=repeat)
+                failed += 1
+            else:
+                if repeat is not None:
+                    status.update(status="duplicate" if frame.empty else "ok", note=repeat)
+                if not frame.empty:
+                    frame.to_csv(out / "cases.csv", index=False)
+                    kept.append(frame)
+                ok += 1
+            if frame is None or frame.empty:
+                (out / "cases.csv").unlink(missing_ok=True)  # from an earlier collection
         elif frame is not None:
             status.update(status="failed", error=f"{cases_path}: no rows for seed(s) "
                           f"{', '.join(map(str, missing))} of the trial")
@@ -391,6 +405,30 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
             failed += 1
         (out / "status.json").write_text(json.dumps(status, indent=1, default=str))
     return ok, failed
+
+
+def _unrepeated(kept: list[Any], frame: Any, where: Path) -> tuple[Any, str | None]:
+    """``frame`` without the (loss, params, seed, case) rows another trial in ``kept`` already
+    holds with identical values (and a warning saying so), or (None, the error naming both
+    trials) when their values differ: a seed's cases are counted once."""
+    if not kept:
+        return frame, None
+    import pandas as pd
+
+    from ..report.build import ROW_KEY, drop_repeated_rows
+
+    before = pd.concat(kept, ignore_index=True)
+    try:
+        _, notes = drop_repeated_rows(pd.concat([before, frame], ignore_index=True), where)
+    except ValueError as exc:
+        return None, str(exc)
+    if not notes:
+        return frame, None
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    seen = pd.MultiIndex.from_frame(before[ROW_KEY])
+    new = ~pd.MultiIndex.from_frame(frame[ROW_KEY]).isin(seen)
+    return frame[new].reset_index(drop=True), "; ".join(notes)
 
 
 def _short_error(error: BaseException | str) -> str:
@@ -514,7 +552,8 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     :class:`SweepInterrupted` when Tune stopped early on SIGINT (finished trials' results are
     written, nothing else; resume continues), :class:`SweepFailed` when no trial finished, and,
     before Ray starts, ``DataError``/``PermissionError``/``FileExistsError`` for bad paths or
-    an existing sweep without ``resume``.
+    an existing sweep without ``resume``, and :class:`~hytver_dist.sweep.lock.SweepRunning`
+    when another process runs the same sweep (same storage and name).
     """
     if storage is not None:
         cfg.storage.path = storage
@@ -534,6 +573,18 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     _preflight(cfg, data_dir, root)  # before resolving: "" must fail, not become the cwd
     data_dir = None if data_dir is None else str(Path(data_dir).resolve())
     cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
+    with sweep_lock(experiment, cfg.name):  # before the existence check, until the end
+        return _run_locked(cfg, root, experiment, results_dir, init, address=address,
+                           resume=resume, retry_errored=retry_errored, data_dir=data_dir,
+                           cache_dir=cache_dir, num_cpus=num_cpus, callbacks=callbacks,
+                           verbose=verbose)
+
+
+def _run_locked(cfg: Config, root: str, experiment: str, results_dir: Path, init: str | None,
+                *, address: str | None, resume: bool, retry_errored: bool,
+                data_dir: str | None, cache_dir: str | None, num_cpus: int | None,
+                callbacks: Sequence[Any], verbose: int) -> Path | None:
+    """:func:`run_sweep` once it holds the experiment's lock."""
     import ray
     from ray import tune
 
@@ -607,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                   retry_errored=args.retry_errored, data_dir=args.data, cache_dir=args.cache,
                   num_cpus=args.num_cpus, verbose=args.verbose)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError,
-            PermissionError) as exc:
+            PermissionError, SweepRunning) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SweepInterrupted as exc:
