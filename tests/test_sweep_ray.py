@@ -597,6 +597,34 @@ def test_the_same_sweep_started_twice_at_once_runs_once(ray_env, cache_dir, tmp_
     assert dice["n"] + dice["n_nan"] == positive * len(seeds), (dice, positive)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_sweep_rerun_into_the_same_results_repeats_its_rows_and_counts_them_once(
+        cluster, cache_dir, tmp_path):
+    """Two complete runs of one sweep (slow: twice the sweep) with their own storage but one
+    results folder: the CPU runs are deterministic, so the second run's rows equal the first's
+    to the last digit, and its report counts each (loss, seed, case) once, with a warning."""
+    shared = tmp_path / "results"
+    search = {"losses": ["dice", "hytver"], "seeds": [0]}
+    for run in ("a", "b"):
+        d = sweep_dict("rerun", tmp_path / run, search=search)
+        d["storage"]["results_dir"] = str(shared)
+        cfg = load_config(d)
+        if run == "a":
+            run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+            continue
+        with pytest.warns(UserWarning, match="with identical values") as caught:
+            run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+    assert len([w for w in caught if "repeats" in str(w.message)]) == 2  # one per loss
+    statuses = trial_statuses(shared)
+    assert len(statuses) == 4 and all(s["status"] == "ok" for s in statuses.values())
+    summary = assert_report(shared)
+    assert summary.count("with identical values") == 2, summary
+    cases = pd.read_csv(shared / "report" / "cases.csv", dtype={"case": str})
+    assert sorted(cases.groupby("loss").size().items()) == [("dice", 2), ("hytver", 2)]
+    assert cases["trial"].str.contains("seed0").all()
+
+
 @pytest.mark.timeout(300)
 def test_pretrain_stage_runs_once_and_trials_fine_tune_from_it(cluster, cache_dir, tmp_path,
                                                                 capfd):
