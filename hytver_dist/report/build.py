@@ -205,6 +205,28 @@ def _read_cases(path: Path) -> pd.DataFrame:
     return df
 
 
+def unrepeated_rows(kept: list[pd.DataFrame], frame: pd.DataFrame,
+                    where: object) -> tuple[pd.DataFrame | None, str | None]:
+    """For a results collector: ``frame`` (one trial's rows) without the rows another trial in
+    ``kept`` already holds with identical values, and the note saying so (also warned); or
+    (None, the error naming both trials) when their values differ. See
+    :func:`drop_repeated_rows`."""
+    if not kept:
+        return frame, None
+    before = pd.concat(kept, ignore_index=True)
+    try:
+        _, notes = drop_repeated_rows(pd.concat([before, frame], ignore_index=True), where)
+    except ValueError as exc:
+        return None, str(exc)
+    if not notes:
+        return frame, None
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    seen = pd.MultiIndex.from_frame(before[ROW_KEY])
+    new = ~pd.MultiIndex.from_frame(frame[ROW_KEY]).isin(seen)
+    return frame[new].reset_index(drop=True), "; ".join(notes)
+
+
 def _canonical_params(text: object, path: Path) -> str:
     if not isinstance(text, str) or not text.strip():
         return "{}"

@@ -35,13 +35,12 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..files import normalize, write_text
-from ..report.build import SWEEP_FACTS_FILE
+from ..report.build import SWEEP_FACTS_FILE, unrepeated_rows
 from ..run.config import Config, ConfigError, add_override_argument, json_schema, load_config
 from . import trial_files
 from .lock import SweepRunning, sweep_lock
@@ -69,8 +68,15 @@ def train_worker(config: dict[str, Any]) -> None:
     from ..run.prepare import prepare_data
     from ..run.pretrain import open_init
 
-    cfg = load_config(config["sweep"])
     seeds = [int(s) for s in config["seeds"]]
+    out = trial_files.run_dir(config["storage"], config["trial_id"])
+    # A trial restarted after its work was done (the driver died between the final report and
+    # Tune's record of it): report the stored result; no data, no training, no evaluation.
+    stored = trial_files.read_final(out, seeds)
+    if stored is not None:
+        ray.train.report({**stored, "final_from_storage": 1})
+        return
+    cfg = load_config(config["sweep"])
     data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
                         cache_dir=config.get("cache_dir"))
     # A checkpoint belongs to the seed being trained when it was written; the seeds before it
@@ -86,7 +92,6 @@ def train_worker(config: dict[str, Any]) -> None:
                              f"of this trial's seeds {seeds}")
         first = seeds.index(seed)
     init = open_init(config.get("init"))
-    out = trial_files.run_dir(config["storage"], config["trial_id"])
     # Rank 0: the test rows of the finished seeds, as in the run directory (read once, on a
     # restart that skips seeds; then kept here).
     written = None
@@ -101,8 +106,11 @@ def train_worker(config: dict[str, Any]) -> None:
         bests.append(final["best_val_dice"])
     # The last validation row comes first (Tune checks every result for the sweep's metric).
     # After a restart, best_val_dice and work_s cover the seeds this attempt trained.
-    ray.train.report({**final, "done_training": 1, "best_val_dice": sum(bests) / len(bests),
-                      "seeds_done": len(seeds), "work_s": work})
+    metrics = {**final, "done_training": 1, "best_val_dice": sum(bests) / len(bests),
+               "seeds_done": len(seeds), "work_s": work}
+    if ray.train.get_context().get_world_rank() == 0:
+        trial_files.write_final(out, seeds, metrics)  # after the cases file: the work is done
+    ray.train.report(metrics)
 
 
 def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, index: int,
@@ -371,7 +379,7 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
             frame.insert(0, "seed", seeds)
             frame.insert(0, "loss", spec.loss)
             frame.insert(0, "trial", name)
-            frame, repeat = _unrepeated(kept, frame, results_dir / "trials")
+            frame, repeat = unrepeated_rows(kept, frame, results_dir / "trials")
             status.update(status="ok", best_val_dice=metrics.get("best_val_dice"),
                           work_s=metrics.get("work_s"))
             if frame is None:  # the same rows with other values in another trial
@@ -405,30 +413,6 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
             failed += 1
         (out / "status.json").write_text(json.dumps(status, indent=1, default=str))
     return ok, failed
-
-
-def _unrepeated(kept: list[Any], frame: Any, where: Path) -> tuple[Any, str | None]:
-    """``frame`` without the (loss, params, seed, case) rows another trial in ``kept`` already
-    holds with identical values (and a warning saying so), or (None, the error naming both
-    trials) when their values differ: a seed's cases are counted once."""
-    if not kept:
-        return frame, None
-    import pandas as pd
-
-    from ..report.build import ROW_KEY, drop_repeated_rows
-
-    before = pd.concat(kept, ignore_index=True)
-    try:
-        _, notes = drop_repeated_rows(pd.concat([before, frame], ignore_index=True), where)
-    except ValueError as exc:
-        return None, str(exc)
-    if not notes:
-        return frame, None
-    for note in notes:
-        warnings.warn(note, stacklevel=3)
-    seen = pd.MultiIndex.from_frame(before[ROW_KEY])
-    new = ~pd.MultiIndex.from_frame(frame[ROW_KEY]).isin(seen)
-    return frame[new].reset_index(drop=True), "; ".join(notes)
 
 
 def _short_error(error: BaseException | str) -> str:
