@@ -30,8 +30,7 @@
 # --dry-run (no GPU needed): checks the prerequisites and installs the wheels, compiles check.cu
 # when nvcc exists, collects every pytest selection (a -k expression or node id that selects
 # nothing fails) and trains 4 iterations on the CPU with the extension already built in place;
-# the GPU steps print their command and are marked DRY. HYTVER_GPU_DRY_BUILD=1 also builds the
-# extension (CPU kernels only) in a scratch copy of the repository.
+# the GPU steps print their command and are marked DRY.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -205,11 +204,8 @@ assert ops.has_cuda() or "$HYTVER_CUDA" != "1", "built without CUDA kernels"
 EOF
 if [ "$DRY" = 0 ]; then
   step build bash -c "PY='$PY' bash '$WORK/build.sh' && '$PY' '$WORK/import.py'"
-elif [ "${HYTVER_GPU_DRY_BUILD:-0}" = 1 ]; then
-  mkdir -p "$WORK/repo" && git ls-files -z | xargs -0 cp --parents -t "$WORK/repo"
-  step build bash -c "cd '$WORK/repo' && '$PY' setup.py build_ext --inplace && PYTHONPATH='$WORK/repo' '$PY' '$WORK/import.py'"
 else
-  step build "$PY" "$WORK/import.py"  # the extension built in place beforehand
+  step build "$PY" "$WORK/import.py"  # the extension built in place beforehand (scripts/setup.sh)
 fi
 BUILT=$?
 
