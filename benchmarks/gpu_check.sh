@@ -30,7 +30,7 @@
 # --dry-run (no GPU needed): checks the prerequisites and installs the wheels, compiles check.cu
 # when nvcc exists, collects every pytest selection (a -k expression or node id that selects
 # nothing fails) and trains 4 iterations on the CPU with the extension already built in place;
-# the GPU steps print their command and are marked DRY.
+# the GPU steps print their command and are marked DRY. Its time limits are 4x (HYTVER_GPU_DRY_SCALE).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -111,11 +111,15 @@ PYTEST=("$PY" -m pytest -p no:cacheprovider -o addopts= -q -rs)
   "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
 } > "$OUT/env.log" 2>&1
 
+# A dry run runs on a CPU machine, often a small shared one: its limits are scaled up.
+SCALE=1
+[ "$DRY" = 1 ] && SCALE=${HYTVER_GPU_DRY_SCALE:-4}
+BUDGET=$((BUDGET * SCALE))
 declare -A CAP FLOOR RESULT
 ORDER=()
 for s in "${STEPS[@]}"; do
   IFS=: read -r name cap floor <<< "$s"
-  ORDER+=("$name"); CAP[$name]=$cap; FLOOR[$name]=$floor
+  ORDER+=("$name"); CAP[$name]=$((cap * SCALE)); FLOOR[$name]=$((floor * SCALE))
 done
 record() { RESULT[$1]=$2; echo "$2"; }
 # Seconds the steps after $1 keep for themselves.
