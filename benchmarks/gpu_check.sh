@@ -1,198 +1,267 @@
 #!/usr/bin/env bash
-# GPU check of the fused kernels, meant for the H200 machine (system Python 3.12 with a
-# preinstalled CUDA torch, nvcc, ninja, pytest, pytest-benchmark; no package registry):
+# The GPU check of the fused kernels: one command, at most HYTVER_GPU_BUDGET seconds (default
+# 540 = 9 minutes) on an H100 or H200 host (Python with a CUDA torch, nvcc, ninja, pytest,
+# pytest-benchmark and compute-sanitizer; no package index needed).
 #
-#   bash benchmarks/gpu_check.sh     # logs under $OUT (default /tmp/hytver_gpu_out)
+#   bash benchmarks/gpu_prepare.sh            # first, on a machine with pip: .whl/ + .gpu_data/
+#   bash benchmarks/gpu_check.sh              # on the GPU host; results under $OUT
+#   bash benchmarks/gpu_check.sh --dry-run    # on a CPU machine: the script's own logic
 #
-# Steps, each under `timeout`, all within HYTVER_GPU_BUDGET seconds (default 420):
-#   1. build the extension with its CUDA kernels (pip editable install without build isolation,
-#      falling back to `setup.py build_ext --inplace`), meanwhile nvcc-compile the
-#      framework-free self-test tests/cuda_standalone/check.cu;
-#   2. run the self-test against a double host reference (sums ops and the loss ops with the
-#      loss algebra on the device), plus raw kernel timings (--bench);
-#   3. pytest tests/test_ops.py tests/test_losses_fused.py (CUDA tests included: the loss op
-#      against the CPU, no host sync and launch counts, CUDA-graph capture, device-side target
-#      check and argument errors in subprocesses; also every CPU ISA path of this host);
-#   3b. a short training run on the GPU with mixed precision (`python -m hytver_dist.train
-#      --device cuda`, 30 iterations, bf16 autocast) on the synthetic cases that
-#      benchmarks/gpu_prepare.sh wrote into .gpu_data/ (wheels of the missing pure-Python
-#      dependencies in .whl/ are installed into a scratch folder first); without a GPU it runs
-#      4 iterations on the CPU to check the step itself;
-#   4. compute-sanitizer memcheck on the self-test (small cases);
-#   5. op benchmarks, fused vs eager reference -> $OUT/bench_gpu.json; loss benchmarks on CUDA
-#      -> $OUT/bench_losses_gpu.json; the performance targets (fused HyTver fwd+bwd at 4x1x80^3
-#      vs 100 us and vs torch.compile(reference), effective bandwidth at 2x1x160x192x160 vs
-#      50 % of 4.3 TB/s at 14 bytes/voxel; CUDA events) -> $OUT/bench_targets_gpu.json;
-#   6. compute-sanitizer memcheck on a small torch case, racecheck on the self-test;
-#   7. benchmarks of torch.compile(reference) on CUDA -> $OUT/bench_gpu_compiled.json.
-# The extension is built without the limited Python API (HYTVER_LIMITED_API=0).
-# Logs end up packed in $OUT/logs.tgz.
-# $OUT/summary.txt lists each step's exit code and time. Without a GPU (nvidia-smi fails) the
-# script still builds (CPU-only unless HYTVER_CUDA=1), compiles the self-test and runs the CPU
-# tests, skipping the GPU-only steps: that is how its logic is checked on CPU machines.
+# It refuses to start without a CUDA GPU or without gpu_prepare.sh's wheels and data. Then,
+# in this order (docs/benchmarks.md says what each measures):
+#   prepare         install every wheel of .whl/ (MONAI included) before anything else runs
+#   build           the extension with its CUDA kernels (check.cu compiles meanwhile)
+#   check           tests/cuda_standalone/check.cu: self-test against a double host reference,
+#                   then raw kernel timings (--bench)
+#   targets         the performance targets (pytest -k "$TARGETS_K" in $TARGETS_FILE)
+#                   -> $OUT/bench_targets_gpu.json
+#   pytest          the CUDA tests ($CUDA_TESTS), the error-path tests deselected
+#   errors          each error-path test ($ERROR_TESTS) in its own `python -X faulthandler`
+#                   process: a crash names the test and the rest still runs
+#   memcheck_check, memcheck_torch, racecheck    compute-sanitizer on the self-test and on a
+#                   small torch case
+#   train           30 iterations of training on the GPU with bf16 autocast
+# Every step runs under `timeout`. A step's limit is its cap, shortened so that each later step
+# keeps its floor of the budget; a step whose floor no longer fits, or whose prerequisite
+# failed, is not run and is a FAIL. A pytest step also fails when it selected no test or any
+# test skipped. The script ends with one summary line per step ($OUT/summary.txt) and exits 0
+# only when every step passed. Logs are packed into $OUT/logs.tgz.
+#
+# --dry-run (no GPU needed): checks the prerequisites and installs the wheels, compiles check.cu
+# when nvcc exists, collects every pytest selection (a -k expression or node id that selects
+# nothing fails) and trains 4 iterations on the CPU with the extension already built in place;
+# the GPU steps print their command and are marked DRY. Its time limits are 4x (HYTVER_GPU_DRY_SCALE).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${OUT:-/tmp/hytver_gpu_out}
-mkdir -p "$OUT"
-BUDGET=${HYTVER_GPU_BUDGET:-420}
-START=$SECONDS
+
+# ----------------------------------------------------------------------------- configuration
+BUDGET=${HYTVER_GPU_BUDGET:-540}
+WHEELS=${HYTVER_GPU_WHEELS:-$ROOT/.whl}
+DATA=${HYTVER_GPU_DATA:-$ROOT/.gpu_data/synth}
 PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/hytver_gpu_out}
+# The benchmark targets, by pytest -k expression (the file decides what they measure).
+TARGETS_FILE=benchmarks/test_bench_losses.py
+TARGETS_K=${HYTVER_TARGETS_K:-target_ratios}
+TARGETS_ARGS=(--bench-devices=cuda --bench-sizes=all --bench-rounds=100)
+# The CUDA pytest step: whole files or node ids.
+CUDA_TESTS=(tests/test_ops.py tests/test_losses_fused.py tests/test_cuda_compile.py
+  tests/test_inference.py::test_cuda_model_with_cpu_image)
+# Error-path tests (node ids, prefixes of parametrised ids): one process each.
+ERROR_TESTS=(tests/test_ops.py::test_errors_name_the_problem
+  tests/test_ops.py::test_loss_op_errors_name_the_problem
+  tests/test_ops.py::test_cuda_loss_op_errors_name_the_problem_in_a_subprocess
+  tests/test_ops.py::test_cuda_invalid_target_stops_on_the_device)
+TRAIN_ITERATIONS=30
+# Steps in order, "name:cap:floor" in seconds (the floors sum to 320 of the 540).
+STEPS=(prepare:60:20 build:240:60 check:60:15 targets:120:45 pytest:200:60 errors:60:20
+  memcheck_check:60:20 memcheck_torch:90:30 racecheck:60:20 train:90:30)
+
+# ------------------------------------------------------------------------------- refusals
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+die() { echo "gpu_check.sh: $*" >&2; exit 2; }
+
+if [ "$DRY" = 0 ]; then
+  why=""
+  SMI=${HYTVER_NVIDIA_SMI:-nvidia-smi}
+  if ! command -v "$SMI" > /dev/null 2>&1; then why="$SMI not found"
+  elif ! "$SMI" -L > /dev/null 2>&1; then why="$SMI -L finds no GPU"
+  elif ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+      > /dev/null 2>&1; then why="$PY: torch.cuda.is_available() is False"
+  fi
+  [ -n "$why" ] && die "no CUDA GPU on this machine ($why): this check runs on a GPU host only;
+on a CPU machine, 'bash benchmarks/gpu_check.sh --dry-run' checks the script itself"
+fi
+prepare_hint="make them with 'bash benchmarks/gpu_prepare.sh' on a machine with pip and this
+repository's .venv (GPU_PYTHON_VERSION=<the GPU host's python version>), then copy .whl/ and
+.gpu_data/ into this checkout"
+[ -f "$WHEELS/MANIFEST" ] || die "no wheels: $WHEELS/MANIFEST is missing; $prepare_hint"
+while read -r wheel; do
+  [ -f "$WHEELS/$wheel" ] || die "wheel $WHEELS/$wheel (listed in MANIFEST) is missing; $prepare_hint"
+done < <(grep -v '^#' "$WHEELS/MANIFEST")
+ls "$DATA"/*/ground_truth.nii.gz > /dev/null 2>&1 || die "no data: $DATA holds no case; $prepare_hint"
+
+# ---------------------------------------------------------------------------------- set-up
+mkdir -p "$OUT"
+rm -f "$OUT"/*.log "$OUT"/*.xml "$OUT"/*.json "$OUT/logs.tgz"
 SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"
 WORK=$(mktemp -d /tmp/hytver_gpu.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
 CHECK_EXE=$WORK/hytver_check
-
-HAVE_GPU=0
-if command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1; then HAVE_GPU=1; fi
+START=$SECONDS
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-16}
 export HYTVER_LIMITED_API=${HYTVER_LIMITED_API:-0}
-if [ "$HAVE_GPU" = 1 ]; then export HYTVER_CUDA=${HYTVER_CUDA:-1}; else export HYTVER_CUDA=${HYTVER_CUDA:-auto}; fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONDONTWRITEBYTECODE=1
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+if [ "$DRY" = 0 ]; then export HYTVER_CUDA=${HYTVER_CUDA:-1}; else export HYTVER_CUDA=${HYTVER_CUDA:-auto}; fi
+export PYTHONPATH="$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 NVCC_ARCH=sm_$(echo "${TORCH_CUDA_ARCH_LIST%%;*}" | tr -d '.+PTX ')
-
-remaining() { echo $((BUDGET - (SECONDS - START))); }
-
-# step NAME LIMIT CMD...: run CMD under timeout (capped by the remaining budget), log to
-# $OUT/NAME.log, record the result in the summary. Returns CMD's exit code.
-step() {
-  local name=$1 limit=$2 left rc t0
-  shift 2
-  left=$(remaining)
-  if [ "$left" -lt 15 ]; then
-    echo "SKIP  $name (time budget spent)" | tee -a "$SUMMARY"
-    return 99
-  fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
-  rc=$?
-  printf '%-5s %-22s rc=%-3s %4ss (limit %ss)\n' "$([ $rc = 0 ] && echo ok || echo FAIL)" \
-    "$name" "$rc" "$((SECONDS - t0))" "$limit" | tee -a "$SUMMARY"
-  return $rc
-}
-skip() { echo "SKIP  $1 ($2)" | tee -a "$SUMMARY"; }
-
+PYTEST=("$PY" -m pytest -p no:cacheprovider -o addopts= -q -rs)
 {
-  echo "date: $(date -u +%FT%TZ)  host: $(hostname)  nproc: $(nproc)"
-  echo "HAVE_GPU=$HAVE_GPU HYTVER_CUDA=$HYTVER_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS CUDA_HOME=$CUDA_HOME"
-  [ "$HAVE_GPU" = 1 ] && nvidia-smi
+  echo "date: $(date -u +%FT%TZ)  host: $(hostname)  nproc: $(nproc)  dry-run: $DRY"
+  echo "HYTVER_CUDA=$HYTVER_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS CUDA_HOME=$CUDA_HOME"
+  [ "$DRY" = 0 ] && nvidia-smi
   command -v nvcc && nvcc --version | tail -2
   command -v compute-sanitizer || echo "compute-sanitizer: not found"
   "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
-  "$PY" -m pip --version
-  grep -m1 -o -E 'avx512f|avx2' /proc/cpuinfo | head -1
 } > "$OUT/env.log" 2>&1
 
-# --- 1. build (and compile the self-test in the background) ---------------------------------
+# A dry run runs on a CPU machine, often a small shared one: its limits are scaled up.
+SCALE=1
+[ "$DRY" = 1 ] && SCALE=${HYTVER_GPU_DRY_SCALE:-4}
+BUDGET=$((BUDGET * SCALE))
+declare -A CAP FLOOR RESULT
+ORDER=()
+for s in "${STEPS[@]}"; do
+  IFS=: read -r name cap floor <<< "$s"
+  ORDER+=("$name"); CAP[$name]=$((cap * SCALE)); FLOOR[$name]=$((floor * SCALE))
+done
+record() { RESULT[$1]=$2; echo "$2"; }
+# Seconds the steps after $1 keep for themselves.
+later_floors() {
+  local seen=0 sum=0 n
+  for n in "${ORDER[@]}"; do
+    [ "$seen" = 1 ] && sum=$((sum + FLOOR[$n]))
+    [ "$n" = "$1" ] && seen=1
+  done
+  echo "$sum"
+}
+# step NAME CMD...: run CMD under its time limit, logging to $OUT/NAME.log. Returns its rc.
+step() {
+  local name=$1 left limit rc t0
+  shift
+  left=$((BUDGET - (SECONDS - START) - $(later_floors "$name")))
+  limit=${CAP[$name]}
+  [ "$limit" -gt "$left" ] && limit=$left
+  if [ "$limit" -lt "${FLOOR[$name]}" ]; then
+    record "$name" "FAIL  $name  not run: time budget (${left}s left after the later steps' floors, needs ${FLOOR[$name]}s)"
+    return 99
+  fi
+  t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  record "$name" "$([ $rc = 0 ] && echo 'ok  ' || echo FAIL)  $name  rc=$rc $((SECONDS - t0))s (limit ${limit}s)$([ $rc = 124 ] && echo ', timed out')"
+  return $rc
+}
+not_run() { record "$1" "FAIL  $1  not run: $2"; }
+dry() { local name=$1; shift; echo "would run: $*" > "$OUT/$name.log"; record "$name" "DRY   $name  (dry run: needs a GPU) $*"; }
+# junit_clean.py XML: the pytest run selected tests and none failed, errored or skipped.
+cat > "$WORK/junit_clean.py" << 'EOF'
+import sys
+import xml.etree.ElementTree as ET
+
+suites = list(ET.parse(sys.argv[1]).getroot().iter("testsuite"))
+n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+print("junit:", n)
+sys.exit(0 if n["tests"] > 0 and n["failures"] == n["errors"] == n["skipped"] == 0 else 1)
+EOF
+# pytest_step NAME PYTEST-ARGS...: a pytest run that must select tests, none skipping (in a dry
+# run: collect only; pytest exits 5 when the selection is empty, 4 for an unknown node id).
+pytest_step() {
+  local name=$1
+  shift
+  if [ "$DRY" = 1 ]; then step "$name" "$@" --collect-only; return; fi
+  step "$name" env PY="$PY" JUNIT_CLEAN="$WORK/junit_clean.py" bash -c '"$@" --junitxml="$0"
+    rc=$?; "$PY" "$JUNIT_CLEAN" "$0" || exit $((rc ? rc : 1)); exit $rc' "$OUT/$name.xml" "$@"
+}
+
+# --------------------------------------------------------------------------------- prepare
+cat > "$WORK/prepare.sh" << EOF
+set -e
+grep -v '^#' "$WHEELS/MANIFEST" | sed "s|^|$WHEELS/|" | xargs "$PY" -m pip install --no-index \
+  --no-deps --no-compile --no-cache-dir --target "$WORK/site"
+"$PY" -c "import monai, nibabel, pydantic, hytver_dist.run.train_cli; print('monai', monai.__version__)"
+EOF
+step prepare bash "$WORK/prepare.sh"
+PREPARED=$?
+
+# ---------------------------------------------------------------- build (+ check.cu meanwhile)
 HAVE_NVCC=0
 command -v nvcc > /dev/null 2>&1 && HAVE_NVCC=1
+NVCC_LIMIT=$((BUDGET - (SECONDS - START) - FLOOR[train]))  # within the budget, like the steps
+[ "$NVCC_LIMIT" -gt 240 ] && NVCC_LIMIT=240
+[ "$NVCC_LIMIT" -lt 30 ] && HAVE_NVCC=0
 if [ "$HAVE_NVCC" = 1 ]; then
-  (timeout 240 nvcc -std=c++17 -O3 "-arch=$NVCC_ARCH" -lineinfo tests/cuda_standalone/check.cu \
+  (timeout "$NVCC_LIMIT" nvcc -std=c++17 -O3 "-arch=$NVCC_ARCH" -lineinfo tests/cuda_standalone/check.cu \
     -o "$CHECK_EXE" > "$OUT/check_compile.log" 2>&1; echo "rc=$?" >> "$OUT/check_compile.log") &
   NVCC_PID=$!
 fi
-
 cat > "$WORK/build.sh" << 'EOF'
 set -x
-PIP=("$PY" -m pip install --no-build-isolation --no-deps -e .)
-"${PIP[@]}" && exit 0
-echo "== pip editable install failed: retrying with --break-system-packages (PEP 668 system python)"
-"${PIP[@]}" --break-system-packages && exit 0
-echo "== pip failed again: falling back to setup.py build_ext --inplace (PYTHONPATH=$PWD)"
+"$PY" -m pip install --no-build-isolation --no-deps -e . && exit 0
+echo "== pip editable install failed: retrying with --break-system-packages (PEP 668)"
+"$PY" -m pip install --no-build-isolation --no-deps -e . --break-system-packages && exit 0
+echo "== pip failed again: setup.py build_ext --inplace (PYTHONPATH=$PWD)"
 "$PY" setup.py build_ext --inplace
 EOF
-step build 300 env PY="$PY" bash "$WORK/build.sh"
-step import 60 "$PY" -c "
+cat > "$WORK/import.py" << EOF
 import torch
 from hytver_dist import ops
-print('extension', ops.is_available(), 'cuda kernels', ops.has_cuda(), 'cpu isa', ops.cpu_isa(), ops.supported_cpu_isas())
-print(torch._C._dispatch_dump('hytver::loss'))
+print("extension", ops.is_available(), "cuda kernels", ops.has_cuda(), "cpu isa", ops.cpu_isa())
 assert ops.is_available(), ops.extension_error()
-assert ops.has_cuda() or '$HYTVER_CUDA' != '1', 'built without CUDA kernels'
-"
+assert ops.has_cuda() or "$HYTVER_CUDA" != "1", "built without CUDA kernels"
+EOF
+if [ "$DRY" = 0 ]; then
+  step build bash -c "PY='$PY' bash '$WORK/build.sh' && '$PY' '$WORK/import.py'"
+else
+  step build "$PY" "$WORK/import.py"  # the extension built in place beforehand (scripts/setup.sh)
+fi
 BUILT=$?
 
-# --- 2. framework-free self-test -------------------------------------------------------------
-if [ "$HAVE_NVCC" = 1 ]; then
-  wait "$NVCC_PID"
-  if [ -x "$CHECK_EXE" ]; then
-    echo "ok    check_compile" | tee -a "$SUMMARY"
-    step check 120 "$CHECK_EXE" --bench
+# ------------------------------------------------------------------------------ check.cu
+if [ "$HAVE_NVCC" = 1 ]; then wait "$NVCC_PID"; fi
+if [ ! -x "$CHECK_EXE" ]; then
+  not_run check "check.cu did not compile (check_compile.log; nvcc run: $HAVE_NVCC)"
+elif [ "$DRY" = 1 ]; then
+  dry check "$CHECK_EXE" --bench
+else
+  step check "$CHECK_EXE" --bench
+fi
+
+# ------------------------------------------------------------------- the benchmark targets
+TARGETS=("${PYTEST[@]}" "$TARGETS_FILE" -k "$TARGETS_K" --benchmark-enable --benchmark-only
+  --benchmark-columns=min,median,iqr,rounds "${TARGETS_ARGS[@]}")
+DESELECT=()
+for t in "${ERROR_TESTS[@]}"; do DESELECT+=(--deselect "$t"); done
+CUDA_PYTEST=("${PYTEST[@]}" "${CUDA_TESTS[@]}" "${DESELECT[@]}" --durations=15)
+if [ "$PREPARED" != 0 ] || [ "$BUILT" != 0 ]; then
+  for n in targets pytest errors; do not_run $n "the prepare or build step failed"; done
+else
+  if [ "$DRY" = 1 ]; then  # the selection must exist: collected on the CPU
+    pytest_step targets "${PYTEST[@]}" "$TARGETS_FILE" -k "$TARGETS_K" --bench-devices=cpu
   else
-    echo "FAIL  check_compile (see check_compile.log)" | tee -a "$SUMMARY"
+    pytest_step targets "${TARGETS[@]}" --benchmark-json="$OUT/bench_targets_gpu.json"
   fi
-else
-  skip check "nvcc not found"
-fi
 
-# --- 3. tests ----------------------------------------------------------------------------------
-if [ "$BUILT" = 0 ]; then
-  step pytest 240 "$PY" -m pytest tests/test_ops.py tests/test_losses_fused.py -q -rs \
-    -p no:cacheprovider -o addopts="" \
-    --junitxml="$OUT/pytest.xml" --durations=15
-else
-  skip pytest "extension not importable"
-fi
+  # ------------------------------------------------------------------------ CUDA pytest
+  pytest_step pytest "${CUDA_PYTEST[@]}"
 
-# --- 3b. a short training run with mixed precision ---------------------------------------------
-if [ -d .whl ] && ! "$PY" -c "import nibabel, pydantic, monai" > /dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" \
-    .whl/*.whl > "$OUT/wheels.log" 2>&1 && export PYTHONPATH="$PYTHONPATH:$WORK/site"
-fi
-if [ "$BUILT" = 0 ] && [ -d .gpu_data/synth ]; then
-  if [ "$HAVE_GPU" = 1 ]; then TRAIN_DEV=cuda TRAIN_IT=30; else TRAIN_DEV=cpu TRAIN_IT=4; fi
-  cat > "$WORK/train_check.sh" << EOF
-set -e
-"$PY" -c "import sys, hytver_dist.train; assert 'ray' not in sys.modules, 'train imports ray'"
-"$PY" -m hytver_dist.train --config default --data .gpu_data/synth --loss hytver --seed 0 \
-  --device $TRAIN_DEV --cache "$WORK/cache" --out "$WORK/run" --no-progress \
-  --set training.iterations=$TRAIN_IT --set training.eval_every=$TRAIN_IT \
-  --set training.checkpoint_every=$TRAIN_IT --set training.amp=true
-"$PY" "$ROOT/benchmarks/check_train_metrics.py" "$WORK/run/metrics.csv"
+  # --------------------------------------------- error paths, one faulthandler process each
+  cat > "$WORK/errors.sh" << EOF
+failed=0; i=0
+for t in ${ERROR_TESTS[*]}; do
+  i=\$((i + 1)); echo "===== \$t"
+  if [ "$DRY" = 1 ]; then
+    "$PY" -m pytest -p no:cacheprovider -o addopts= -q "\$t" --collect-only; rc=\$?
+  else
+    "$PY" -X faulthandler -m pytest -p no:cacheprovider -o addopts= -q -rs "\$t" \\
+      --junitxml="$OUT/errors_\$i.xml"; rc=\$?
+    "$PY" "$WORK/junit_clean.py" "$OUT/errors_\$i.xml" || rc=\$((rc ? rc : 1))
+  fi
+  [ \$rc = 0 ] || { echo "FAILED (rc=\$rc; 128+N: killed by signal N): \$t"; failed=1; }
+done
+exit \$failed
 EOF
-  step train 150 bash "$WORK/train_check.sh"
-else
-  skip train "needs the extension and .gpu_data/ (bash benchmarks/gpu_prepare.sh)"
+  step errors bash "$WORK/errors.sh"
 fi
 
-# --- 4. memcheck on the self-test --------------------------------------------------------------
-if [ "$HAVE_GPU" = 1 ] && [ -x "$CHECK_EXE" ] && command -v compute-sanitizer > /dev/null 2>&1; then
-  step memcheck_check 120 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 \
-    "$CHECK_EXE" --quick
-else
-  skip memcheck_check "needs a GPU, the self-test and compute-sanitizer"
-fi
-
-# --- 5. benchmarks: fused vs eager reference ---------------------------------------------------
-BENCH_ARGS=(-q -p no:cacheprovider --benchmark-enable --benchmark-only
-  --benchmark-columns=min,median,iqr,rounds --benchmark-sort=fullname)
-if [ "$BUILT" = 0 ]; then
-  step bench 150 "$PY" -m pytest benchmarks/test_bench_ops.py "${BENCH_ARGS[@]}" -k "not compiled" \
-    --benchmark-json="$OUT/bench_gpu.json"
-else
-  skip bench "extension not importable"
-fi
-
-if [ "$HAVE_GPU" = 1 ] && [ "$BUILT" = 0 ]; then
-  step bench_losses 120 "$PY" -m pytest benchmarks/test_bench_losses.py "${BENCH_ARGS[@]}" \
-    -k "not compiled and not monai and not target_ratios" --bench-devices=cuda \
-    --benchmark-json="$OUT/bench_losses_gpu.json"
-  step bench_targets 150 "$PY" -m pytest benchmarks/test_bench_losses.py "${BENCH_ARGS[@]}" \
-    -k target_ratios --bench-devices=cuda --bench-sizes=all --bench-rounds=100 \
-    --benchmark-json="$OUT/bench_targets_gpu.json"
-else
-  skip bench_losses "needs a GPU and the extension"
-fi
-
-# --- 6. memcheck on a small torch case, racecheck on the self-test ------------------------------
-if [ "$HAVE_GPU" = 1 ] && [ "$BUILT" = 0 ] && command -v compute-sanitizer > /dev/null 2>&1; then
-  cat > "$WORK/small_case.py" << 'EOF'
+# ----------------------------------------------------------------------------- sanitizers
+cat > "$WORK/small_case.py" << 'EOF'
 import torch
 from hytver_dist import ops
 for xdt in (torch.float32, torch.bfloat16, torch.float64):
@@ -209,31 +278,52 @@ for xdt in (torch.float32, torch.bfloat16, torch.float64):
 torch.cuda.synchronize()
 print("small case ok")
 EOF
-  step memcheck_torch 150 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" "$WORK/small_case.py"
-  [ -x "$CHECK_EXE" ] && step racecheck_check 90 compute-sanitizer --tool racecheck \
-    --error-exitcode 1 "$CHECK_EXE" --quick
-else
-  skip memcheck_torch "needs a GPU, the extension and compute-sanitizer"
-fi
-
-# --- 7. torch.compile(reference) on CUDA (slow to compile: last) -------------------------------
-if [ "$HAVE_GPU" = 1 ] && [ "$BUILT" = 0 ]; then
-  step bench_compiled 240 "$PY" -m pytest benchmarks/test_bench_ops.py \
-    benchmarks/test_bench_losses.py "${BENCH_ARGS[@]}" -k "compiled and not all_losses" \
-    --bench-devices=cuda --benchmark-json="$OUT/bench_gpu_compiled.json"
-else
-  skip bench_compiled "needs a GPU and the extension"
-fi
-
-echo "total $((SECONDS - START))s of ${BUDGET}s" | tee -a "$SUMMARY"
-for f in check pytest train bench bench_losses bench_targets; do
-  if [ -f "$OUT/$f.log" ]; then
-    echo "===== tail $f.log"
-    tail -n 40 "$OUT/$f.log"
+SAN=(compute-sanitizer --error-exitcode 1)
+HAVE_SAN=0
+command -v compute-sanitizer > /dev/null 2>&1 && HAVE_SAN=1
+sanitize() {
+  local name=$1 needs=$2
+  shift 2
+  if [ "$DRY" = 1 ]; then dry "$name" "$@"
+  elif [ "$HAVE_SAN" = 0 ]; then not_run "$name" "compute-sanitizer not found"
+  elif [ "$needs" = exe ] && [ ! -x "$CHECK_EXE" ]; then not_run "$name" "check.cu did not compile"
+  elif [ "$needs" = ext ] && [ "$BUILT" != 0 ]; then not_run "$name" "the build step failed"
+  else step "$name" "$@"
   fi
+}
+sanitize memcheck_check exe "${SAN[@]}" --tool memcheck --leak-check full "$CHECK_EXE" --quick
+sanitize memcheck_torch ext "${SAN[@]}" --tool memcheck "$PY" "$WORK/small_case.py"
+sanitize racecheck exe "${SAN[@]}" --tool racecheck "$CHECK_EXE" --quick
+
+# ----------------------------------------------------------------------------- training run
+if [ "$DRY" = 1 ]; then TRAIN_DEV=cpu TRAIN_IT=4; else TRAIN_DEV=cuda TRAIN_IT=$TRAIN_ITERATIONS; fi
+cat > "$WORK/train.sh" << EOF
+set -e
+"$PY" -c "import sys, hytver_dist.train; assert 'ray' not in sys.modules, 'train imports ray'"
+"$PY" -m hytver_dist.train --config default --data "$DATA" --loss hytver --seed 0 \
+  --device $TRAIN_DEV --cache "$WORK/cache" --out "$WORK/run" --no-progress \
+  --set training.iterations=$TRAIN_IT --set training.eval_every=$TRAIN_IT \
+  --set training.checkpoint_every=$TRAIN_IT --set training.amp=true --set pretrain=null \\
+  --set data.split.n_test=2 --set data.split.n_val=2 --set storage.path="$WORK/storage"
+"$PY" "$ROOT/benchmarks/check_train_metrics.py" "$WORK/run/metrics.csv"
+EOF
+if [ "$PREPARED" != 0 ] || [ "$BUILT" != 0 ]; then
+  not_run train "the prepare or build step failed"
+else
+  step train bash "$WORK/train.sh"
+fi
+
+# -------------------------------------------------------------------------------- summary
+{
+  echo "== gpu_check $([ "$DRY" = 1 ] && echo '(DRY RUN: not a GPU check) ')total $((SECONDS - START))s of ${BUDGET}s"
+  for n in "${ORDER[@]}"; do echo "${RESULT[$n]:-FAIL  $n  not run: no result recorded}"; done
+} > "$SUMMARY"
+for n in "${ORDER[@]}"; do
+  case "${RESULT[$n]:-FAIL}" in FAIL*) [ -f "$OUT/$n.log" ] && { echo "===== tail $n.log"; tail -n 30 "$OUT/$n.log"; } ;; esac
 done
-rm -rf "$WORK"
-# The device tool brings back at most 8 files: pack the logs into one archive.
+[ -f "$OUT/check.log" ] && { echo "===== tail check.log"; tail -n 25 "$OUT/check.log"; }
+[ -f "$OUT/targets.log" ] && { echo "===== tail targets.log"; tail -n 25 "$OUT/targets.log"; }
 (cd "$OUT" && tar czf logs.tgz --remove-files ./*.log ./*.xml 2> /dev/null)
+cat "$SUMMARY"
 grep -q '^FAIL' "$SUMMARY" && exit 1
 exit 0

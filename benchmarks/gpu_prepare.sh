@@ -4,10 +4,10 @@
 # access and this repository's .venv), then ship `.whl/` and `.gpu_data/` with the checkout.
 #
 #   bash benchmarks/gpu_prepare.sh            # Python 3.12 wheels (the GPU image's Python)
-#   GPU_PYTHON_VERSION=3.11 bash benchmarks/gpu_prepare.sh
+#   GPU_PYTHON_VERSION=3.11 bash benchmarks/gpu_prepare.sh   # e.g. for a dry run here
 #
 # - .whl/: wheels of the training path's dependencies that such images usually lack (nibabel,
-#   pydantic and its core, MONAI), at the versions installed here;
+#   pydantic and its core, MONAI), at the versions installed here, listed in .whl/MANIFEST;
 # - .gpu_data/synth: a few tiny synthetic cases in the MSSEG-2 layout (generating them needs
 #   nilearn's templates, which the GPU machine need not have).
 # Both folders are git-ignored.
@@ -26,7 +26,9 @@ rm -rf .whl && mkdir -p .whl
   --python-version "$PYVER" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl "${pins[@]}"
-echo "wheels: $(ls .whl | tr '\n' ' ')"
+# benchmarks/gpu_check.sh installs exactly these and refuses to start when one is missing.
+{ echo "# python $PYVER"; (cd .whl && ls -1 ./*.whl | sed 's|^\./||'); } > .whl/MANIFEST
+echo "wheels: $(grep -v '^#' .whl/MANIFEST | tr '\n' ' ')"
 rm -rf .gpu_data && mkdir -p .gpu_data
 "$PY" -m hytver_dist.synth --out .gpu_data/synth --cases 8 --seed 0 --size tiny --negatives 2 \
   > /dev/null

@@ -6,7 +6,8 @@ csrc/kernels/hytver_loss_algebra.h on the device); on a machine with a GPU the c
 also runs its self-test against a double host reference. Each framework-free kernel header also
 compiles alone. Every other .cu under csrc/ that includes no torch header is compiled too (the torch
 glue, csrc/cuda/hytver_cuda.cu, is built by setup.py with HYTVER_CUDA=1 instead). Skipped when
-nvcc is not found (CUDA_HOME/bin, PATH, /usr/local/cuda/bin).
+nvcc is not found (CUDA_HOME/bin, PATH, /usr/local/cuda/bin): marked ``cuda``, so the skip
+policy (tests/conftest.py) allows that only on a machine without a CUDA device.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _nvcc() -> str | None:
 
 
 NVCC = _nvcc()
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+# Marked cuda: a machine without a CUDA device may lack the toolkit; one with a device may not.
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(NVCC is None, reason="nvcc not found")]
 
 
 def _gpu_present() -> bool:

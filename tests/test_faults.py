@@ -37,7 +37,8 @@ from test_sweep_ray import (  # noqa: F401  (cache_dir, ray_env: module fixtures
 ITERATIONS, EVERY = 9, 3
 LINGERING = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 # The driver: run_sweep with a callback that sends SIG to this process when the trial of LOSS
-# reports iteration AT (a validation result, not the final one). SIG "none": never. The callback
+# reports iteration AT (a validation result, not the final one; AT "final": its final result,
+# before Tune records the trial finished). SIG "none": never. The callback
 # reads LOSS, AT and SIG from the environment when called, not when built: Tuner.restore brings
 # back the callbacks pickled with the experiment, so a resumed run holds the first run's object.
 DRIVER = """
@@ -50,8 +51,9 @@ config, cache, resume = sys.argv[1:4]
 class Kill(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         loss, at, sig = os.environ["HF_KILL_AT"].split(":")
-        if (sig != "none" and trial.config["arm"]["loss"] == loss
-                and result.get("iteration") == int(at) and not result.get("done_training")):
+        final = bool(result.get("done_training"))
+        hit = final if at == "final" else not final and result.get("iteration") == int(at)
+        if sig != "none" and trial.config["arm"]["loss"] == loss and hit:
             os.kill(os.getpid(), getattr(signal, sig))
 
 try:
@@ -81,7 +83,7 @@ class Sweep:
         self.tmp = tempfile.mkdtemp(prefix="hf", dir="/tmp")  # short: Ray's socket paths
         self.sessions: list[int] = []
 
-    def run(self, *, loss: str = "", at: int = 0, sig: str = "none", resume: bool = False,
+    def run(self, *, loss: str = "", at: int | str = 0, sig: str = "none", resume: bool = False,
             timeout: float = 240) -> int:
         """Run the driver to its end (or its kill); afterwards nothing of it may be left."""
         env = {**os.environ, "RAY_TMPDIR": self.tmp, "HF_KILL_AT": f"{loss}:{at}:{sig}"}
@@ -219,4 +221,29 @@ def test_sigkill_at_the_final_report_and_mid_training_then_resume(sweep):
     for status in statuses.values():
         cases = (sweep.results_dir / "trials" / status["trial"] / "cases.csv").read_text()
         assert len(cases.splitlines()) == 1 + 2  # header + the 2 test cases
+    assert_report(sweep.results_dir)
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_after_a_trials_final_report_then_resume_does_not_evaluate_it_again(sweep):
+    # Killed when dice's final result reaches the driver: its workers have written the test
+    # rows and the final-result marker, but Tune has not recorded the trial as finished.
+    rc = sweep.run(loss="dice", at="final", sig="SIGKILL")
+    assert rc == -9, sweep.tail()
+    dice_id, dice_dir = sweep.trial("dice")
+    run = sweep.storage / f"train-{dice_id}"
+    assert (run / "final.json").is_file()
+    seen = results(dice_dir)
+    assert "final" not in iterations(seen), "Tune recorded the final result before the kill"
+    cases = run / "cases.csv"
+    before = cases.read_bytes(), cases.stat().st_mtime_ns
+
+    # Resumed: Tune restarts dice (it was running), which reports the stored result at once.
+    rc = sweep.run(resume=True)
+    assert rc == 0, sweep.tail()
+    assert (cases.read_bytes(), cases.stat().st_mtime_ns) == before, "the trial was re-evaluated"
+    (final,) = new_rows(dice_dir, seen)  # no iteration trained again, one final result
+    assert final.get("done_training") == 1 and final.get("final_from_storage") == 1, final
+    statuses = trial_statuses(sweep.results_dir)
+    assert sorted(s["status"] for s in statuses.values()) == ["ok", "ok"], statuses
     assert_report(sweep.results_dir)

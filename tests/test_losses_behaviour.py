@@ -133,8 +133,10 @@ def test_half_logits_are_computed_in_float32():
     for dtype in (torch.float16, torch.bfloat16):
         got = get_loss("hytver", backend="reference")(x.to(dtype), y)
         assert got.dtype == torch.float32
-        want = get_loss("hytver", backend="reference")(x.to(dtype).float(), y)
-        torch.testing.assert_close(got, want)
+        # The same rounded logits in float64: a float32 computation agrees to ~1e-7, one in the
+        # half dtype (cast up at the end) misses by 2e-4 (float16) to 1e-3 (bfloat16) here.
+        exact = get_loss("hytver", backend="reference")(x.to(dtype).double(), y.double())
+        torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=0)
 
 
 # --------------------------------------------------------------------------------- bad input

@@ -1,32 +1,59 @@
-"""The suite's skip policy (tests/conftest.py): a skip other than a CUDA one fails the run."""
+"""The suite's skip policy (tests/conftest.py): only a test marked ``cuda`` may skip, and only on
+a machine without a CUDA device; the skip's reason plays no part."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
+
 CONFTEST = (Path(__file__).parent / "conftest.py").read_text()
+TESTS = """
+    import pytest
+
+    @pytest.mark.cuda
+    def test_marked():
+        pytest.skip("any reason at all")
+
+    def test_runs():
+        assert True
+"""
 
 
-def test_non_cuda_skips_fail_the_run_and_cuda_skips_do_not(pytester):
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *, gpu: bool,
+        **files: str) -> pytest.RunResult:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_cuda="""
+    pytester.makepyfile(**files)
+    return pytester.runpytest_inprocess("-ra", "-p", "no:cacheprovider")
+
+
+def test_cuda_marked_skip_passes_without_a_device(pytester, monkeypatch):
+    res = run(pytester, monkeypatch, gpu=False, test_a=TESTS)
+    res.assert_outcomes(passed=1, skipped=1)
+    assert res.ret == 0
+
+
+def test_cuda_marked_skip_fails_the_run_on_a_machine_with_a_device(pytester, monkeypatch):
+    res = run(pytester, monkeypatch, gpu=True, test_a=TESTS)
+    assert res.ret == 1
+    res.stdout.fnmatch_lines(["*skips that are not allowed*", "*test_marked*any reason at all"])
+
+
+def test_unmarked_skip_fails_whatever_its_reason_says(pytester, monkeypatch):
+    res = run(pytester, monkeypatch, gpu=False, test_a="""
         import pytest
 
-        @pytest.mark.cuda
-        def test_marked():
-            pytest.skip("needs a device")
-
-        def test_reason():
-            pytest.skip("no CUDA device")
-
-        def test_runs():
-            assert True
+        def test_reason_names_cuda():
+            pytest.skip("no CUDA device, no GPU, no nvcc")
     """)
-    ok = pytester.runpytest("-ra")
-    ok.assert_outcomes(passed=1, skipped=2)
-    assert ok.ret == 0
+    assert res.ret == 1
+    res.stdout.fnmatch_lines(["*skips that are not allowed*", "*test_reason_names_cuda*"])
 
-    pytester.makepyfile(test_missing_dep="""
+
+def test_module_skip_for_a_missing_dependency_fails(pytester, monkeypatch):
+    res = run(pytester, monkeypatch, gpu=False, test_missing_dep="""
         import pytest
 
         pytest.importorskip("a_test_dependency_that_is_not_installed")
@@ -34,7 +61,6 @@ def test_non_cuda_skips_fail_the_run_and_cuda_skips_do_not(pytester):
         def test_never_runs():
             pass
     """)
-    bad = pytester.runpytest("-ra")
-    assert bad.ret == 1
-    bad.stdout.fnmatch_lines(["*skips that are not allowed*",
+    assert res.ret == 1
+    res.stdout.fnmatch_lines(["*skips that are not allowed*",
                               "*test_missing_dep.py*a_test_dependency_that_is_not_installed*"])

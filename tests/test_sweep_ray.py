@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -559,6 +560,77 @@ def test_asha_stops_a_trial_certain_to_lose(ray_env, cache_dir, tmp_path):
     assert frozen_rows[1]["val_dice"] < learner_rows[1]["val_dice"]
     assert frozen_rows[0]["train_loss"] == 0.0
     assert_report(storage / name / "results")
+
+
+@pytest.mark.timeout(300)
+def test_the_same_sweep_started_twice_at_once_runs_once(ray_env, cache_dir, tmp_path):
+    """Two identical CLI runs started together (two terminals, a scheduler's retry): one runs,
+    the other exits 2 at once naming it; the report counts each seed's cases once."""
+    name, seeds = "twice", [0, 1]
+    storage = tmp_path / "storage"
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(sweep_dict(
+        name, storage, search={"losses": ["dice"], "seeds": seeds, "seeds_per_trial": 2})))
+    sub_tmp = tempfile.mkdtemp(prefix="ht", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": sub_tmp}
+    args = ["--config", str(config), "--cache", str(cache_dir), "--num-cpus", "2"]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [_run_cli(args, env, log) for log in logs]
+    try:
+        ended = wait_for("one of the two runs to exit",
+                         lambda: [i for i, p in enumerate(procs) if p.poll() is not None], 120)
+        first = ended[0]
+        loser, winner = procs[first], procs[1 - first]
+        assert winner.poll() is None, "both runs ended: the first did not wait for the other"
+        assert loser.returncode == 2, logs[first].read_text()[-3000:]
+        message = logs[first].read_text()
+        assert (f"error: sweep '{name}' is running (pid {winner.pid} on "
+                f"{socket.gethostname()} since ") in message, message
+        assert "): wait for it, or use another name" in message, message
+        assert winner.wait(timeout=270) == 0, logs[1 - first].read_text()[-3000:]
+    finally:
+        for proc in procs:
+            _stop_group(proc, signal.SIGKILL, 10)
+            kill_session(proc.pid)
+        shutil.rmtree(sub_tmp, ignore_errors=True)
+    experiment = storage / name
+    assert len(list(experiment.glob("experiment_state-*.json"))) == 1
+    assert len(tune_trials(experiment)) == 1  # one trial of (dice, seeds 0 and 1)
+    assert_report(experiment / "results")
+    cases = pd.read_csv(experiment / "results" / "report" / "cases.csv", dtype={"case": str})
+    assert len(cases) == 2 * len(seeds)  # the 2 test cases x 2 seeds
+    t1 = pd.read_csv(experiment / "results" / "report" / "table1.csv")
+    dice = t1[t1["metric"] == "dice"].iloc[0]
+    positive = cases.loc[cases["has_lesions"], "case"].nunique()
+    assert dice["n"] + dice["n_nan"] == positive * len(seeds), (dice, positive)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_sweep_rerun_into_the_same_results_repeats_its_rows_and_counts_them_once(
+        cluster, cache_dir, tmp_path):
+    """Two complete runs of one sweep (slow: twice the sweep) with their own storage but one
+    results folder: the CPU runs are deterministic, so the second run's rows equal the first's
+    to the last digit, and its report counts each (loss, seed, case) once, with a warning."""
+    shared = tmp_path / "results"
+    search = {"losses": ["dice", "hytver"], "seeds": [0]}
+    for run in ("a", "b"):
+        d = sweep_dict("rerun", tmp_path / run, search=search)
+        d["storage"]["results_dir"] = str(shared)
+        cfg = load_config(d)
+        if run == "a":
+            run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+            continue
+        with pytest.warns(UserWarning, match="with identical values") as caught:
+            run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
+    assert len([w for w in caught if "repeats" in str(w.message)]) == 2  # one per loss
+    statuses = trial_statuses(shared)
+    assert len(statuses) == 4 and all(s["status"] == "ok" for s in statuses.values())
+    summary = assert_report(shared)
+    assert summary.count("with identical values") == 2, summary
+    cases = pd.read_csv(shared / "report" / "cases.csv", dtype={"case": str})
+    assert sorted(cases.groupby("loss").size().items()) == [("dice", 2), ("hytver", 2)]
+    assert cases["trial"].str.contains("seed0").all()
 
 
 @pytest.mark.timeout(300)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from hytver_dist.report import build_report
 from hytver_dist.sweep import collect_results
@@ -115,3 +116,62 @@ def test_trial_of_several_seeds_keeps_each_seeds_rows(tmp_path: Path):
     assert short["seed"] == "0_1"
     summary = build_report(tmp_path).read_text()  # the report takes both seeds of one trial
     assert "1 trial(s) failed" in summary
+
+
+def dice_seed0_twice(storage: Path, first: float, second: float) -> list[FakeResult]:
+    """Two finished trials of (dice, seed 0), as two runs of one sweep leave them."""
+    return [FakeResult(f"/x/dice-seed0-{run}_00000", config("dice", 0),
+                       finished(storage, f"{run}_00000", dice))
+            for run, dice in (("e", first), ("f", second))]
+
+
+def test_a_seed_run_twice_is_counted_once(tmp_path: Path):
+    """The same sweep run twice into one results folder: two trials of (dice, seed 0)."""
+    storage = tmp_path / "storage"
+    grid = [*dice_seed0_twice(storage, 0.7, 0.7),
+            FakeResult("/x/hytver-seed0-e_00001", config("hytver", 0),
+                       finished(storage, "e_00001", 0.8))]
+    with pytest.warns(UserWarning, match="'dice-seed0-f_00000' repeats 2 row"):
+        assert collect_results(grid, tmp_path, str(storage)) == (3, 0)
+    trials = tmp_path / "trials"
+    repeat = json.loads((trials / "dice-seed0-f_00000" / "status.json").read_text())
+    assert repeat["status"] == "duplicate" and "dice-seed0-e_00000" in repeat["note"]
+    assert not (trials / "dice-seed0-f_00000" / "cases.csv").exists()
+    summary = build_report(tmp_path).read_text()
+    assert "1 trial(s) only repeat another trial's rows" in summary
+    cases = pd.read_csv(tmp_path / "report" / "cases.csv")
+    assert len(cases[cases["loss"] == "dice"]) == 2  # 2 cases x 1 seed, not 4
+    t1 = pd.read_csv(tmp_path / "report" / "table1.csv")
+    assert set(t1.loc[t1["method"] == "dice", "n"]) == {1}  # the 1 case with new lesions
+
+
+def test_a_seed_run_twice_with_other_values_is_an_error_naming_both(tmp_path: Path):
+    storage = tmp_path / "storage"
+    grid = dice_seed0_twice(storage, 0.7, 0.6)
+    assert collect_results(grid, tmp_path, str(storage)) == (1, 1)
+    status = json.loads((tmp_path / "trials" / "dice-seed0-f_00000" / "status.json")
+                        .read_text())
+    assert status["status"] == "failed"
+    assert ("trials 'dice-seed0-e_00000' and 'dice-seed0-f_00000' both hold dice {} seed 0 "
+            "case '013', with different values (dice: 0.7 vs 0.6)") in status["error"]
+
+
+def test_report_of_a_results_folder_with_duplicate_trials(tmp_path: Path):
+    """Trial folders written by two runs (collected apart): identical rows are counted once
+    with a note; rows that differ stop the report, naming both trials."""
+    def trial(name: str, dice: float) -> None:
+        d = tmp_path / "trials" / name
+        d.mkdir(parents=True)
+        frame = rows(dice).assign(trial=name, loss="dice", seed=0, params="{}")
+        frame.to_csv(d / "cases.csv", index=False)
+
+    trial("dice-seed0-a_00000", 0.7)
+    trial("dice-seed0-b_00000", 0.7)
+    with pytest.warns(UserWarning, match="counted once, as 'dice-seed0-a_00000'"):
+        summary = build_report(tmp_path).read_text()
+    assert "trial 'dice-seed0-b_00000' repeats 2 row(s) of trial 'dice-seed0-a_00000'" in summary
+    assert len(pd.read_csv(tmp_path / "report" / "cases.csv")) == 2
+    trial("dice-seed0-c_00000", 0.5)
+    with pytest.raises(ValueError, match=r"trials 'dice-seed0-a_00000' and 'dice-seed0-c_00000' "
+                                         r"both hold dice \{\} seed 0 case '013'"):
+        build_report(tmp_path)

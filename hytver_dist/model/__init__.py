@@ -11,12 +11,14 @@ from hytver_dist.model.checkpoint import (
     LoadReport,
     load_checkpoint,
     load_pretrained,
+    load_weights_only,
     save_atomic,
 )
 from hytver_dist.model.vnet import DOWNSAMPLING, VNet, count_parameters
 
 __all__ = ["DOWNSAMPLING", "CheckpointError", "LoadReport", "VNet", "build_model",
-           "count_parameters", "load_checkpoint", "load_pretrained", "save_atomic"]
+           "count_parameters", "load_checkpoint", "load_pretrained", "load_weights_only",
+           "save_atomic"]
 
 _NAMES = ("vnet", "coactseg_vnet")
 

@@ -103,10 +103,11 @@ def load_pretrained(
 ) -> LoadReport:
     """Load weights from ``path`` into ``model`` and report matched/missing/unexpected keys.
 
-    ``path`` is a ``torch.save`` file (read with ``weights_only=True``: no arbitrary pickles)
-    or an in-memory mapping. Accepted layouts: a raw state dict, or a dict holding it under
-    ``"state_dict"``, ``"model"``, ``"model_state_dict"`` or ``"net"``. ``"module."`` (DDP) and
-    ``"_orig_mod."`` (``torch.compile``) prefixes are stripped.
+    ``path`` is a ``torch.save`` file (read by :func:`load_weights_only`: a pickled object is
+    refused with :class:`CheckpointError`) or an in-memory mapping. Accepted layouts: a raw
+    state dict, or a dict holding it under ``"state_dict"``, ``"model"``, ``"model_state_dict"``
+    or ``"net"``. ``"module."`` (DDP) and ``"_orig_mod."`` (``torch.compile``) prefixes are
+    stripped.
 
     Head mapping: when the model has one output channel and the checkpoint's final 1x1x1 conv
     (same key, see ``VNet.output_keys``) has two, the two-class softmax head is converted
@@ -127,7 +128,7 @@ def load_pretrained(
         source, raw = "<mapping>", path
     else:
         source = os.fspath(path)
-        raw = torch.load(source, map_location="cpu", weights_only=True)
+        raw = load_weights_only(source)
     report = LoadReport(source=source)
     ckpt = _strip(_unwrap(raw), report)
     target = model.state_dict()
@@ -161,17 +162,17 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded safely (or at all); the message names the file."""
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A training checkpoint (``checkpoint.pt``, ``best_model.pt``) as a dict, loaded with
-    ``weights_only=True``.
+def load_weights_only(source: str, data: bytes | None = None) -> Any:
+    """``torch.load`` of the file ``source`` (or of its bytes ``data``) with
+    ``weights_only=True``, every failure a :class:`CheckpointError` naming ``source``.
 
-    Checkpoints live on shared storage that several people write, and unpickling an arbitrary
-    object runs code, so only tensors and plain types (dicts, lists, numbers, strings) load;
-    a file holding anything else is refused with :class:`CheckpointError`.
+    Checkpoints and weights live on shared storage that several people write, and unpickling
+    an arbitrary object runs code, so only tensors and plain types (dicts, lists, numbers,
+    strings) load; a file holding anything else is refused.
     """
-    source = os.fspath(path)
     try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
+        return torch.load(source if data is None else io.BytesIO(data), map_location="cpu",
+                          weights_only=True)
     except pickle.UnpicklingError as exc:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{source}: refused: the checkpoint holds a pickled object "
@@ -179,6 +180,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                               f"code ({why})") from None
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{source}: unreadable checkpoint ({exc})") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training checkpoint (``checkpoint.pt``, ``best_model.pt``) as a dict, loaded by
+    :func:`load_weights_only` (a pickled object is refused with :class:`CheckpointError`)."""
+    source = os.fspath(path)
+    payload = load_weights_only(source)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{source}: expected a dict, got {type(payload).__name__}")
     return payload

@@ -45,13 +45,19 @@ Metrics may be NaN (empty CSV cell) where the metrics policy calls them undefine
 and distances when the GT is empty, precision when the prediction is empty). Optionally a trial
 also writes ``<RESULTS_DIR>/trials/<trial_name>/status.json``::
 
-    {"trial": "...", "loss": "...", "seed": "0", "status": "ok" | "failed" | "stopped",
-     "error": "..."}
+    {"trial": "...", "loss": "...", "seed": "0",
+     "status": "ok" | "failed" | "stopped" | "duplicate", "error": "..."}
 
 (``seed``: the trial's seed, or ``"0_1_2"`` for a trial that trained several; the rows of
 ``cases.csv`` each carry their own seed.)
 
-(``stopped``: ended early by the scheduler, e.g. ASHA, so never evaluated on the test cases.)
+(``stopped``: ended early by the scheduler, e.g. ASHA, so never evaluated on the test cases;
+``duplicate``: every row repeats another trial's, see below.)
+
+Each (loss, params, seed, case) is counted once. When two trials hold rows with that key (the
+same sweep run twice into one results folder), rows with identical values are kept once, as
+the first trial's (sorted by directory name), with a note; rows with different values are an
+error naming both trials.
 
 A trial is *failed* when its status is ``failed`` (its cases are then ignored) or when it has
 no readable, non-empty ``cases.csv``.
@@ -217,6 +223,28 @@ def _read_cases(path: Path) -> pd.DataFrame:
     return df
 
 
+def unrepeated_rows(kept: list[pd.DataFrame], frame: pd.DataFrame,
+                    where: object) -> tuple[pd.DataFrame | None, str | None]:
+    """For a results collector: ``frame`` (one trial's rows) without the rows another trial in
+    ``kept`` already holds with identical values, and the note saying so (also warned); or
+    (None, the error naming both trials) when their values differ. See
+    :func:`drop_repeated_rows`."""
+    if not kept:
+        return frame, None
+    before = pd.concat(kept, ignore_index=True)
+    try:
+        _, notes = drop_repeated_rows(pd.concat([before, frame], ignore_index=True), where)
+    except ValueError as exc:
+        return None, str(exc)
+    if not notes:
+        return frame, None
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    seen = pd.MultiIndex.from_frame(before[ROW_KEY])
+    new = ~pd.MultiIndex.from_frame(frame[ROW_KEY]).isin(seen)
+    return frame[new].reset_index(drop=True), "; ".join(notes)
+
+
 def _canonical_params(text: object, path: Path) -> str:
     if not isinstance(text, str) or not text.strip():
         return "{}"
@@ -274,9 +302,50 @@ def load_results(results_dir: str | Path) -> Results:
     cases = pd.concat(frames, ignore_index=True)
     if cases.duplicated(_keys(cases)).any():
         raise ValueError(f"{trials_dir}: the same trial name appears in several cases.csv")
+    cases, notes = drop_repeated_rows(cases, trials_dir)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     cases["method"] = _method_labels(cases)
     failed_df = pd.DataFrame(failed, columns=["trial", "loss", "seed", "status", "error"])
-    return Results(cases=cases, failed=failed_df, n_trials=len(trial_dirs))
+    return Results(cases=cases, failed=failed_df, n_trials=len(trial_dirs), notes=notes)
+
+
+# A method's (Table I's row) result for one seed on one case: counted once, whichever trial.
+ROW_KEY = ["loss", "params", "seed", "case"]
+
+
+def _same(a: object, b: object) -> bool:
+    return bool(a == b) or (pd.isna(a) and pd.isna(b))  # type: ignore[call-overload]
+
+
+def drop_repeated_rows(cases: pd.DataFrame, where: object) -> tuple[pd.DataFrame, list[str]]:
+    """Keep one row per (loss, params, seed, case): a second trial with the same key (the same
+    sweep run twice into one results folder) would count that seed's cases twice.
+
+    Rows of two trials with equal values: the first trial's are kept and a note (one per pair
+    of trials) says so. Different values: ValueError naming both trials and ``where``.
+    """
+    repeated = cases.duplicated(ROW_KEY, keep=False)
+    if not repeated.any():
+        return cases, []
+    compare = [c for c in cases.columns if c != "trial"]
+    pairs: dict[tuple[str, str], int] = {}
+    for key, group in cases[repeated].groupby(ROW_KEY, sort=False):
+        first = group.iloc[0]
+        for _, other in group.iloc[1:].iterrows():
+            diff = [c for c in compare if not _same(first[c], other[c])]
+            if diff:
+                loss, params, seed, case = key
+                raise ValueError(
+                    f"{where}: trials {first['trial']!r} and {other['trial']!r} both hold "
+                    f"{loss} {params} seed {seed} case {case!r}, with different values "
+                    f"({diff[0]}: {first[diff[0]]} vs {other[diff[0]]}): the same "
+                    "sweep ran twice into these results; keep one of the two trials")
+            pair = (str(first["trial"]), str(other["trial"]))
+            pairs[pair] = pairs.get(pair, 0) + 1
+    notes = [f"trial {b!r} repeats {n} row(s) of trial {a!r} with identical values (the same "
+             f"sweep ran twice?): counted once, as {a!r}'s" for (a, b), n in pairs.items()]
+    return cases[~cases.duplicated(ROW_KEY)].reset_index(drop=True), notes
 
 
 def _method_labels(cases: pd.DataFrame) -> pd.Series:
@@ -692,10 +761,14 @@ def build_report(
         notes.append(paired_note)
     if neg.empty:
         notes.append("no case without new lesions: negatives.csv is empty")
-    if len(res.failed):
+    n_repeats = int((res.failed["status"] == "duplicate").sum())
+    if n_repeats:
+        notes.append(f"{n_repeats} trial(s) only repeat another trial's rows (status "
+                     "'duplicate': the same sweep ran twice); each row is counted once")
+    if len(res.failed) > n_repeats:
         n_stopped = int((res.failed["status"] == "stopped").sum())
-        notes.append(f"{len(res.failed) - n_stopped} trial(s) failed or wrote no cases, "
-                     f"{n_stopped} stopped early by the scheduler (listed below)")
+        notes.append(f"{len(res.failed) - n_stopped - n_repeats} trial(s) failed or wrote no "
+                     f"cases, {n_stopped} stopped early by the scheduler (listed below)")
 
     n_trials_ok = cases["trial"].nunique()
     lines = [

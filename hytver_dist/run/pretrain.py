@@ -14,7 +14,6 @@ CoactSeg's layout, loaded by :func:`hytver_dist.model.checkpoint.load_pretrained
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from ..files import exists, is_uri, read_bytes
-from ..model import save_atomic
+from ..model import CheckpointError, load_weights_only, save_atomic
 from .config import Config
 from .prepare import PreparedData
 from .train import RunSpec, train_loop
@@ -74,11 +73,15 @@ def save(payload: Mapping[str, Any], uri: str) -> None:
 
 
 def load_state(uri: str) -> dict[str, Any]:
-    """The payload of a stored stage (weights only: no arbitrary pickles)."""
+    """The payload of a stored stage (weights only: a pickled object is refused with
+    :class:`~hytver_dist.model.CheckpointError`)."""
     data = read_bytes(uri)
     if data is None:
         raise FileNotFoundError(f"{uri}: no pretrained model there")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    payload = load_weights_only(uri, data)
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{uri}: expected a dict, got {type(payload).__name__}")
+    return payload
 
 
 def open_init(init: str | None) -> str | dict[str, Any] | None:

@@ -9,5 +9,6 @@ require_extra("sweep", "ray", "pyarrow", "nibabel", "scipy", "pandas", "pydantic
               "monai", "statsmodels", "matplotlib")
 
 from .driver import SweepInterrupted, collect_results, main, run_sweep
+from .lock import SweepRunning
 
-__all__ = ["SweepInterrupted", "collect_results", "main", "run_sweep"]
+__all__ = ["SweepInterrupted", "SweepRunning", "collect_results", "main", "run_sweep"]

@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from ..files import normalize, write_text
-from ..report.build import CURVES_FILE, SWEEP_FACTS_FILE
+from ..report.build import CURVES_FILE, SWEEP_FACTS_FILE, unrepeated_rows
 from ..run.config import Config, ConfigError, add_override_argument, json_schema, load_config
 from . import tracking, trial_files
+from .lock import SweepRunning, sweep_lock
 from .progress import final_summary, make_callback, ray_output_to
 from .ray_compat import set_local_env, started_cluster_address
 from .search import (
@@ -68,8 +69,15 @@ def train_worker(config: dict[str, Any]) -> None:
     from ..run.prepare import prepare_data
     from ..run.pretrain import open_init
 
-    cfg = load_config(config["sweep"])
     seeds = [int(s) for s in config["seeds"]]
+    out = trial_files.run_dir(config["storage"], config["trial_id"])
+    # A trial restarted after its work was done (the driver died between the final report and
+    # Tune's record of it): report the stored result; no data, no training, no evaluation.
+    stored = trial_files.read_final(out, seeds)
+    if stored is not None:
+        ray.train.report({**stored, "final_from_storage": 1})
+        return
+    cfg = load_config(config["sweep"])
     data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
                         cache_dir=config.get("cache_dir"))
     # A checkpoint belongs to the seed being trained when it was written; the seeds before it
@@ -85,7 +93,6 @@ def train_worker(config: dict[str, Any]) -> None:
                              f"of this trial's seeds {seeds}")
         first = seeds.index(seed)
     init = open_init(config.get("init"))
-    out = trial_files.run_dir(config["storage"], config["trial_id"])
     # Rank 0: the test rows of the finished seeds, as in the run directory (read once, on a
     # restart that skips seeds; then kept here).
     written = None
@@ -100,8 +107,11 @@ def train_worker(config: dict[str, Any]) -> None:
         bests.append(final["best_val_dice"])
     # The last validation row comes first (Tune checks every result for the sweep's metric).
     # After a restart, best_val_dice and work_s cover the seeds this attempt trained.
-    ray.train.report({**final, "done_training": 1, "best_val_dice": sum(bests) / len(bests),
-                      "seeds_done": len(seeds), "work_s": work})
+    metrics = {**final, "done_training": 1, "best_val_dice": sum(bests) / len(bests),
+               "seeds_done": len(seeds), "work_s": work}
+    if ray.train.get_context().get_world_rank() == 0:
+        trial_files.write_final(out, seeds, metrics)  # after the cases file: the work is done
+    ray.train.report(metrics)
 
 
 def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, index: int,
@@ -346,6 +356,7 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
     ``interrupted``: skip trials with neither results nor an error (they continue on resume)
     instead of marking them failed."""
     ok = failed = 0
+    kept: list[Any] = []  # the case rows written so far
     for result in grid:
         metrics = result.metrics or {}
         config = result.config or {}
@@ -372,10 +383,21 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
             frame.insert(0, "seed", seeds)
             frame.insert(0, "loss", spec.loss)
             frame.insert(0, "trial", name)
-            frame.to_csv(out / "cases.csv", index=False)
+            frame, repeat = unrepeated_rows(kept, frame, results_dir / "trials")
             status.update(status="ok", best_val_dice=metrics.get("best_val_dice"),
                           work_s=metrics.get("work_s"))
-            ok += 1
+            if frame is None:  # the same rows with other values in another trial
+                status.update(status="failed", error=repeat)
+                failed += 1
+            else:
+                if repeat is not None:
+                    status.update(status="duplicate" if frame.empty else "ok", note=repeat)
+                if not frame.empty:
+                    frame.to_csv(out / "cases.csv", index=False)
+                    kept.append(frame)
+                ok += 1
+            if frame is None or frame.empty:
+                (out / "cases.csv").unlink(missing_ok=True)  # from an earlier collection
         elif frame is not None:
             status.update(status="failed", error=f"{cases_path}: no rows for seed(s) "
                           f"{', '.join(map(str, missing))} of the trial")
@@ -542,7 +564,8 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     :class:`SweepInterrupted` when Tune stopped early on SIGINT (finished trials' results are
     written, nothing else; resume continues), :class:`SweepFailed` when no trial finished, and,
     before Ray starts, ``DataError``/``PermissionError``/``FileExistsError`` for bad paths or
-    an existing sweep without ``resume``.
+    an existing sweep without ``resume``, and :class:`~hytver_dist.sweep.lock.SweepRunning`
+    when another process runs the same sweep (same storage and name).
     """
     if storage is not None:
         cfg.storage.path = storage
@@ -563,6 +586,18 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     tracking.check_installed(cfg)
     data_dir = None if data_dir is None else str(Path(data_dir).resolve())
     cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
+    with sweep_lock(experiment, cfg.name):  # before the existence check, until the end
+        return _run_locked(cfg, root, experiment, results_dir, init, address=address,
+                           resume=resume, retry_errored=retry_errored, data_dir=data_dir,
+                           cache_dir=cache_dir, num_cpus=num_cpus, callbacks=callbacks,
+                           verbose=verbose)
+
+
+def _run_locked(cfg: Config, root: str, experiment: str, results_dir: Path, init: str | None,
+                *, address: str | None, resume: bool, retry_errored: bool,
+                data_dir: str | None, cache_dir: str | None, num_cpus: int | None,
+                callbacks: Sequence[Any], verbose: int) -> Path | None:
+    """:func:`run_sweep` once it holds the experiment's lock."""
     import ray
     from ray import tune
 
@@ -642,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
                   retry_errored=args.retry_errored, data_dir=args.data, cache_dir=args.cache,
                   num_cpus=args.num_cpus, verbose=args.verbose)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError,
-            PermissionError) as exc:
+            PermissionError, SweepRunning) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SweepInterrupted as exc:
