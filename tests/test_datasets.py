@@ -373,3 +373,13 @@ def test_sweep_preflight_reads_nnunet_folders(tmp_path):
     (root / "imagesTr" / "pt02_0001.nii").unlink()
     with pytest.raises(DataError, match=r"pt02.*channel 1 \(CT\) missing"):
         check_data_dir(root, "--data", "nnunet")
+
+
+def test_per_class_rows_are_not_taken_for_repeated_rows():
+    from hytver_dist.report.build import drop_repeated_rows
+
+    rows = pd.DataFrame({"trial": ["t", "t", "u", "u"], "loss": "dice", "params": "{}",
+                         "seed": 0, "case": "c1", "class": ["a", "b", "a", "b"],
+                         "dice": [0.1, 0.2, 0.1, 0.2]})
+    kept, notes = drop_repeated_rows(rows, "here")
+    assert kept["trial"].tolist() == ["t", "t"] and len(notes) == 1

@@ -325,17 +325,19 @@ def drop_repeated_rows(cases: pd.DataFrame, where: object) -> tuple[pd.DataFrame
     Rows of two trials with equal values: the first trial's are kept and a note (one per pair
     of trials) says so. Different values: ValueError naming both trials and ``where``.
     """
-    repeated = cases.duplicated(ROW_KEY, keep=False)
+    # Per-class rows: one per (..., case, class).
+    row_key = ROW_KEY + ([CLASS_COLUMN] if CLASS_COLUMN in cases.columns else [])
+    repeated = cases.duplicated(row_key, keep=False)
     if not repeated.any():
         return cases, []
     compare = [c for c in cases.columns if c != "trial"]
     pairs: dict[tuple[str, str], int] = {}
-    for key, group in cases[repeated].groupby(ROW_KEY, sort=False):
+    for key, group in cases[repeated].groupby(row_key, sort=False):
         first = group.iloc[0]
         for _, other in group.iloc[1:].iterrows():
             diff = [c for c in compare if not _same(first[c], other[c])]
             if diff:
-                loss, params, seed, case = key
+                loss, params, seed, case = key[:4]
                 raise ValueError(
                     f"{where}: trials {first['trial']!r} and {other['trial']!r} both hold "
                     f"{loss} {params} seed {seed} case {case!r}, with different values "
@@ -345,7 +347,7 @@ def drop_repeated_rows(cases: pd.DataFrame, where: object) -> tuple[pd.DataFrame
             pairs[pair] = pairs.get(pair, 0) + 1
     notes = [f"trial {b!r} repeats {n} row(s) of trial {a!r} with identical values (the same "
              f"sweep ran twice?): counted once, as {a!r}'s" for (a, b), n in pairs.items()]
-    return cases[~cases.duplicated(ROW_KEY)].reset_index(drop=True), notes
+    return cases[~cases.duplicated(row_key)].reset_index(drop=True), notes
 
 
 def _method_labels(cases: pd.DataFrame) -> pd.Series:
