@@ -11,7 +11,6 @@ split, so :func:`apply_ct_statistics` applies them after it (cheap, in memory).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from .preprocess import (
     _index_affine,
     _resample,
     _target_grid,
+    files_key,
     resample_mask,
 )
 
@@ -178,14 +178,9 @@ def labels_to_original_grid(labels: np.ndarray, meta: GridMeta) -> np.ndarray:
 
 def _cache_key(files: NnunetCaseFiles, channel_names: Sequence[str],
                config: PreprocessConfig) -> str:
-    src = []
-    for p in (*files.images, *([files.label] if files.label else [])):
-        st = p.stat()
-        src.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
-    blob = json.dumps({"version": CACHE_VERSION, "format": "nnunet", "files": src,
-                       "channels": list(channel_names), "config": asdict(config)},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    paths = (*files.images, *([files.label] if files.label else []))
+    return files_key(paths, version=CACHE_VERSION, format="nnunet",
+                     channels=list(channel_names), config=asdict(config))
 
 
 def _read_entry(d: Path, mmap: bool) -> PreprocessedVolume:

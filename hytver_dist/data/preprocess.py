@@ -383,13 +383,16 @@ def to_original_grid(volume: np.ndarray, meta: GridMeta, *, is_mask: bool = True
 
 def cache_key(files: CaseFiles, config: PreprocessConfig) -> str:
     """Hash of the source files' path, size and mtime plus the config and CACHE_VERSION."""
+    return files_key(files.sources, version=CACHE_VERSION, config=asdict(config))
+
+
+def files_key(paths, **fields) -> str:
+    """20 hex digits hashing each file's resolved path, size and mtime, and ``fields``."""
     src = []
-    for p in files.sources:
+    for p in paths:
         st = p.stat()
         src.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
-    blob = json.dumps(
-        {"version": CACHE_VERSION, "files": src, "config": asdict(config)}, sort_keys=True
-    )
+    blob = json.dumps({"files": src, **fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
