@@ -383,3 +383,28 @@ def test_per_class_rows_are_not_taken_for_repeated_rows():
                          "dice": [0.1, 0.2, 0.1, 0.2]})
     kept, notes = drop_repeated_rows(rows, "here")
     assert kept["trial"].tolist() == ["t", "t"] and len(notes) == 1
+
+
+def test_predict_cli_on_an_imagesTs_folder_writes_label_maps(tmp_path):
+    from hytver_dist.run import predict, train_cli
+
+    root = write_dataset(tmp_path / "ds")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(config(root)))
+    run = tmp_path / "run"
+    assert train_cli.main(["--config", str(cfg_path), "--loss", "dice", "--out", str(run),
+                           "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    scans = tmp_path / "imagesTs"
+    scans.mkdir()
+    for c in (0, 1):  # a new case: one of the training images under another name
+        (scans / f"new_{c:04d}.nii").write_bytes(
+            (root / "imagesTr" / f"pt03_{c:04d}.nii").read_bytes())
+    out = tmp_path / "pred"
+    assert predict.main(["--model", str(run), "--scans", str(scans), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "predictions.csv")
+    assert table["class"].tolist() == ["first", "second"]
+    img = nib.load(out / "new.nii.gz")
+    assert img.shape == SHAPE and set(np.unique(np.asarray(img.dataobj))) <= {0, 1, 2}
+    (scans / "new_0001.nii").unlink()
+    with pytest.raises(SystemExit, match=r"case new: channels \[0\]; the model takes 2"):
+        predict.main(["--model", str(run), "--scans", str(scans), "--out", str(out)])

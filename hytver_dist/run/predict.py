@@ -12,7 +12,8 @@ there is none. ``--scans`` holds one folder per case in the MSSEG-2 layout
 ``ground_truth.nii.gz`` there is ignored), or is an nnU-Net ``imagesTs`` folder
 (``<case>_0000.nii.gz`` baseline, ``<case>_0001.nii.gz`` follow-up). Each case goes through the
 code of ``hytver_dist.evaluate`` (preprocessing, sliding window, threshold 0.5, back to the
-input grid).
+input grid). A model trained on an nnU-Net dataset (docs/datasets.md) takes an ``imagesTs``
+folder of its own channels and writes label maps (:mod:`.predict_nnunet`).
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, type=Path,
                         help="run directory of hytver_dist.train, or a best_model.pt")
     parser.add_argument("--scans", required=True, type=Path,
-                        help="folder of case folders (MSSEG-2 layout, no labels needed)")
+                        help="folder of case folders (MSSEG-2 layout, no labels needed) or an "
+                        "nnU-Net imagesTs folder")
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder: <case>.nii.gz masks and predictions.csv")
     parser.add_argument("--config", help="sweep YAML (path or name) for the preprocessing and "
@@ -187,10 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             raise SystemExit(f"error: {exc}") from None
     try:
-        model, _ = load_trained(ckpt, args.device)
-        cases = scan_cases(args.scans)
-        table = predict_cases(model, cases, cfg, args.out, overlap=args.overlap,
-                              model_file=ckpt)
+        model, payload = load_trained(ckpt, args.device)
+        if "dataset" in payload:  # trained on an nnU-Net dataset: its channels and classes
+            from .predict_nnunet import predict_nnunet
+
+            table = predict_nnunet(model, payload, cfg, args.scans, args.out,
+                                   overlap=args.overlap)
+        else:
+            cases = scan_cases(args.scans)
+            table = predict_cases(model, cases, cfg, args.out, overlap=args.overlap,
+                                  model_file=ckpt)
     except (CheckpointError, DataError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))

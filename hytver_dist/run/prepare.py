@@ -7,6 +7,7 @@ cache (``hytver_dist.data.load_preprocessed``), and the split is a pure function
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,22 @@ class DatasetInfo:
         if self.kind == "regions":
             return list(zip(self.outputs, self.region_values, strict=True))
         return [(self.outputs[0], 1)]
+
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (stored with a model trained on it, for prediction on new scans)."""
+        d = dataclasses.asdict(self)
+        d["ct"] = {str(c): dataclasses.asdict(s) for c, s in self.ct.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetInfo:
+        d = dict(d)
+        d["ct"] = {int(c): CtStatistics(**s) for c, s in d.get("ct", {}).items()}
+        d["region_values"] = tuple(tuple(v) for v in d.get("region_values", ()))
+        for key in ("channel_names", "outputs", "regions_class_order"):
+            d[key] = tuple(d.get(key, ()))
+        return cls(**d)
 
 
 MSSEG2 = DatasetInfo()

@@ -416,6 +416,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
                        "cuda_rng": (torch.cuda.get_rng_state(device)
                                     if device.type == "cuda" else None),
                        "spec": spec.to_dict()}
+            if dataset is not MSSEG2:  # what prediction on new scans needs to know
+                payload["dataset"] = dataset.to_dict()
         if report is not None:
             report(row, payload)
     if bar is not None:
