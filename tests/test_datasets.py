@@ -305,8 +305,9 @@ def test_dataset_written_by_another_tool_runs_through_the_cli(tmp_path):
     _check_per_class(results, ["first", "second"])
 
 
-def test_train_then_evaluate_cli_writes_label_maps(tmp_path):
-    from hytver_dist.run import evaluate, train_cli
+def _train_cli(tmp_path: Path) -> tuple[Path, Path]:
+    """(dataset folder, run directory) of a 2-iteration ``train`` run on it."""
+    from hytver_dist.run import train_cli
 
     root = write_dataset(tmp_path / "ds")
     cfg_path = tmp_path / "c.yaml"
@@ -314,6 +315,13 @@ def test_train_then_evaluate_cli_writes_label_maps(tmp_path):
     run = tmp_path / "run"
     assert train_cli.main(["--config", str(cfg_path), "--loss", "dice", "--out", str(run),
                            "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    return root, run
+
+
+def test_train_then_evaluate_cli_writes_label_maps(tmp_path):
+    from hytver_dist.run import evaluate
+
+    root, run = _train_cli(tmp_path)
     assert evaluate.main(["--run", str(run), "--cache", str(tmp_path / "cache")]) == 0
     cases = pd.read_csv(run / "eval-test" / "cases.csv", dtype={"case": str})
     assert cases.groupby("case")["class"].apply(list).tolist() == [["first", "second"]] * 2
@@ -386,14 +394,9 @@ def test_per_class_rows_are_not_taken_for_repeated_rows():
 
 
 def test_predict_cli_on_an_imagesTs_folder_writes_label_maps(tmp_path):
-    from hytver_dist.run import predict, train_cli
+    from hytver_dist.run import predict
 
-    root = write_dataset(tmp_path / "ds")
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(config(root)))
-    run = tmp_path / "run"
-    assert train_cli.main(["--config", str(cfg_path), "--loss", "dice", "--out", str(run),
-                           "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    root, run = _train_cli(tmp_path)
     scans = tmp_path / "imagesTs"
     scans.mkdir()
     for c in (0, 1):  # a new case: one of the training images under another name
