@@ -127,7 +127,7 @@ def model_kwargs(model: ModelConfig, dataset: DatasetInfo) -> dict[str, Any]:
     """The V-Net's keyword arguments for ``dataset``: its channels in, its classes or regions
     out (MSSEG-2: the defaults, 3 in, 1 out)."""
     kwargs = model.vnet_kwargs()
-    if dataset is not MSSEG2:
+    if dataset.format != "msseg2":
         kwargs.update(in_channels=dataset.in_channels, out_channels=dataset.out_channels)
     return kwargs
 
@@ -416,7 +416,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
                        "cuda_rng": (torch.cuda.get_rng_state(device)
                                     if device.type == "cuda" else None),
                        "spec": spec.to_dict()}
-            if dataset is not MSSEG2:  # what prediction on new scans needs to know
+            if dataset.format != "msseg2":  # what prediction on new scans needs to know
                 payload["dataset"] = dataset.to_dict()
         if report is not None:
             report(row, payload)
