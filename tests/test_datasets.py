@@ -411,3 +411,14 @@ def test_predict_cli_on_an_imagesTs_folder_writes_label_maps(tmp_path):
     (scans / "new_0001.nii").unlink()
     with pytest.raises(SystemExit, match=r"case new: channels \[0\]; the model takes 2"):
         predict.main(["--model", str(run), "--scans", str(scans), "--out", str(out)])
+
+
+def test_pretrain_key_of_msseg2_sweeps_ignores_the_new_data_keys_at_their_defaults():
+    from hytver_dist.run.pretrain import _data_key
+
+    plain = _data_key(load_config({"name": "x"}))
+    assert "format" not in plain and "classes" not in plain["synthetic"]
+    assert "file" not in plain["split"]
+    nn = _data_key(load_config({"name": "x", "data": {"format": "nnunet",
+                                                      "synthetic": {"regions": True}}}))
+    assert nn["format"] == "nnunet" and nn["synthetic"]["regions"] is True

@@ -24,20 +24,39 @@ from ..files import exists, is_uri, read_bytes
 from ..model import CheckpointError, load_weights_only, save_atomic
 from .config import Config
 from .prepare import PreparedData
-from .train import RunSpec, train_loop
+from .train import RunSpec, model_kwargs, train_loop
 
 MODEL_FILE = "model.pt"
+
+
+# Data keys added for other datasets: counted only when set, so that the keys of earlier
+# sweeps, and with them their stored weights, stay valid.
+_NEW_DATA_KEYS = {"format": "auto", "synthetic.classes": 3, "synthetic.regions": False,
+                  "split.file": None, "split.fold": None}
+
+
+def _data_key(cfg: Config) -> dict:
+    data = cfg.data.model_dump(mode="json", exclude={"path"})
+    for dotted, default in _NEW_DATA_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p) or {}
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
+    return data
 
 
 def pretrain_key(cfg: Config, data: PreparedData) -> str:
     """16 hex digits of a hash of what determines the pretrained weights."""
     assert cfg.pretrain is not None
     what = {
-        "data": cfg.data.model_dump(mode="json", exclude={"path"}),
+        "data": _data_key(cfg),
         # Synthetic data is fully described by its settings; a real dataset by its folder.
         "source": "synthetic" if cfg.data.is_synthetic else str(data.root),
         "split": data.split.as_dict(),
-        "model": cfg.model.vnet_kwargs(),
+        # Channels in and out follow the dataset (MSSEG-2: the V-Net's defaults, not listed).
+        "model": model_kwargs(cfg.model, data.dataset),
         "pretrain": cfg.pretrain.model_dump(mode="json"),
         "batch": cfg.training.batch_size,
         "patch": list(cfg.training.patch_size),
