@@ -18,14 +18,16 @@ from config_helpers import base
 from hytver_dist.run import config as config_module
 from hytver_dist.run.config import (
     SWEEPS_DIR,
-    Config,
     ConfigError,
+    PretrainConfig,
+    RunConfig,
     apply_overrides,
-    json_schema,
-    load_config,
     loss_hyperparameters,
     loss_names,
 )
+from hytver_dist.sweep.config import ResourcesConfig, SweepConfig, json_schema
+
+load_config = SweepConfig.load
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["default", "paper_table1", "hytver_search"]
@@ -119,7 +121,12 @@ ERRORS = [
     (base(search__hyperparameters={"hytver": {"alpha": {"normal": [0, 1]}}}),
      r"search\.hyperparameters\.hytver\.alpha: expected a value, a list \(grid\) or one of"),
     (base(search__hyperparameters={"hytver": {"alpha": {"choice": [0.5, 0.5]}}}),
-     r"search\.hyperparameters\.hytver\.alpha\.choice: duplicate values"),
+     r"search\.hyperparameters\.hytver\.alpha\.choice\[1\]: duplicate value 0\.5"),
+    (base(search__hyperparameters={"hytver": {"alpha": [0.5, {"a": 1}]}}),
+     r"search\.hyperparameters\.hytver\.alpha\.grid\[1\]: expected a number, string or "
+     r"bool; got \{'a': 1\}"),
+    (base(search__hyperparameters={"hytver": {"alpha": {"uniform": [0.1]}}}),
+     r"search\.hyperparameters\.hytver\.alpha\.uniform: expected \[low, high\]; got \[0\.1\]"),
     (base(search__hyperparameters={"hytver": {"alpah": 0.5}}),
      r"search\.hyperparameters\.hytver\.alpah: unknown hyperparameter of 'hytver' 'alpah' "
      r"\(did you mean 'alpha'\?\)"),
@@ -304,14 +311,18 @@ def test_apply_overrides_does_not_touch_its_input():
 def test_json_schema_describes_every_section():
     schema = json_schema()
     assert schema["required"] == ["name"]
-    assert set(schema["properties"]) == set(Config.model_fields)
+    assert set(schema["properties"]) == set(SweepConfig.model_fields)
     defs = schema["$defs"]
     assert defs["TrainingConfig"]["additionalProperties"] is False
     assert defs["TrainingConfig"]["properties"]["iterations"]["minimum"] == 1
     assert "multiples" in defs["TrainingConfig"]["properties"]["patch_size"]["description"]
-    assert defs["SearchConfig"]["properties"]["losses"]["anyOf"][0] == {"const": "all"}
-    spec = defs["ParamSpec"]
-    assert "uniform" in spec["anyOf"][2]["properties"]
+    assert defs["SearchConfig"]["properties"]["losses"]["anyOf"][0]["const"] == "all"
+    spec = defs["SearchConfig"]["properties"]["hyperparameters"]["additionalProperties"]
+    spec = spec["additionalProperties"]["oneOf"]  # per loss, per hyperparameter
+    assert spec[0] == {"$ref": "#/$defs/Fixed"}
+    assert spec[1]["anyOf"][0]["type"] == "array"  # a list is a grid
+    assert set(defs["Uniform"]["properties"]) == {"uniform"}
+    assert defs["Uniform"]["additionalProperties"] is False
     json.dumps(schema)  # plain JSON
 
 
@@ -329,14 +340,14 @@ def test_documented_defaults_match_the_models():
     for section in ["data", "model", "pretrain", "training", "resources", "storage", "report"]:
         assert getattr(documented, section) == getattr(defaults, section), section
     assert documented.search.model_copy(update={"hyperparameters": {}}) == defaults.search
-    for key in config_module.ResourcesConfig.model_fields:
+    for key in ResourcesConfig.model_fields:
         assert f"`{key}`" in doc, key
     # The commented pretrain example lists that section's defaults.
     example = block.split("# pretrain:")[1].split("\n", 2)
     example = yaml.safe_load(example[0] + " " + example[1].lstrip("# "))
-    assert config_module.PretrainConfig(**example) == config_module.PretrainConfig()
-    assert set(example) == set(config_module.PretrainConfig.model_fields)
-    for key in config_module.PretrainConfig.model_fields:
+    assert PretrainConfig(**example) == PretrainConfig()
+    assert set(example) == set(PretrainConfig.model_fields)
+    for key in PretrainConfig.model_fields:
         assert f"`pretrain.{key}`" in doc, key
 
 

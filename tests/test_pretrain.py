@@ -12,7 +12,7 @@ import yaml
 
 from hytver_dist.model import build_model
 from hytver_dist.run import pretrain, train, train_cli
-from hytver_dist.run.config import ConfigError, load_config
+from hytver_dist.run.config import ConfigError, RunConfig
 from hytver_dist.run.prepare import prepare_data
 
 CONFIG = {
@@ -28,7 +28,7 @@ CONFIG = {
 
 
 def config(*overrides: str):
-    return load_config(copy.deepcopy(CONFIG), list(overrides))
+    return RunConfig.load(copy.deepcopy(CONFIG), list(overrides))
 
 
 @pytest.fixture(scope="module")

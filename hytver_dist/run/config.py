@@ -1,31 +1,24 @@
-"""Configuration of training runs and sweeps: pydantic models, loading, overrides, JSON schema.
+"""The run configuration: what one training run reads from an experiment file (``data``,
+``model``, ``pretrain``, ``training``, ``storage``), validated once where the file is read, and
+the loading machinery that the sweep's configuration (:mod:`hytver_dist.sweep.config`) reuses:
+file and name resolution, ``--set`` overrides and error messages.
 
-One YAML file describes an experiment. ``train``, ``evaluate`` and data preparation read its
-``data``, ``model`` and ``training`` sections; the sweep also reads ``search``, ``resources``,
-``storage`` and ``report``. Every key except ``name`` is optional; ``docs/sweeps.md`` lists the
-keys, their defaults and meanings (a test keeps that page and these models in step), and
-``python -m hytver_dist.sweep --print-schema`` prints the JSON schema for editors.
-
-Validation happens when a file is loaded, before anything runs. Unknown keys are errors, and
-every error is a :class:`ConfigError` (a ``ValueError``) formatted as
-``<file>: <key path>: <problem>``, with the nearest valid key or loss name when there is one.
-Loss hyperparameters are checked by constructing the loss with them (:func:`get_loss`), so the
-loss classes stay the single source of their own ranges.
-
-This module imports neither Ray nor the sweep code: the single-run path depends on it, not the
-other way round. The loss registry (and with it torch) is imported on first use.
+Every error is a :class:`ConfigError` (a ``ValueError``), one line per problem:
+``<file>: <key path>: <problem>``, with the nearest valid key or loss name. Validated objects
+are frozen; :meth:`Section.with_value` makes a changed copy. ``docs/sweeps.md`` lists the keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -34,15 +27,18 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
     StrictBool,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
-    model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
+from typing_extensions import Self
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -53,13 +49,10 @@ class ConfigError(ValueError):
     """A configuration problem, formatted as ``<file>: <key path>: <problem>``."""
 
 
-class KeyProblem(ValueError):
-    """Raised by validators: ``message`` about the key at ``path``, relative to the model
-    being validated (``".split.n_test"``, ``"[2]"``, or ``""`` for the model itself)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(message)
-        self.path = path
+def problem(message: str, at: str = "") -> PydanticCustomError:
+    """A validation error in this project's words; ``at`` continues the key path below the
+    value being validated (``".n_test"``, ``"[2]"``)."""
+    return PydanticCustomError("config", message, {"at": at})
 
 
 def suggest(name: str, valid: Sequence[str], what: str) -> str:
@@ -95,35 +88,36 @@ def loss_hyperparameters(loss: str) -> tuple[str, ...]:
     return tuple(n for n in _registry()[loss].hyperparameters() if n != "backend")
 
 
-def _known_loss(name: str, path: str = "") -> str:
-    """``name`` if it is a registry loss, else a KeyProblem at ``path`` with a suggestion."""
+def _known_loss(name: str) -> str:
     if name not in loss_names():
-        raise KeyProblem(path, suggest(str(name), loss_names(), "loss"))
+        raise problem(suggest(str(name), loss_names(), "loss"))
     return name
 
 
-def _check_hyperparameter_names(loss: str, given: Any, path: str) -> None:
-    """Every key of ``given`` is a keyword of ``loss`` (KeyProblem at ``path.<key>``)."""
-    names = loss_hyperparameters(loss)
-    for name in given:
-        if name not in names:
-            raise KeyProblem(f"{path}.{name}", suggest(
-                str(name), names, f"hyperparameter of {loss!r}") if names
-                else f"{loss!r} takes no hyperparameters")
+def check_names(loss: str, names: Iterable[str], at: str) -> None:
+    """Every name is a keyword of ``loss`` (error at ``<at>.<name>``)."""
+    valid = loss_hyperparameters(loss)
+    for name in names:
+        if name not in valid:
+            raise problem(suggest(str(name), valid, f"hyperparameter of {loss!r}") if valid
+                          else f"{loss!r} takes no hyperparameters", f"{at}.{name}")
+
+
+def check_values(loss: str, params: Mapping[str, Any], at: str, shown: str) -> None:
+    """The loss accepts ``params``: its own argument checks decide, so a bad value fails here
+    and not in a trial on the cluster (error at ``at``, showing the values as ``shown``)."""
+    try:
+        _get_loss(loss, backend="reference", **params)
+    except (ValueError, TypeError) as exc:
+        raise problem(f"{loss!r} rejects {shown}: {exc}", at) from None
 
 
 # ----------------------------------------------------------------------------- value types
 
 
-def _number(v: Any) -> Any:
-    """Numbers and numeric strings (YAML 1.1 reads ``1e-3`` as a string); never booleans."""
-    if isinstance(v, bool):
-        raise ValueError(f"expected a number; got {v!r}")
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            raise ValueError(f"expected a number; got {v!r}") from None
+def _no_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # pydantic's lax float would take it as 0/1
+        raise problem(f"expected a number; got {v!r}")
     return v
 
 
@@ -132,22 +126,51 @@ def _triple(v: Any) -> Any:
     if isinstance(v, (int, float, str)) and not isinstance(v, bool):
         return (v, v, v)
     if isinstance(v, (list, tuple)) and len(v) != 3:
-        raise ValueError(f"expected 3 values; got {len(v)}")
+        raise problem(f"expected 3 values; got {len(v)}")
     return v
 
 
-Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
-PositiveNumber = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
-Triple = Annotated[tuple[StrictInt, StrictInt, StrictInt], BeforeValidator(_triple)]
-Spacing = Annotated[tuple[PositiveNumber, PositiveNumber, PositiveNumber],
-                    BeforeValidator(_triple)]
+def _value(v: Any) -> Any:
+    """Numeric strings (YAML 1.1 reads ``1e-3`` as a string) become numbers."""
+    if isinstance(v, str):
+        with contextlib.suppress(ValueError):
+            return float(v)
+    elif v is not None and not isinstance(v, (bool, int, float)):
+        raise problem(f"expected a number, string or bool; got {v!r}")
+    return v
+
+
+def _patch_edge(v: int) -> int:
+    from ..model.vnet import DOWNSAMPLING
+
+    if v < DOWNSAMPLING or v % DOWNSAMPLING:
+        raise problem(f"must be a positive multiple of {DOWNSAMPLING} (the V-Net's "
+                      f"down-sampling factor); got {v}")
+    return v
+
+
+# Numbers also come as numeric strings (YAML 1.1's ``1e-3``), which pydantic's lax mode parses.
+Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+PositiveNumber = Annotated[Number, Field(gt=0)]
 Fraction = Annotated[Number, Field(ge=0.0, lt=1.0)]
+Spacing = Annotated[tuple[PositiveNumber, PositiveNumber, PositiveNumber], BeforeValidator(_triple)]
+PatchEdge = Annotated[StrictInt, AfterValidator(_patch_edge)]
+Triple = Annotated[tuple[PatchEdge, PatchEdge, PatchEdge], BeforeValidator(_triple)]
+Value = Annotated[Scalar, PlainValidator(_value),
+                  WithJsonSchema({"type": ["number", "string", "boolean", "null"]})]
+LossName = Annotated[str, AfterValidator(_known_loss)]
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors."""
+    """Base of every section: unknown keys are errors, and a validated section never changes."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    def with_value(self, key: str, value: Any) -> Self:
+        """A copy with the dotted ``key`` (``"data.path"``) set to ``value`` (not validated)."""
+        head, _, rest = key.partition(".")
+        return self.model_copy(update={
+            head: getattr(self, head).with_value(rest, value) if rest else value})
 
 
 # ----------------------------------------------------------------------------- data
@@ -164,12 +187,13 @@ class SyntheticConfig(Section):
     n_negative: StrictInt | None = Field(None, ge=0)
     """Cases without new lesions; null = each case with probability 11/40 (as in MSSEG-2)."""
 
-    @model_validator(mode="after")
-    def _negatives_fit(self) -> SyntheticConfig:
-        if self.n_negative is not None and self.n_negative > self.n_cases:
-            raise KeyProblem(".n_negative", f"must be in [0, n_cases={self.n_cases}] or null; "
-                             f"got {self.n_negative}")
-        return self
+    @field_validator("n_negative")
+    @classmethod
+    def _negatives_fit(cls, v: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n_cases")
+        if v is not None and n is not None and v > n:
+            raise problem(f"must be in [0, n_cases={n}] or null; got {v}")
+        return v
 
     def grid_shape(self, target_spacing: Sequence[float] | None) -> tuple[int, int, int]:
         """Voxels per axis of a generated case on the training grid."""
@@ -186,54 +210,60 @@ class PreprocessingConfig(Section):
 class SplitConfig(Section):
     preset: Literal["random", "coactseg"] = "random"
     """random, or coactseg: CoactSeg's fixed 32 training / 8 test case IDs (needs data.path)."""
-    n_test: StrictInt | None = Field(None, ge=1)
+    n_test: StrictInt | None = Field(None, ge=1, validate_default=True)
     """Test cases with preset random (default 4); must be null with coactseg."""
     n_val: StrictInt = Field(2, ge=1)
     """Validation cases held out of the training cases: model selection never sees the test
     cases."""
     seed: StrictInt = 0
 
-    @model_validator(mode="after")
-    def _preset_rules(self) -> SplitConfig:
-        if self.preset == "coactseg":
-            if self.n_test is not None:
-                raise KeyProblem(".n_test", "must be null with preset 'coactseg' (it fixes 8 "
-                                 "test cases)")
-            if self.n_val >= 32:
-                raise KeyProblem(".n_val", f"must be < 32 (CoactSeg's training cases); "
-                                 f"got {self.n_val}")
-        elif self.n_test is None:
-            self.n_test = 4
-        return self
+    @field_validator("n_test", "n_val")
+    @classmethod
+    def _preset_rules(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if info.data.get("preset") != "coactseg":
+            return 4 if v is None else v
+        if info.field_name == "n_test" and v is not None:
+            raise problem("must be null with preset 'coactseg' (it fixes 8 test cases)")
+        if info.field_name == "n_val" and v >= 32:  # type: ignore[operator]
+            raise problem(f"must be < 32 (CoactSeg's training cases); got {v}")
+        return v
 
 
 class DataConfig(Section):
     path: str | None = None
     """MSSEG-2 training folder (one folder per patient); null = synthetic data."""
-    synthetic: SyntheticConfig | None = None
+    synthetic: SyntheticConfig | None = Field(None, validate_default=True)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig, validate_default=True)
 
     @property
     def is_synthetic(self) -> bool:
         return self.path is None
 
-    @model_validator(mode="after")
-    def _source_rules(self) -> DataConfig:
-        if self.path is not None:
-            if self.synthetic is not None:
-                raise KeyProblem(".synthetic", "set only when data.path is null (synthetic "
-                                 "data)")
-            return self
-        self.synthetic = self.synthetic or SyntheticConfig()
-        if self.split.preset == "coactseg":
-            raise KeyProblem(".split.preset", "'coactseg' selects MSSEG-2 case IDs and needs "
-                             "data.path; synthetic data uses 'random'")
-        held = (self.split.n_test or 0) + self.split.n_val
-        if held >= self.synthetic.n_cases:
-            raise KeyProblem(".split", f"n_test + n_val = {held} leaves no training case out "
-                             f"of synthetic.n_cases = {self.synthetic.n_cases}")
-        return self
+    @field_validator("synthetic")
+    @classmethod
+    def _only_without_path(cls, v: SyntheticConfig | None,
+                           info: ValidationInfo) -> SyntheticConfig | None:
+        if "path" not in info.data:  # path invalid: reported there
+            return v
+        if info.data["path"] is not None and v is not None:
+            raise problem("set only when data.path is null (synthetic data)")
+        return v or (SyntheticConfig() if info.data["path"] is None else None)
+
+    @field_validator("split")
+    @classmethod
+    def _fits_synthetic(cls, split: SplitConfig, info: ValidationInfo) -> SplitConfig:
+        syn = info.data.get("synthetic")
+        if syn is None or info.data.get("path") is not None:
+            return split
+        if split.preset == "coactseg":
+            raise problem("'coactseg' selects MSSEG-2 case IDs and needs data.path; synthetic "
+                          "data uses 'random'", ".preset")
+        held = (split.n_test or 0) + split.n_val
+        if held >= syn.n_cases:
+            raise problem(f"n_test + n_val = {held} leaves no training case out of "
+                          f"synthetic.n_cases = {syn.n_cases}")
+        return split
 
 
 # ----------------------------------------------------------------------------- model, training
@@ -279,263 +309,16 @@ class TrainingConfig(Section):
     def n_evaluations(self) -> int:
         return math.ceil(self.iterations / self.eval_every)
 
-    @field_validator("patch_size")
-    @classmethod
-    def _patch_multiple(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        from ..model.vnet import DOWNSAMPLING
-
-        for i, s in enumerate(v):
-            if s < DOWNSAMPLING or s % DOWNSAMPLING:
-                raise KeyProblem(f"[{i}]", f"must be a positive multiple of {DOWNSAMPLING} "
-                                 f"(the V-Net's down-sampling factor); got {s}")
-        return v
-
     @model_validator(mode="after")
-    def _schedule(self) -> TrainingConfig:
+    def _schedule(self) -> Self:
         if self.eval_every > self.iterations:
-            raise KeyProblem(".eval_every", f"{self.eval_every} exceeds iterations "
-                             f"({self.iterations})")
+            raise problem(f"{self.eval_every} exceeds iterations ({self.iterations})",
+                          ".eval_every")
         if self.checkpoint_every % self.eval_every:
             # A checkpoint rides on a ray.train.report call, and reports happen at evaluations.
-            raise KeyProblem(".checkpoint_every", f"must be a multiple of eval_every "
-                             f"({self.eval_every}); got {self.checkpoint_every}")
+            raise problem(f"must be a multiple of eval_every ({self.eval_every}); got "
+                          f"{self.checkpoint_every}", ".checkpoint_every")
         return self
-
-
-# ----------------------------------------------------------------------------- search
-
-_DISTRIBUTIONS = ("uniform", "loguniform", "choice", "grid")
-_SPEC_HELP = ("a value, a list (grid) or one of {uniform: [a, b]}, {loguniform: [a, b]}, "
-              "{choice: [...]}, {grid: [...]}")
-_SPEC_SCHEMA = {
-    "description": "A fixed value, a list (grid), or one of {uniform: [low, high]}, "
-                   "{loguniform: [low, high]}, {choice: [...]}, {grid: [...]}",
-    "anyOf": [
-        {"type": ["number", "string", "boolean", "null"]},
-        {"type": "array", "minItems": 1},
-        {"type": "object", "minProperties": 1, "maxProperties": 1,
-         "properties": {k: {"type": "array", "minItems": 1} for k in _DISTRIBUTIONS},
-         "additionalProperties": False},
-    ],
-}
-
-
-def _coerce(v: Any) -> Any:
-    """Numeric strings to float (YAML 1.1's ``1e-3``); everything else unchanged."""
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
-
-
-class ParamSpec(BaseModel):
-    """One loss hyperparameter: a fixed value, a grid, or a distribution.
-
-    ``kind`` fixed: ``values == (v,)``; grid/choice: the candidates; uniform/loguniform:
-    ``(low, high)``. A grid is exhaustive, a choice is sampled (``num_samples`` times).
-    Written in YAML as ``0.7``, ``[0.3, 0.5]`` or ``{uniform: [0.1, 0.9]}``.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: Literal["fixed", "grid", "choice", "uniform", "loguniform"]
-    values: tuple[Scalar, ...]
-
-    @property
-    def is_distribution(self) -> bool:
-        return self.kind in ("choice", "uniform", "loguniform")
-
-    def candidates(self) -> tuple[Scalar, ...]:
-        """Values that bound what the spec can produce (every value, or the two ends)."""
-        return self.values
-
-    @model_validator(mode="before")
-    @classmethod
-    def _parse(cls, value: Any) -> Any:
-        if isinstance(value, Mapping) and set(value) == {"kind", "values"}:
-            return value  # already parsed (model_dump(mode="python") round trip)
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return {"kind": "fixed", "values": (_coerce(value),)}
-        if isinstance(value, list):
-            value = {"grid": value}
-        if not isinstance(value, Mapping) or len(value) != 1 or \
-                next(iter(value)) not in _DISTRIBUTIONS:
-            raise KeyProblem("", f"expected {_SPEC_HELP}; got {value!r}")
-        kind, arg = next(iter(value.items()))
-        if kind in ("uniform", "loguniform"):
-            if not isinstance(arg, list) or len(arg) != 2:
-                raise KeyProblem(f".{kind}", f"expected [low, high]; got {arg!r}")
-            bounds = []
-            for i, a in enumerate(arg):
-                a = _coerce(a)
-                if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
-                    raise KeyProblem(f".{kind}[{i}]", f"expected a finite number; got {a!r}")
-                bounds.append(float(a))
-            lo, hi = bounds
-            if not lo < hi:
-                raise KeyProblem(f".{kind}", f"needs low < high; got [{lo}, {hi}]")
-            if kind == "loguniform" and lo <= 0:
-                raise KeyProblem(f".{kind}", f"needs low > 0; got {lo}")
-            return {"kind": kind, "values": (lo, hi)}
-        if not isinstance(arg, list) or not arg:
-            raise KeyProblem(f".{kind}", f"expected a non-empty list; got {arg!r}")
-        for i, v in enumerate(arg):
-            if v is not None and not isinstance(v, (bool, int, float, str)):
-                raise KeyProblem(f".{kind}[{i}]", f"expected a number, string or bool; "
-                                 f"got {v!r}")
-        arg = [_coerce(v) for v in arg]
-        if len({repr(v) for v in arg}) != len(arg):
-            raise KeyProblem(f".{kind}", f"duplicate values in {arg!r}")
-        return {"kind": kind, "values": tuple(arg)}
-
-    @model_serializer
-    def _to_yaml(self) -> Any:
-        if self.kind == "fixed":
-            return self.values[0]
-        return {self.kind: list(self.values)}
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
-        return dict(_SPEC_SCHEMA)
-
-
-class SchedulerConfig(Section):
-    type: Literal["none", "asha"] = "none"
-    """none (FIFO: every trial runs to the end) or asha (early stopping)."""
-    max_t: StrictInt | None = Field(None, ge=1)
-    """ASHA's horizon in time_attr units; null = the number of evaluations."""
-    grace_period: StrictInt = Field(1, ge=1)
-    reduction_factor: Annotated[Number, Field(gt=1)] = 3.0
-    brackets: StrictInt = Field(1, ge=1)
-    time_attr: str = "training_iteration"
-
-    @model_validator(mode="after")
-    def _horizon(self) -> SchedulerConfig:
-        if self.max_t is not None and self.max_t < self.grace_period:
-            raise KeyProblem(".max_t", f"{self.max_t} < grace_period ({self.grace_period})")
-        return self
-
-
-def _parse_losses(value: Any) -> Any:
-    valid = loss_names()
-    if value == "all":
-        return valid
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise KeyProblem("", f"expected 'all' or a non-empty list of loss names; got {value!r}")
-    for i, name in enumerate(value):
-        if not isinstance(name, str):
-            raise KeyProblem(f"[{i}]", f"expected a loss name; got {name!r}")
-        _known_loss(name, f"[{i}]")
-        if name in value[:i]:
-            raise KeyProblem(f"[{i}]", f"duplicate loss {name!r}")
-    return tuple(value)
-
-
-def _parse_hyperparameters(value: Any) -> Any:
-    """Loss and hyperparameter names, checked against the registry (with suggestions)."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise KeyProblem("", f"expected a mapping loss -> {{hyperparameter: spec}}; "
-                         f"got {value!r}")
-    out: dict[str, Any] = {}
-    for loss, params in value.items():
-        _known_loss(loss, f".{loss}")
-        params = {} if params is None else params
-        if not isinstance(params, Mapping):
-            raise KeyProblem(f".{loss}", f"expected a mapping hyperparameter -> spec; "
-                             f"got {params!r}")
-        _check_hyperparameter_names(loss, params, f".{loss}")
-        out[loss] = dict(params)
-    return out
-
-
-LossName = Annotated[str, AfterValidator(lambda name: _known_loss(name))]
-LossList = Annotated[
-    tuple[str, ...], BeforeValidator(_parse_losses),
-    WithJsonSchema({"description": "'all' (the registry) or a list of loss names",
-                    "anyOf": [{"const": "all"}, {"type": "array", "items": {"type": "string"},
-                                                 "minItems": 1}]}),
-]
-Hyperparameters = Annotated[dict[str, dict[str, ParamSpec]],
-                            BeforeValidator(_parse_hyperparameters)]
-
-
-class SearchConfig(Section):
-    losses: LossList = Field(default_factory=loss_names)
-    seeds: tuple[StrictInt, ...] = Field((0, 1), min_length=1)
-    """Training seeds; every hyperparameter set is trained with every seed."""
-    seeds_per_trial: StrictInt = Field(1, ge=1)
-    """Seeds one trial trains one after another on the same (warm) Train workers: the seeds
-    are cut into groups of this size in their order, one trial per group. Larger groups spend
-    less of the sweep starting trials and more training; 1 gives every seed its own trial (the
-    most parallelism). Only with ``scheduler: none`` and ``search_alg: random``."""
-    hyperparameters: Hyperparameters = Field(default_factory=dict)
-    """Per loss, per keyword: a ParamSpec. Keywords left out keep the loss's defaults."""
-    num_samples: StrictInt = Field(1, ge=1)
-    """Random search: draws per grid point of each loss with a distribution. Optuna: trials."""
-    sample_seed: StrictInt = 0
-    metric: str = Field("val_dice", min_length=1)
-    mode: Literal["max", "min"] = "max"
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    search_alg: Literal["random", "optuna"] = "random"
-
-    @property
-    def seed_groups(self) -> list[tuple[int, ...]]:
-        """The seeds of each trial of one hyperparameter set (``seeds_per_trial`` at a time)."""
-        k = self.seeds_per_trial
-        return [tuple(self.seeds[i:i + k]) for i in range(0, len(self.seeds), k)]
-
-    @property
-    def has_distributions(self) -> bool:
-        return any(s.is_distribution for p in self.hyperparameters.values() for s in p.values())
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
-        for i, s in enumerate(seeds):
-            if s in seeds[:i]:
-                raise KeyProblem(f"[{i}]", f"duplicate seed {s}")
-        return seeds
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SearchConfig:
-        for loss, specs in self.hyperparameters.items():
-            if loss not in self.losses:
-                raise KeyProblem(f".hyperparameters.{loss}", f"loss {loss!r} is not in "
-                                 f"search.losses ({', '.join(self.losses)})")
-            _check_loss_accepts(loss, specs)
-        if self.seeds_per_trial > 1 and self.search_alg == "optuna":
-            raise KeyProblem(".seeds_per_trial", "must be 1 with search_alg: optuna (Optuna "
-                             "picks one seed per trial)")
-        if self.seeds_per_trial > 1 and self.scheduler.type != "none":
-            raise KeyProblem(".seeds_per_trial", f"must be 1 with scheduler: "
-                             f"{self.scheduler.type} (it would compare one seed of a trial "
-                             "with another seed of another trial)")
-        if self.search_alg == "random" and self.num_samples > 1 and not self.has_distributions:
-            raise KeyProblem(".num_samples", f"{self.num_samples} has no effect: no "
-                             "hyperparameter has a distribution (use search.seeds for "
-                             "replicates)")
-        return self
-
-
-def _check_loss_accepts(loss: str, specs: Mapping[str, ParamSpec]) -> None:
-    """Construct the loss with every candidate of every hyperparameter (the others at their
-    first value): the loss's own argument checks decide, so a bad value fails here and not in
-    a trial on the cluster. Interval distributions are checked at both ends."""
-    first = {name: s.values[0] for name, s in specs.items()}
-    for name, spec in specs.items():
-        for value in spec.candidates():
-            try:
-                _get_loss(loss, backend="reference", **{**first, name: value})
-            except (ValueError, TypeError) as exc:
-                raise KeyProblem(f".hyperparameters.{loss}.{name}",
-                                 f"{loss!r} rejects {name}={value!r}: {exc}") from None
-
-
-# ----------------------------------------------------------------------------- pretraining
 
 
 class PretrainConfig(Section):
@@ -544,7 +327,7 @@ class PretrainConfig(Section):
 
     loss: LossName = "dice_ce"
     """Registry name of the pretraining loss."""
-    hyperparameters: dict[str, Scalar] = Field(default_factory=dict)
+    hyperparameters: dict[str, Value] = Field(default_factory=dict)
     """Fixed keyword arguments of that loss."""
     iterations: StrictInt = Field(240, ge=1)
     lr: PositiveNumber = 3e-3
@@ -553,48 +336,13 @@ class PretrainConfig(Section):
     """Iterations between validations (the best validated weights are kept)."""
 
     @model_validator(mode="after")
-    def _loss_accepts(self) -> PretrainConfig:
-        _check_hyperparameter_names(self.loss, self.hyperparameters, ".hyperparameters")
-        try:
-            _get_loss(self.loss, backend="reference", **self.hyperparameters)
-        except (ValueError, TypeError) as exc:
-            raise KeyProblem(".hyperparameters", f"{self.loss!r} rejects "
-                             f"{self.hyperparameters}: {exc}") from None
+    def _loss_accepts(self) -> Self:
+        check_names(self.loss, self.hyperparameters, ".hyperparameters")
+        check_values(self.loss, self.hyperparameters, ".hyperparameters",
+                     str(self.hyperparameters))
         if self.eval_every > self.iterations:
-            raise KeyProblem(".eval_every", f"{self.eval_every} exceeds iterations "
-                             f"({self.iterations})")
-        return self
-
-
-# ----------------------------------------------------------------------------- resources etc.
-
-
-class ResourcesConfig(Section):
-    num_workers: StrictInt = Field(1, ge=1)
-    """Ray Train workers (DDP ranks) per trial; >= 1, since Train's local mode (0) does not run
-    inside Tune trials."""
-    use_gpu: StrictBool = False
-    cpus_per_worker: PositiveNumber = 1.0
-    """> 0: a bundle without resources is refused by Ray's placement groups."""
-    gpus_per_worker: PositiveNumber = 1.0
-    """With use_gpu: a fraction in (0, 1] (several trials share a GPU) or a whole number."""
-    driver_resource: str = Field("TRAIN_DRIVER", min_length=1)
-    """Custom resource each trial driver takes one of, with 0 CPU."""
-    max_concurrent_trials: StrictInt | None = Field(None, ge=1)
-    """null = derived from the cluster's resources; a number caps it."""
-    max_failures: StrictInt = Field(2, ge=-1)
-    """ray.train.FailureConfig.max_failures: worker-group restarts (-1 = unlimited)."""
-    controller_failure_limit: StrictInt = Field(3, ge=-1)
-    """ray.train.FailureConfig.controller_failure_limit (-1 = unlimited)."""
-    trial_max_failures: StrictInt = Field(0, ge=-1)
-    """ray.tune.FailureConfig.max_failures: restarts of a dead trial driver."""
-
-    @model_validator(mode="after")
-    def _gpu_share(self) -> ResourcesConfig:
-        g = self.gpus_per_worker
-        if self.use_gpu and g > 1 and g != int(g):
-            raise KeyProblem(".gpus_per_worker", f"must be a fraction in (0, 1] or a whole "
-                             f"number; got {g}")
+            raise problem(f"{self.eval_every} exceeds iterations ({self.iterations})",
+                          ".eval_every")
         return self
 
 
@@ -602,35 +350,28 @@ class StorageConfig(Section):
     path: str = Field("results", min_length=1)
     """Ray's storage_path: a local directory, a shared mount or s3://bucket/prefix."""
     results_dir: str | None = None
-    """Per-trial case CSVs; null = <path>/<name>/results."""
+    """Per-trial case CSVs of a sweep; null = <path>/<name>/results."""
 
 
-class ReportConfig(Section):
-    enabled: StrictBool = True
-    out_dir: str | None = None
-    """null = <results_dir>/report."""
-    reference_loss: LossName = "hytver"
-    """The paired tests compare every loss with this one."""
-    confidence: Annotated[Number, Field(gt=0.0, lt=1.0)] = 0.95
+# ----------------------------------------------------------------------------- the run
 
 
-# ----------------------------------------------------------------------------- the whole file
+class RunConfig(Section):
+    """What one training run needs. The sweep's file adds its own sections
+    (:class:`hytver_dist.sweep.config.SweepConfig`), which a single run skips."""
 
-
-class Config(Section):
-    """One experiment file: the run settings plus the sweep's search, resources and storage."""
+    #: Top-level sections of the sweep's file that a single run skips (a test keeps this list
+    #: and SweepConfig in step).
+    SWEEP_SECTIONS: ClassVar[tuple[str, ...]] = ("search", "resources", "report")
 
     name: str
     """Names the Tune experiment and the Train runs; keep it stable (resume finds runs by it)."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig | None = None
-    """null = no pretraining stage (trials start from model.init_checkpoint or at random)."""
+    """null = no pretraining stage (runs start from model.init_checkpoint or at random)."""
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
 
     _source: str = PrivateAttr("<dict>")
 
@@ -639,125 +380,107 @@ class Config(Section):
         """The file this config came from (``<dict>`` for a mapping), for error messages."""
         return self._source
 
-    @property
-    def results_dir(self) -> str:
-        """Where trials write ``trials/<trial>/cases.csv``."""
-        if self.storage.results_dir:
-            return self.storage.results_dir
-        return f"{self.storage.path.rstrip('/')}/{self.name}/results"
-
-    @property
-    def scheduler_max_t(self) -> int:
-        return self.search.scheduler.max_t or self.training.n_evaluations
-
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (YAML/JSON-ready) that :func:`load_config` reads back unchanged."""
+        """Plain data (YAML/JSON-ready) that :meth:`load` reads back unchanged."""
         return self.model_dump(mode="json")
 
     def __eq__(self, other: object) -> bool:
         # The same settings are the same config, whichever file they came from.
-        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
 
-    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+    __hash__ = None  # type: ignore[assignment]
 
     @field_validator("name")
     @classmethod
     def _stable_name(cls, v: str) -> str:
         if not re.match(NAME_PATTERN, v):
-            raise KeyProblem("", f"must match {NAME_PATTERN} (it names Ray's run "
-                             f"directories); got {v!r}")
+            raise problem(f"must match {NAME_PATTERN} (it names Ray's run directories); got "
+                          f"{v!r}")
         return v
 
     @model_validator(mode="after")
-    def _cross_section(self) -> Config:
+    def _cross_section(self) -> Self:
         syn = self.data.synthetic
         if syn is not None:
             spacing = self.data.preprocessing.target_spacing
             shape = syn.grid_shape(spacing)
             for i, (p, s) in enumerate(zip(self.training.patch_size, shape, strict=True)):
                 if p > s:
-                    raise KeyProblem(f".training.patch_size[{i}]", f"{p} exceeds the synthetic "
-                                     f"grid {shape} (size {syn.size!r} at "
-                                     f"{spacing or 'native'} mm)")
+                    raise problem(f"{p} exceeds the synthetic grid {shape} (size {syn.size!r} "
+                                  f"at {spacing or 'native'} mm)", f".training.patch_size[{i}]")
         if self.pretrain is not None and self.model.init_checkpoint is not None:
-            raise KeyProblem(".pretrain", "set either pretrain or model.init_checkpoint, not "
-                             "both (the pretraining stage starts from random weights)")
-        sch = self.search.scheduler
-        if sch.type == "asha" and sch.grace_period > self.scheduler_max_t:
-            raise KeyProblem(".search.scheduler.grace_period", f"{sch.grace_period} exceeds "
-                             f"max_t ({self.scheduler_max_t} = number of evaluations)")
+            raise problem("set either pretrain or model.init_checkpoint, not both (the "
+                          "pretraining stage starts from random weights)", ".pretrain")
         return self
 
-
-def json_schema() -> dict[str, Any]:
-    """JSON schema of a config file (for editors: yaml-language-server, VS Code)."""
-    return Config.model_json_schema()
+    @classmethod
+    def load(cls, path_or_dict: str | Path | Mapping[str, Any], overrides: Sequence[str] = (),
+             *, source: str | None = None) -> Self:
+        """Load and validate a YAML path, a shipped sweep's name or a mapping, with ``--set``
+        style ``overrides`` applied first. ``source`` names a mapping's origin in errors
+        (default ``<dict>``). Raises :class:`ConfigError` naming the file (and the overrides)
+        and the key path of every problem."""
+        if isinstance(path_or_dict, Mapping):
+            source, data = source or "<dict>", path_or_dict
+        else:
+            source, data = read_config_file(path_or_dict)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: <top level>: expected a mapping; got "
+                              f"{type(data).__name__}")
+        if overrides:
+            source = f"{source} with --set {' '.join(overrides)}"
+            data = apply_overrides(data, overrides)
+        data = {k: v for k, v in data.items()
+                if k in cls.model_fields or k not in RunConfig.SWEEP_SECTIONS}
+        try:
+            cfg = cls.model_validate(data)
+        except ValidationError as exc:
+            lines = (_error_line(source, err, cls) for err in exc.errors())
+            raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+        cfg._source = source
+        return cfg
 
 
 # ----------------------------------------------------------------------------- errors
 
+# pydantic's error types in this project's words (templates filled from the error's ctx).
+MESSAGES = {
+    "missing": "is required", "int_type": "expected an integer",
+    "bool_type": "expected true or false", "string_type": "expected a string",
+    "float_type": "expected a number", "float_parsing": "expected a number",
+    "finite_number": "expected a finite number", "literal_error": "expected {expected}",
+    "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
+    "model_type": "expected a mapping", "dict_type": "expected a mapping",
+    "tuple_type": "expected a list", "list_type": "expected a list",
+    "too_short": "must not be empty", "string_too_short": "must not be empty",
+}
 
-def _key_path(loc: Sequence[Any], extra: str = "") -> str:
-    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc) + extra
-    return text.lstrip(".") or "<top level>"
+
+def _error_line(source: str, err: Mapping[str, Any], root: type[BaseModel]) -> str:
+    # A tagged union repeats the tag (our one-key mappings' key) in loc; a dict key adds "[key]".
+    loc = [p for i, p in enumerate(err["loc"])
+           if p != "[key]" and not (i and p == err["loc"][i - 1])]
+    kind, ctx = err["type"], err.get("ctx") or {}
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    path = (path + ctx.get("at", "")).lstrip(".") or "<top level>"
+    if kind == "config":
+        text = err["msg"]
+    elif kind == "extra_forbidden":
+        text = suggest(str(loc[-1]), _keys_at(root, loc[:-1]), "key")
+    else:
+        text = MESSAGES[kind].format(**ctx) if kind in MESSAGES else err["msg"]
+        text += "" if kind == "missing" else f"; got {err['input']!r}"
+    return f"{source}: {path}: {text}"
 
 
-def _section_at(loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The model class that holds the key at ``loc`` (to list its valid keys)."""
-    cls: type[BaseModel] | None = Config
+def _keys_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> list[str]:
+    """The keys of the section at ``loc`` below ``model`` (for "did you mean")."""
     for part in loc:
-        field = cls.model_fields.get(part) if cls and isinstance(part, str) else None
-        if field is None:
-            return None
-        cls = _model_class(field.annotation)
-    return cls
-
-
-def _model_class(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, Section):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):  # Optional[Section]
-        if isinstance(arg, type) and issubclass(arg, Section):
-            return arg
-    return None
-
-
-def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
-    """(key path, problem) of one pydantic error, in this project's wording."""
-    kind, loc, got = err["type"], tuple(err["loc"]), err.get("input")
-    ctx = err.get("ctx") or {}
-    if kind == "value_error" and isinstance(ctx.get("error"), KeyProblem):
-        return _key_path(loc, ctx["error"].path), str(ctx["error"])
-    if kind == "extra_forbidden":
-        section = _section_at(loc[:-1])
-        valid = list(section.model_fields) if section else []
-        return _key_path(loc), suggest(str(loc[-1]), valid, "key")
-    if kind == "value_error":
-        return _key_path(loc), str(ctx.get("error", err["msg"]))
-    messages = {
-        "missing": "is required",
-        "int_type": f"expected an integer; got {got!r}",
-        "bool_type": f"expected true or false; got {got!r}",
-        "string_type": f"expected a string; got {got!r}",
-        "float_type": f"expected a number; got {got!r}",
-        "finite_number": f"expected a finite number; got {got!r}",
-        "literal_error": f"expected {ctx.get('expected')}; got {got!r}",
-        "greater_than": f"must be > {ctx.get('gt')}; got {got!r}",
-        "greater_than_equal": f"must be >= {ctx.get('ge')}; got {got!r}",
-        "less_than": f"must be < {ctx.get('lt')}; got {got!r}",
-        "less_than_equal": f"must be <= {ctx.get('le')}; got {got!r}",
-        "model_type": f"expected a mapping; got {got!r}",
-        "dict_type": f"expected a mapping; got {got!r}",
-        "tuple_type": f"expected a list; got {got!r}",
-        "too_short": f"must not be empty; got {got!r}",
-        "string_too_short": f"must not be empty; got {got!r}",
-    }
-    return _key_path(loc), messages.get(kind, f"{err['msg']}; got {got!r}")
-
-
-def _raise(source: str, exc: ValidationError) -> None:
-    lines = [f"{source}: {path}: {problem}" for path, problem in map(_describe, exc.errors())]
-    raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+        field = model.model_fields.get(part) if model and isinstance(part, str) else None
+        kinds = (field.annotation, *getattr(field.annotation, "__args__", ())) if field else ()
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, Section)), None)
+    return list(model.model_fields) if model else []
 
 
 # ----------------------------------------------------------------------------- loading
@@ -809,32 +532,6 @@ def read_config_file(path_or_name: str | Path) -> tuple[str, Any]:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
-def load_config(path_or_dict: str | Path | Mapping[str, Any],
-                overrides: Sequence[str] = (), *, source: str | None = None) -> Config:
-    """Load and validate a config from a YAML path, a shipped sweep's name, or a mapping,
-    with ``--set`` style ``overrides`` applied first.
-
-    ``source`` names a mapping's origin in errors (default ``<dict>``). Raises
-    :class:`ConfigError` naming the file (and the overrides) and the key path.
-    """
-    if isinstance(path_or_dict, Mapping):
-        source, data = source or "<dict>", dict(path_or_dict)
-    else:
-        source, data = read_config_file(path_or_dict)
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: <top level>: expected a mapping; got "
-                          f"{type(data).__name__}")
-    if overrides:
-        source = f"{source} with --set {' '.join(overrides)}"
-        data = apply_overrides(data, overrides)
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as exc:
-        _raise(source, exc)
-    cfg._source = source
-    return cfg
-
-
 def add_override_argument(parser: Any) -> None:
     """The ``--set KEY=VALUE`` option of the command-line tools (argparse)."""
     parser.add_argument("--set", action="append", default=[], dest="overrides",
@@ -844,10 +541,9 @@ def add_override_argument(parser: Any) -> None:
 
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "ModelConfig", "ParamSpec", "PreprocessingConfig",
-    "PretrainConfig",
-    "ReportConfig", "ResourcesConfig", "SchedulerConfig", "SearchConfig", "SplitConfig",
-    "StorageConfig", "SyntheticConfig", "TrainingConfig", "add_override_argument",
-    "apply_overrides", "json_schema", "load_config", "loss_hyperparameters", "loss_names",
-    "resolve_config_path",
+    "ConfigError", "DataConfig", "ModelConfig", "PreprocessingConfig", "PretrainConfig",
+    "RunConfig", "Section", "SplitConfig", "StorageConfig", "SyntheticConfig", "TrainingConfig",
+    "add_override_argument", "apply_overrides", "check_names", "check_values",
+    "loss_hyperparameters",
+    "loss_names", "problem", "resolve_config_path",
 ]

@@ -25,7 +25,7 @@ from .. import metrics
 from ..data import load_case, save_mask, to_original_grid
 from ..metrics import surface
 from ..model import CheckpointError, build_model, load_checkpoint
-from .config import ConfigError, ModelConfig, TrainingConfig, add_override_argument, load_config
+from .config import ConfigError, ModelConfig, RunConfig, TrainingConfig, add_override_argument
 from .inference import sliding_window_probabilities
 from .prepare import PreparedData, prepare_data
 from .train import case_image, patch_edge
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                          "hytver_dist.train?)")
     run = json.loads(run_file.read_text())
     try:
-        cfg = load_config(run["config"], args.overrides, source=str(run_file))
+        cfg = RunConfig.load(run["config"], args.overrides, source=str(run_file))
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     try:
