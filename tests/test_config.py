@@ -5,6 +5,7 @@ documented defaults, and the import direction (the single-run path never imports
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from config_helpers import base
+from pydantic import ValidationError
 
 from hytver_dist.run import config as config_module
 from hytver_dist.run.config import (
@@ -67,6 +69,32 @@ def test_defaults_and_conversions():
         "hytver": {"gamma": {"grid": [0.3, 0.5]}, "per_sample": {"choice": [True, False]}}}
 
 
+def test_run_config_is_the_run_part_of_a_sweep_file():
+    sweep, run = load_config("default"), RunConfig.load("default")
+    assert type(run) is RunConfig and set(run.to_dict()) == set(RunConfig.model_fields)
+    assert type(sweep.run) is RunConfig and sweep.run == run
+    assert sweep.run.source == sweep.source == run.source
+    # What Ray hands a worker: the run settings alone, pickled.
+    again = pickle.loads(pickle.dumps(sweep.run))
+    assert again == run and again.source == run.source
+    # A single run skips the sweep's own sections, but never a misspelt key.
+    assert set(SweepConfig.model_fields) - set(RunConfig.model_fields) == set(
+        RunConfig.SWEEP_SECTIONS)
+    with pytest.raises(ConfigError, match=r"^<dict>: trainig: unknown key 'trainig' \(did you "
+                       r"mean 'training'\?\); valid: name, data, model, pretrain, training, "
+                       r"storage$"):
+        RunConfig.load(base(trainig={"iterations": 3}))
+
+
+def test_validated_configs_never_change():
+    cfg = load_config("default")
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.training.iterations = 5
+    moved = cfg.with_value("data.path", "/elsewhere")
+    assert moved.data.path == "/elsewhere" and cfg.data.path is None
+    assert moved.training is cfg.training and moved.source == cfg.source
+
+
 def test_synthetic_grid_comes_from_the_generator():
     from hytver_dist.data import synth
 
@@ -117,7 +145,7 @@ ERRORS = [
     (base(search__hyperparameters={"hytver": {"alpha": {"uniform": [0.9, 0.1]}}}),
      r"search\.hyperparameters\.hytver\.alpha\.uniform: needs low < high; got \[0\.9, 0\.1\]"),
     (base(search__hyperparameters={"hytver": {"smooth": {"loguniform": [0, 1]}}}),
-     r"search\.hyperparameters\.hytver\.smooth\.loguniform: needs low > 0"),
+     r"search\.hyperparameters\.hytver\.smooth\.loguniform\[0\]: must be > 0; got 0"),
     (base(search__hyperparameters={"hytver": {"alpha": {"normal": [0, 1]}}}),
      r"search\.hyperparameters\.hytver\.alpha: expected a value, a list \(grid\) or one of"),
     (base(search__hyperparameters={"hytver": {"alpha": {"choice": [0.5, 0.5]}}}),

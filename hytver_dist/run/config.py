@@ -1,11 +1,8 @@
 """The run configuration: what one training run reads from an experiment file (``data``,
 ``model``, ``pretrain``, ``training``, ``storage``), validated once where the file is read, and
-the loading machinery that the sweep's configuration (:mod:`hytver_dist.sweep.config`) reuses:
-file and name resolution, ``--set`` overrides and error messages.
-
-Every error is a :class:`ConfigError` (a ``ValueError``), one line per problem:
-``<file>: <key path>: <problem>``, with the nearest valid key or loss name. Validated objects
-are frozen; :meth:`Section.with_value` makes a changed copy. ``docs/sweeps.md`` lists the keys.
+the loading that the sweep's configuration (:mod:`hytver_dist.sweep.config`) shares: file and
+name resolution, ``--set`` overrides, and errors as ``<file>: <key path>: <problem>`` with the
+nearest valid key or loss. Validated objects are frozen. ``docs/sweeps.md`` lists the keys.
 """
 
 from __future__ import annotations
@@ -27,13 +24,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainValidator,
     PrivateAttr,
     StrictBool,
     StrictInt,
     ValidationError,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -62,9 +57,6 @@ def suggest(name: str, valid: Sequence[str], what: str) -> str:
     return f"unknown {what} {name!r}{hint}; valid: {', '.join(valid)}"
 
 
-# ----------------------------------------------------------------------------- loss registry
-
-
 @functools.cache
 def _registry() -> Mapping[str, Any]:
     from ..losses import LOSSES  # lazy: imports torch
@@ -88,14 +80,8 @@ def loss_hyperparameters(loss: str) -> tuple[str, ...]:
     return tuple(n for n in _registry()[loss].hyperparameters() if n != "backend")
 
 
-def _known_loss(name: str) -> str:
-    if name not in loss_names():
-        raise problem(suggest(str(name), loss_names(), "loss"))
-    return name
-
-
 def check_names(loss: str, names: Iterable[str], at: str) -> None:
-    """Every name is a keyword of ``loss`` (error at ``<at>.<name>``)."""
+    """Every name is a keyword of ``loss`` (else an error at ``<at>.<name>``)."""
     valid = loss_hyperparameters(loss)
     for name in names:
         if name not in valid:
@@ -105,18 +91,21 @@ def check_names(loss: str, names: Iterable[str], at: str) -> None:
 
 def check_values(loss: str, params: Mapping[str, Any], at: str, shown: str) -> None:
     """The loss accepts ``params``: its own argument checks decide, so a bad value fails here
-    and not in a trial on the cluster (error at ``at``, showing the values as ``shown``)."""
+    and not in a trial on the cluster."""
     try:
         _get_loss(loss, backend="reference", **params)
     except (ValueError, TypeError) as exc:
         raise problem(f"{loss!r} rejects {shown}: {exc}", at) from None
 
 
-# ----------------------------------------------------------------------------- value types
+def _known_loss(name: str) -> str:
+    if name not in loss_names():
+        raise problem(suggest(str(name), loss_names(), "loss"))
+    return name
 
 
 def _no_bool(v: Any) -> Any:
-    if isinstance(v, bool):  # pydantic's lax float would take it as 0/1
+    if isinstance(v, bool):  # pydantic's lax float takes it as 0 or 1
         raise problem(f"expected a number; got {v!r}")
     return v
 
@@ -131,7 +120,6 @@ def _triple(v: Any) -> Any:
 
 
 def _value(v: Any) -> Any:
-    """Numeric strings (YAML 1.1 reads ``1e-3`` as a string) become numbers."""
     if isinstance(v, str):
         with contextlib.suppress(ValueError):
             return float(v)
@@ -149,22 +137,21 @@ def _patch_edge(v: int) -> int:
     return v
 
 
-# Numbers also come as numeric strings (YAML 1.1's ``1e-3``), which pydantic's lax mode parses.
+# Numeric strings count as numbers: YAML 1.1 reads ``1e-3`` as a string.
 Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
 PositiveNumber = Annotated[Number, Field(gt=0)]
 Fraction = Annotated[Number, Field(ge=0.0, lt=1.0)]
 Spacing = Annotated[tuple[PositiveNumber, PositiveNumber, PositiveNumber], BeforeValidator(_triple)]
 PatchEdge = Annotated[StrictInt, AfterValidator(_patch_edge)]
 Triple = Annotated[tuple[PatchEdge, PatchEdge, PatchEdge], BeforeValidator(_triple)]
-Value = Annotated[Scalar, PlainValidator(_value),
-                  WithJsonSchema({"type": ["number", "string", "boolean", "null"]})]
+Value = Annotated[Scalar, BeforeValidator(_value)]
 LossName = Annotated[str, AfterValidator(_known_loss)]
 
 
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, and a validated section never changes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     def with_value(self, key: str, value: Any) -> Self:
         """A copy with the dotted ``key`` (``"data.path"``) set to ``value`` (not validated)."""
@@ -173,25 +160,19 @@ class Section(BaseModel):
             head: getattr(self, head).with_value(rest, value) if rest else value})
 
 
-# ----------------------------------------------------------------------------- data
-
-
 class SyntheticConfig(Section):
     """Generated MSSEG-2-like cases (``hytver_dist.synth``); only when ``data.path`` is null."""
 
     n_cases: StrictInt = Field(12, ge=3)
-    """Number of cases (at least one each for training, validation and test)."""
     seed: StrictInt = 0
-    size: Literal["tiny", "small", "full"] = "tiny"
-    """Isotropic voxel size: tiny 4 mm, small 2 mm, full 1 mm."""
-    n_negative: StrictInt | None = Field(None, ge=0)
-    """Cases without new lesions; null = each case with probability 11/40 (as in MSSEG-2)."""
+    size: Literal["tiny", "small", "full"] = Field("tiny", description="voxels of 4, 2 or 1 mm")
+    n_negative: StrictInt | None = Field(None, ge=0, description="cases without new lesions; "
+                                         "null = each case with probability 11/40")
 
     @field_validator("n_negative")
     @classmethod
     def _negatives_fit(cls, v: int | None, info: ValidationInfo) -> int | None:
-        n = info.data.get("n_cases")
-        if v is not None and n is not None and v > n:
+        if v is not None and (n := info.data.get("n_cases")) is not None and v > n:
             raise problem(f"must be in [0, n_cases={n}] or null; got {v}")
         return v
 
@@ -203,18 +184,15 @@ class SyntheticConfig(Section):
 
 
 class PreprocessingConfig(Section):
-    target_spacing: Spacing | None = None
-    """Resampling grid in mm per axis, e.g. [0.5, 0.75, 0.75]; null keeps the native grid."""
+    target_spacing: Spacing | None = Field(None, description="mm per axis; null = native grid")
 
 
 class SplitConfig(Section):
-    preset: Literal["random", "coactseg"] = "random"
-    """random, or coactseg: CoactSeg's fixed 32 training / 8 test case IDs (needs data.path)."""
-    n_test: StrictInt | None = Field(None, ge=1, validate_default=True)
-    """Test cases with preset random (default 4); must be null with coactseg."""
-    n_val: StrictInt = Field(2, ge=1)
-    """Validation cases held out of the training cases: model selection never sees the test
-    cases."""
+    preset: Literal["random", "coactseg"] = Field("random", description="coactseg: CoactSeg's "
+                                                  "32 training / 8 test IDs (needs data.path)")
+    n_test: StrictInt | None = Field(None, ge=1, validate_default=True,
+                                     description="random: default 4; coactseg: null")
+    n_val: StrictInt = Field(2, ge=1, description="validation cases, out of the training ones")
     seed: StrictInt = 0
 
     @field_validator("n_test", "n_val")
@@ -230,8 +208,7 @@ class SplitConfig(Section):
 
 
 class DataConfig(Section):
-    path: str | None = None
-    """MSSEG-2 training folder (one folder per patient); null = synthetic data."""
+    path: str | None = Field(None, description="MSSEG-2 training folder; null = synthetic data")
     synthetic: SyntheticConfig | None = Field(None, validate_default=True)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     split: SplitConfig = Field(default_factory=SplitConfig, validate_default=True)
@@ -244,7 +221,7 @@ class DataConfig(Section):
     @classmethod
     def _only_without_path(cls, v: SyntheticConfig | None,
                            info: ValidationInfo) -> SyntheticConfig | None:
-        if "path" not in info.data:  # path invalid: reported there
+        if "path" not in info.data:  # an invalid path is reported there
             return v
         if info.data["path"] is not None and v is not None:
             raise problem("set only when data.path is null (synthetic data)")
@@ -253,69 +230,59 @@ class DataConfig(Section):
     @field_validator("split")
     @classmethod
     def _fits_synthetic(cls, split: SplitConfig, info: ValidationInfo) -> SplitConfig:
-        syn = info.data.get("synthetic")
-        if syn is None or info.data.get("path") is not None:
+        if (syn := info.data.get("synthetic")) is None or info.data.get("path") is not None:
             return split
         if split.preset == "coactseg":
             raise problem("'coactseg' selects MSSEG-2 case IDs and needs data.path; synthetic "
                           "data uses 'random'", ".preset")
-        held = (split.n_test or 0) + split.n_val
-        if held >= syn.n_cases:
+        if (held := (split.n_test or 0) + split.n_val) >= syn.n_cases:
             raise problem(f"n_test + n_val = {held} leaves no training case out of "
                           f"synthetic.n_cases = {syn.n_cases}")
         return split
 
 
-# ----------------------------------------------------------------------------- model, training
-
-
 class ModelConfig(Section):
     """The V-Net (``hytver_dist.model.VNet``)."""
 
-    n_filters: StrictInt = Field(4, ge=1)
-    """Channels of the first level (CoactSeg: 16)."""
+    n_filters: StrictInt = Field(4, ge=1, description="channels of the first level")
     activation: Literal["leaky_relu", "relu"] = "leaky_relu"
     dropout: Fraction = 0.0
-    init_checkpoint: str | None = Field(None, min_length=1)
-    """Initial weights: a V-Net state dict file (also CoactSeg's layout, through
-    ``load_pretrained``); every run fine-tunes from it with a fresh optimizer."""
+    init_checkpoint: str | None = Field(None, min_length=1, description="initial weights: a "
+                                        "V-Net state dict file (also CoactSeg's layout)")
 
     def vnet_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`hytver_dist.model.VNet`."""
-        return {"n_filters": self.n_filters, "activation": self.activation,
-                "dropout": self.dropout}
+        return self.model_dump(include={"n_filters", "activation", "dropout"})
+
+
+def _schedule(cfg: Any) -> Any:
+    """``eval_every`` fits in ``iterations`` (of a TrainingConfig or a PretrainConfig)."""
+    if cfg.eval_every > cfg.iterations:
+        raise problem(f"{cfg.eval_every} exceeds iterations ({cfg.iterations})", ".eval_every")
+    return cfg
 
 
 class TrainingConfig(Section):
-    iterations: StrictInt = Field(20, ge=1)
-    """Optimizer steps."""
-    batch_size: StrictInt = Field(2, ge=1)
-    """Patches per step and worker."""
-    patch_size: Triple = (32, 32, 32)
-    """An int (cube) or 3 ints, multiples of the V-Net's down-sampling factor (16)."""
+    iterations: StrictInt = Field(20, ge=1, description="optimizer steps")
+    batch_size: StrictInt = Field(2, ge=1, description="patches per step and worker")
+    patch_size: Triple = Field((32, 32, 32), description="an int (cube) or 3 ints, multiples "
+                               "of the V-Net's down-sampling factor (16)")
     lr: PositiveNumber = 1e-3
     optimizer: Literal["adam"] = "adam"
-    eval_every: StrictInt = Field(10, ge=1)
-    """Iterations between validations; each is one report to Tune."""
-    checkpoint_every: StrictInt = Field(10, ge=1)
-    """A multiple of eval_every: checkpoints travel with reports."""
-    val_patch_overlap: Fraction = 0.25
-    """Sliding-window overlap in [0, 1) (CoactSeg: 80-voxel windows at stride 20 = 0.75)."""
+    eval_every: StrictInt = Field(10, ge=1, description="iterations between validations")
+    checkpoint_every: StrictInt = Field(10, ge=1, description="a multiple of eval_every")
+    val_patch_overlap: Fraction = Field(0.25, description="sliding-window overlap in [0, 1)")
     amp: StrictBool = False
     backend: Literal["auto", "fused", "reference"] = "auto"
-    """Loss implementation."""
 
     @property
     def n_evaluations(self) -> int:
         return math.ceil(self.iterations / self.eval_every)
 
     @model_validator(mode="after")
-    def _schedule(self) -> Self:
-        if self.eval_every > self.iterations:
-            raise problem(f"{self.eval_every} exceeds iterations ({self.iterations})",
-                          ".eval_every")
-        if self.checkpoint_every % self.eval_every:
-            # A checkpoint rides on a ray.train.report call, and reports happen at evaluations.
+    def _checkpoints_at_reports(self) -> Self:
+        _schedule(self)
+        if self.checkpoint_every % self.eval_every:  # a checkpoint rides on a report
             raise problem(f"must be a multiple of eval_every ({self.eval_every}); got "
                           f"{self.checkpoint_every}", ".checkpoint_every")
         return self
@@ -326,50 +293,37 @@ class PretrainConfig(Section):
     (validation) weights with a fresh optimizer. Batch and patch size come from ``training``."""
 
     loss: LossName = "dice_ce"
-    """Registry name of the pretraining loss."""
     hyperparameters: dict[str, Value] = Field(default_factory=dict)
-    """Fixed keyword arguments of that loss."""
     iterations: StrictInt = Field(240, ge=1)
     lr: PositiveNumber = 3e-3
     seed: StrictInt = 0
     eval_every: StrictInt = Field(40, ge=1)
-    """Iterations between validations (the best validated weights are kept)."""
 
     @model_validator(mode="after")
     def _loss_accepts(self) -> Self:
         check_names(self.loss, self.hyperparameters, ".hyperparameters")
         check_values(self.loss, self.hyperparameters, ".hyperparameters",
                      str(self.hyperparameters))
-        if self.eval_every > self.iterations:
-            raise problem(f"{self.eval_every} exceeds iterations ({self.iterations})",
-                          ".eval_every")
-        return self
+        return _schedule(self)
 
 
 class StorageConfig(Section):
-    path: str = Field("results", min_length=1)
-    """Ray's storage_path: a local directory, a shared mount or s3://bucket/prefix."""
-    results_dir: str | None = None
-    """Per-trial case CSVs of a sweep; null = <path>/<name>/results."""
-
-
-# ----------------------------------------------------------------------------- the run
+    path: str = Field("results", min_length=1, description="local directory, shared mount or "
+                      "s3://bucket/prefix")
+    results_dir: str | None = Field(None, description="a sweep's per-trial case CSVs; null = "
+                                    "<path>/<name>/results")
 
 
 class RunConfig(Section):
-    """What one training run needs. The sweep's file adds its own sections
-    (:class:`hytver_dist.sweep.config.SweepConfig`), which a single run skips."""
+    """What one training run needs; :class:`hytver_dist.sweep.config.SweepConfig` adds the
+    sweep's sections (:attr:`SWEEP_SECTIONS`, which a single run skips in a sweep's file)."""
 
-    #: Top-level sections of the sweep's file that a single run skips (a test keeps this list
-    #: and SweepConfig in step).
     SWEEP_SECTIONS: ClassVar[tuple[str, ...]] = ("search", "resources", "report")
 
-    name: str
-    """Names the Tune experiment and the Train runs; keep it stable (resume finds runs by it)."""
+    name: str = Field(description="names the runs; keep it stable (resume finds runs by it)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig | None = None
-    """null = no pretraining stage (runs start from model.init_checkpoint or at random)."""
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
@@ -384,9 +338,8 @@ class RunConfig(Section):
         """Plain data (YAML/JSON-ready) that :meth:`load` reads back unchanged."""
         return self.model_dump(mode="json")
 
-    def __eq__(self, other: object) -> bool:
-        # The same settings are the same config, whichever file they came from.
-        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+    def __eq__(self, other: object) -> bool:  # the same settings, whichever file
+        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -400,8 +353,7 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Self:
-        syn = self.data.synthetic
-        if syn is not None:
+        if (syn := self.data.synthetic) is not None:
             spacing = self.data.preprocessing.target_spacing
             shape = syn.grid_shape(spacing)
             for i, (p, s) in enumerate(zip(self.training.patch_size, shape, strict=True)):
@@ -416,10 +368,9 @@ class RunConfig(Section):
     @classmethod
     def load(cls, path_or_dict: str | Path | Mapping[str, Any], overrides: Sequence[str] = (),
              *, source: str | None = None) -> Self:
-        """Load and validate a YAML path, a shipped sweep's name or a mapping, with ``--set``
-        style ``overrides`` applied first. ``source`` names a mapping's origin in errors
-        (default ``<dict>``). Raises :class:`ConfigError` naming the file (and the overrides)
-        and the key path of every problem."""
+        """Validate a YAML path, a shipped sweep's name or a mapping, with ``--set`` style
+        ``overrides`` applied first; ``source`` names a mapping in errors (``<dict>``).
+        Raises :class:`ConfigError` naming the file (and overrides) and every problem."""
         if isinstance(path_or_dict, Mapping):
             source, data = source or "<dict>", path_or_dict
         else:
@@ -441,24 +392,20 @@ class RunConfig(Section):
         return cfg
 
 
-# ----------------------------------------------------------------------------- errors
-
 # pydantic's error types in this project's words (templates filled from the error's ctx).
-MESSAGES = {
-    "missing": "is required", "int_type": "expected an integer",
-    "bool_type": "expected true or false", "string_type": "expected a string",
-    "float_type": "expected a number", "float_parsing": "expected a number",
-    "finite_number": "expected a finite number", "literal_error": "expected {expected}",
-    "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
-    "model_type": "expected a mapping", "dict_type": "expected a mapping",
-    "tuple_type": "expected a list", "list_type": "expected a list",
-    "too_short": "must not be empty", "string_too_short": "must not be empty",
-}
+MESSAGES = {"missing": "is required", "int_type": "expected an integer",
+            "bool_type": "expected true or false", "string_type": "expected a string",
+            "float_type": "expected a number", "float_parsing": "expected a number",
+            "finite_number": "expected a finite number", "literal_error": "expected {expected}",
+            "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
+            "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
+            "model_type": "expected a mapping", "dict_type": "expected a mapping",
+            "tuple_type": "expected a list", "list_type": "expected a list",
+            "too_short": "must not be empty", "string_too_short": "must not be empty"}
 
 
 def _error_line(source: str, err: Mapping[str, Any], root: type[BaseModel]) -> str:
-    # A tagged union repeats the tag (our one-key mappings' key) in loc; a dict key adds "[key]".
+    # A tagged union repeats its tag (a one-key mapping's key) in loc; a dict key adds "[key]".
     loc = [p for i, p in enumerate(err["loc"])
            if p != "[key]" and not (i and p == err["loc"][i - 1])]
     kind, ctx = err["type"], err.get("ctx") or {}
@@ -483,15 +430,23 @@ def _keys_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-# ----------------------------------------------------------------------------- loading
-
-
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """A file path, or the bare name of a shipped sweep (``default`` -> ``sweeps/default.yaml``)."""
     p = Path(name_or_path)
     if p.exists() or p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
         return p
     return SWEEPS_DIR / f"{p}.yaml"
+
+
+def read_config_file(path_or_name: str | Path) -> tuple[str, Any]:
+    """(source label, parsed YAML) of a config file or shipped sweep name."""
+    path = resolve_config_path(path_or_name)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        return str(path), yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -510,8 +465,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
             raise ConfigError(f"--set {item!r}: invalid YAML value: {exc}") from None
         node = out
         for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
+            if (child := node.get(part)) is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a "
@@ -521,29 +475,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     return out
 
 
-def read_config_file(path_or_name: str | Path) -> tuple[str, Any]:
-    """(source label, parsed YAML) of a config file or shipped sweep name."""
-    path = resolve_config_path(path_or_name)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        return str(path), yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-
-
 def add_override_argument(parser: Any) -> None:
     """The ``--set KEY=VALUE`` option of the command-line tools (argparse)."""
     parser.add_argument("--set", action="append", default=[], dest="overrides",
-                        metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set training.iterations=50 "
-                        "(value parsed as YAML; repeatable)")
-
-
-__all__ = [
-    "ConfigError", "DataConfig", "ModelConfig", "PreprocessingConfig", "PretrainConfig",
-    "RunConfig", "Section", "SplitConfig", "StorageConfig", "SyntheticConfig", "TrainingConfig",
-    "add_override_argument", "apply_overrides", "check_names", "check_values",
-    "loss_hyperparameters",
-    "loss_names", "problem", "resolve_config_path",
-]
+                        metavar="KEY=VALUE", help="override a config key, e.g. --set "
+                        "training.iterations=50 (value parsed as YAML; repeatable)")

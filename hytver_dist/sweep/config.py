@@ -1,9 +1,7 @@
 """The sweep configuration: the run configuration (:class:`hytver_dist.run.config.RunConfig`)
-plus the search space, the scheduler, Ray's resources and the report, in the same file.
-
-``SweepConfig.load(path_or_name, overrides)`` validates a file once; the trials and their
-workers receive :attr:`SweepConfig.run`, the run settings alone.
-``python -m hytver_dist.sweep --print-schema`` prints :func:`json_schema` for editors.
+plus the search space, the scheduler, Ray's resources and the report, in one file.
+``SweepConfig.load`` validates it once; trials and their workers receive only
+:attr:`SweepConfig.run`. ``python -m hytver_dist.sweep --print-schema`` prints its JSON schema.
 """
 
 from __future__ import annotations
@@ -53,7 +51,7 @@ def _unique(what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _bounds(v: Any) -> Any:
+def _pair(v: Any) -> Any:
     if not isinstance(v, (list, tuple)) or len(v) != 2:
         raise problem(f"expected [low, high]; got {v!r}")
     return v
@@ -65,17 +63,10 @@ def _ordered(v: tuple[float, float]) -> tuple[float, float]:
     return v
 
 
-def _positive(v: tuple[float, float]) -> tuple[float, float]:
-    if v[0] <= 0:
-        raise problem(f"needs low > 0; got {v[0]}")
-    return v
-
-
 Candidates = Annotated[tuple[Value, ...], Field(min_length=1), _unique("value")]
-Bounds = Annotated[tuple[Number, Number], BeforeValidator(_bounds), AfterValidator(_ordered)]
-
-
-# ----------------------------------------------------------------------------- search space
+Bounds = Annotated[tuple[Number, Number], BeforeValidator(_pair), AfterValidator(_ordered)]
+LogBounds = Annotated[tuple[PositiveNumber, Number], BeforeValidator(_pair),
+                      AfterValidator(_ordered)]
 
 
 class Fixed(RootModel[Value]):
@@ -108,7 +99,7 @@ class Uniform(_Spec):
 
 
 class LogUniform(_Spec):
-    loguniform: Annotated[Bounds, AfterValidator(_positive)]
+    loguniform: LogBounds
 
 
 def _spec_kind(v: Any) -> str | None:
@@ -121,14 +112,6 @@ def _spec_kind(v: Any) -> str | None:
     return "fixed" if v is None or isinstance(v, (bool, int, float, str)) else None
 
 
-def _list_is_grid(v: Any) -> Any:
-    return {"grid": v} if isinstance(v, (list, tuple)) else v
-
-
-def _none_is_empty(v: Any) -> Any:
-    return {} if v is None else v
-
-
 def _all_losses(v: Any) -> Any:
     if v == "all":
         return loss_names()
@@ -137,10 +120,12 @@ def _all_losses(v: Any) -> Any:
     return v
 
 
-# One loss hyperparameter (``kind``, ``values``, ``is_distribution``).
+_none_is_empty = BeforeValidator(lambda v: {} if v is None else v)
+# One loss hyperparameter (``kind``, ``values``, ``is_distribution``); a list is a grid.
 ParamSpec = Annotated[
     Annotated[Fixed, Tag("fixed")]
-    | Annotated[Grid, BeforeValidator(_list_is_grid, json_schema_input_type=list[Value] | Grid),
+    | Annotated[Grid, BeforeValidator(lambda v: {"grid": v} if isinstance(v, (list, tuple))
+                                      else v, json_schema_input_type=list[Value] | Grid),
                 Tag("grid")]
     | Annotated[Choice, Tag("choice")]
     | Annotated[Uniform, Tag("uniform")]
@@ -148,19 +133,11 @@ ParamSpec = Annotated[
     Discriminator(_spec_kind, custom_error_type="param_spec", custom_error_message=(
         "expected a value, a list (grid) or one of {uniform: [a, b]}, {loguniform: [a, b]}, "
         "{choice: [...]}, {grid: [...]}"))]
-LossList = Annotated[
-    tuple[LossName, ...], _unique("loss"),
-    BeforeValidator(_all_losses, json_schema_input_type=Literal["all"] | list[str])]
-Hyperparameters = Annotated[
-    dict[LossName, Annotated[dict[str, ParamSpec], BeforeValidator(_none_is_empty)]],
-    BeforeValidator(_none_is_empty)]
 
 
 class SchedulerConfig(Section):
-    type: Literal["none", "asha"] = "none"
-    """none (FIFO: every trial runs to the end) or asha (early stopping)."""
-    max_t: StrictInt | None = Field(None, ge=1)
-    """ASHA's horizon in time_attr units; null = the number of evaluations."""
+    type: Literal["none", "asha"] = Field("none", description="asha stops trials early")
+    max_t: StrictInt | None = Field(None, ge=1, description="null = number of evaluations")
     grace_period: StrictInt = Field(1, ge=1)
     reduction_factor: Annotated[Number, Field(gt=1)] = 3.0
     brackets: StrictInt = Field(1, ge=1)
@@ -174,21 +151,16 @@ class SchedulerConfig(Section):
 
 
 class SearchConfig(Section):
-    losses: LossList = Field(default_factory=loss_names)
-    """'all' (the registry) or a list of loss names."""
+    losses: Annotated[tuple[LossName, ...], _unique("loss"), BeforeValidator(
+        _all_losses, json_schema_input_type=Literal["all"] | list[str])] = Field(
+        default_factory=loss_names)
     seeds: Annotated[tuple[StrictInt, ...], Field(min_length=1), _unique("seed")] = (0, 1)
-    """Training seeds; every hyperparameter set is trained with every seed."""
-    seeds_per_trial: StrictInt = Field(1, ge=1)
-    """Seeds one trial trains one after another on the same (warm) Train workers: the seeds
-    are cut into groups of this size in their order, one trial per group. Larger groups spend
-    less of the sweep starting trials and more training; 1 gives every seed its own trial (the
-    most parallelism). Only with ``scheduler: none`` and ``search_alg: random``."""
-    hyperparameters: Hyperparameters = Field(default_factory=dict)
-    """Per loss, per keyword: a value, a list (grid), or {uniform: [low, high]},
-    {loguniform: [low, high]}, {choice: [...]}, {grid: [...]}. Keywords left out keep the
-    loss's defaults."""
-    num_samples: StrictInt = Field(1, ge=1)
-    """Random search: draws per grid point of each loss with a distribution. Optuna: trials."""
+    seeds_per_trial: StrictInt = Field(1, ge=1, description="seeds one trial trains one after "
+                                       "another (scheduler none, search_alg random)")
+    hyperparameters: Annotated[dict[LossName, Annotated[dict[str, ParamSpec], _none_is_empty]],
+                               _none_is_empty] = Field(default_factory=dict)
+    num_samples: StrictInt = Field(1, ge=1, description="random search: draws per grid point "
+                                   "of a loss with a distribution; optuna: trials")
     sample_seed: StrictInt = 0
     metric: str = Field("val_dice", min_length=1)
     mode: Literal["max", "min"] = "max"
@@ -207,13 +179,11 @@ class SearchConfig(Section):
 
     @field_validator("hyperparameters")
     @classmethod
-    def _losses_accept(cls, value: dict[str, dict[str, Any]],
-                       info: ValidationInfo) -> dict[str, dict[str, Any]]:
+    def _losses_accept(cls, value: dict[str, dict[str, Any]], info: ValidationInfo) -> Any:
         """Construct each loss with every candidate of every hyperparameter (the others at
         their first value); interval distributions are checked at both ends."""
-        losses = info.data.get("losses")
         for loss, specs in value.items():
-            if losses is not None and loss not in losses:
+            if (losses := info.data.get("losses")) is not None and loss not in losses:
                 raise problem(f"loss {loss!r} is not in search.losses ({', '.join(losses)})",
                               f".{loss}")
             check_names(loss, specs, f".{loss}")
@@ -238,28 +208,19 @@ class SearchConfig(Section):
         return self
 
 
-# ----------------------------------------------------------------------------- resources, report
-
-
 class ResourcesConfig(Section):
-    num_workers: StrictInt = Field(1, ge=1)
-    """Ray Train workers (DDP ranks) per trial; >= 1, since Train's local mode (0) does not run
-    inside Tune trials."""
+    num_workers: StrictInt = Field(1, ge=1, description="Train workers (DDP ranks) per trial")
     use_gpu: StrictBool = False
     cpus_per_worker: PositiveNumber = 1.0
-    """> 0: a bundle without resources is refused by Ray's placement groups."""
-    gpus_per_worker: PositiveNumber = 1.0
-    """With use_gpu: a fraction in (0, 1] (several trials share a GPU) or a whole number."""
-    driver_resource: str = Field("TRAIN_DRIVER", min_length=1)
-    """Custom resource each trial driver takes one of, with 0 CPU."""
-    max_concurrent_trials: StrictInt | None = Field(None, ge=1)
-    """null = derived from the cluster's resources; a number caps it."""
-    max_failures: StrictInt = Field(2, ge=-1)
-    """ray.train.FailureConfig.max_failures: worker-group restarts (-1 = unlimited)."""
+    gpus_per_worker: PositiveNumber = Field(1.0, description="a fraction in (0, 1] or a whole "
+                                            "number")
+    driver_resource: str = Field("TRAIN_DRIVER", min_length=1, description="custom resource "
+                                 "each trial driver takes one of, with 0 CPU")
+    max_concurrent_trials: StrictInt | None = Field(None, ge=1, description="null = derived "
+                                                    "from the cluster's resources")
+    max_failures: StrictInt = Field(2, ge=-1, description="worker-group restarts")
     controller_failure_limit: StrictInt = Field(3, ge=-1)
-    """ray.train.FailureConfig.controller_failure_limit (-1 = unlimited)."""
-    trial_max_failures: StrictInt = Field(0, ge=-1)
-    """ray.tune.FailureConfig.max_failures: restarts of a dead trial driver."""
+    trial_max_failures: StrictInt = Field(0, ge=-1, description="trial driver restarts")
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -271,18 +232,13 @@ class ResourcesConfig(Section):
 
 class ReportConfig(Section):
     enabled: StrictBool = True
-    out_dir: str | None = None
-    """null = <results_dir>/report."""
-    reference_loss: LossName = "hytver"
-    """The paired tests compare every loss with this one."""
+    out_dir: str | None = Field(None, description="null = <results_dir>/report")
+    reference_loss: LossName = Field("hytver", description="the loss the tests compare with")
     confidence: Annotated[Number, Field(gt=0.0, lt=1.0)] = 0.95
 
 
-# ----------------------------------------------------------------------------- the whole file
-
-
 class SweepConfig(RunConfig):
-    """One sweep file: the run settings (:class:`RunConfig`'s keys, at the top level as in the
+    """A sweep file: the run settings (:class:`RunConfig`'s keys, at the top level as in the
     file) plus the search, the Ray resources and the report."""
 
     search: SearchConfig = Field(default_factory=SearchConfig)
@@ -319,4 +275,3 @@ class SweepConfig(RunConfig):
 def json_schema() -> dict[str, Any]:
     """JSON schema of a sweep file (for editors: yaml-language-server, VS Code)."""
     return SweepConfig.model_json_schema()
-
