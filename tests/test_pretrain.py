@@ -154,7 +154,8 @@ def test_train_cli_pretrains_into_object_storage_uri(tmp_path, cache, capsys):
     (["pretrain.hyperparameters={alpha: 3}", "pretrain.loss=tversky"],
      r"pretrain\.hyperparameters: 'tversky' rejects"),
     (["pretrain.eval_every=5"], r"pretrain\.eval_every: 5 exceeds iterations \(2\)"),
-    (["pretrain.iterations=0"], r"pretrain\.iterations: must be >= 1"),
+    (["pretrain.iterations=0"],
+     r"pretrain\.iterations: Input should be greater than or equal to 1; got 0"),
     (["pretrain.epochs=3"], r"pretrain\.epochs: unknown key 'epochs'"),
 ])
 def test_config_rules(overrides, message):

@@ -392,18 +392,6 @@ class RunConfig(Section):
         return cfg
 
 
-# pydantic's error types in this project's words (templates filled from the error's ctx).
-MESSAGES = {"missing": "is required", "int_type": "expected an integer",
-            "bool_type": "expected true or false", "string_type": "expected a string",
-            "float_type": "expected a number", "float_parsing": "expected a number",
-            "finite_number": "expected a finite number", "literal_error": "expected {expected}",
-            "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
-            "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
-            "model_type": "expected a mapping", "dict_type": "expected a mapping",
-            "tuple_type": "expected a list", "list_type": "expected a list",
-            "too_short": "must not be empty", "string_too_short": "must not be empty"}
-
-
 def _error_line(source: str, err: Mapping[str, Any], root: type[BaseModel]) -> str:
     # A tagged union repeats its tag (a one-key mapping's key) in loc; a dict key adds "[key]".
     loc = [p for i, p in enumerate(err["loc"])
@@ -411,13 +399,10 @@ def _error_line(source: str, err: Mapping[str, Any], root: type[BaseModel]) -> s
     kind, ctx = err["type"], err.get("ctx") or {}
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
     path = (path + ctx.get("at", "")).lstrip(".") or "<top level>"
-    if kind == "config":
-        text = err["msg"]
-    elif kind == "extra_forbidden":
+    if kind == "extra_forbidden":
         text = suggest(str(loc[-1]), _keys_at(root, loc[:-1]), "key")
-    else:
-        text = MESSAGES[kind].format(**ctx) if kind in MESSAGES else err["msg"]
-        text += "" if kind == "missing" else f"; got {err['input']!r}"
+    else:  # pydantic's message, with the value (this project's own messages show it already)
+        text = err["msg"] + ("" if kind in ("config", "missing") else f"; got {err['input']!r}")
     return f"{source}: {path}: {text}"
 
 
