@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,6 @@ from hytver_dist.run.config import (
     PretrainConfig,
     RunConfig,
     apply_overrides,
-    loss_hyperparameters,
     loss_names,
 )
 from hytver_dist.sweep.config import ResourcesConfig, SweepConfig, json_schema
@@ -216,7 +216,7 @@ ERRORS = [
     (base(report__reference_loss="hytvr"), r"report\.reference_loss: unknown loss 'hytvr' "
      r"\(did you mean 'hytver'\?\)"),
     (base(report__confidence=1.0), r"report\.confidence: Input should be less than 1"),
-    (base(name="my sweep/2024"), r"^<dict>: name: must match"),
+    (base(name="my sweep/2024"), r"^<dict>: name: String should match pattern '\^\[A-Za-z0-9\]"),
     ({"search": {"losses": ["dice"]}}, r"^<dict>: name: Field required"),
     (base(model=[1, 2]), r"^<dict>: model: Input should be a valid dictionary"),
 ]
@@ -286,11 +286,13 @@ def test_names_come_from_the_loss_registry(monkeypatch):
         def hyperparameters(cls):
             return ("alpha", "beta", "backend")
 
-    monkeypatch.setattr(config_module, "_registry", lambda: {"dice": FakeDice,
-                                                              "hytver": FakeHyTver})
-    monkeypatch.setattr(config_module, "_get_loss", lambda name, **kw: None)
+    fake = types.SimpleNamespace(LOSSES={"dice": FakeDice, "hytver": FakeHyTver},
+                                 get_loss=lambda name, **kw: None)
+    monkeypatch.setattr(config_module, "_losses", lambda: fake)
     assert loss_names() == ("dice", "hytver")
-    assert loss_hyperparameters("dice") == ("smooth",)  # backend is training.backend
+    with pytest.raises(ConfigError, match=r"unknown hyperparameter of 'dice' 'backend' .*; "
+                       r"valid: smooth$"):  # backend is training.backend
+        load_config(base(search__hyperparameters={"dice": {"backend": "fused"}}))
     with pytest.raises(ConfigError, match=r"unknown loss 'tversky' .*; valid: dice, hytver$"):
         load_config(base(search__losses=["tversky"]))
     with pytest.raises(ConfigError, match=r"unknown hyperparameter of 'hytver' 'gamma'"):

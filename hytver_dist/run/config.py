@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
-import functools
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -37,7 +35,6 @@ from typing_extensions import Self
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-Scalar = bool | int | float | str | None
 
 
 class ConfigError(ValueError):
@@ -45,8 +42,7 @@ class ConfigError(ValueError):
 
 
 def problem(message: str, at: str = "") -> PydanticCustomError:
-    """A validation error in this project's words; ``at`` continues the key path below the
-    value being validated (``".n_test"``, ``"[2]"``)."""
+    """An error to raise in a validator; ``at`` extends its key path (``".n_test"``, ``"[2]"``)."""
     return PydanticCustomError("config", message, {"at": at})
 
 
@@ -57,32 +53,20 @@ def suggest(name: str, valid: Sequence[str], what: str) -> str:
     return f"unknown {what} {name!r}{hint}; valid: {', '.join(valid)}"
 
 
-@functools.cache
-def _registry() -> Mapping[str, Any]:
-    from ..losses import LOSSES  # lazy: imports torch
+def _losses() -> Any:
+    from .. import losses  # on first use: imports torch
 
-    return LOSSES
-
-
-def _get_loss(name: str, **params: Any) -> Any:
-    from ..losses import get_loss
-
-    return get_loss(name, **params)
+    return losses
 
 
 def loss_names() -> tuple[str, ...]:
     """Loss names accepted in ``search.losses``, in registry order."""
-    return tuple(_registry())
-
-
-def loss_hyperparameters(loss: str) -> tuple[str, ...]:
-    """Keyword names of a loss, without ``backend`` (that is ``training.backend``)."""
-    return tuple(n for n in _registry()[loss].hyperparameters() if n != "backend")
+    return tuple(_losses().LOSSES)
 
 
 def check_names(loss: str, names: Iterable[str], at: str) -> None:
-    """Every name is a keyword of ``loss`` (else an error at ``<at>.<name>``)."""
-    valid = loss_hyperparameters(loss)
+    """Every name is a keyword of ``loss`` but ``backend`` (that is ``training.backend``)."""
+    valid = [n for n in _losses().LOSSES[loss].hyperparameters() if n != "backend"]
     for name in names:
         if name not in valid:
             raise problem(suggest(str(name), valid, f"hyperparameter of {loss!r}") if valid
@@ -90,10 +74,9 @@ def check_names(loss: str, names: Iterable[str], at: str) -> None:
 
 
 def check_values(loss: str, params: Mapping[str, Any], at: str, shown: str) -> None:
-    """The loss accepts ``params``: its own argument checks decide, so a bad value fails here
-    and not in a trial on the cluster."""
+    """The loss's own checks accept ``params`` (a bad value fails here, not on the cluster)."""
     try:
-        _get_loss(loss, backend="reference", **params)
+        _losses().get_loss(loss, backend="reference", **params)
     except (ValueError, TypeError) as exc:
         raise problem(f"{loss!r} rejects {shown}: {exc}", at) from None
 
@@ -144,7 +127,7 @@ Fraction = Annotated[Number, Field(ge=0.0, lt=1.0)]
 Spacing = Annotated[tuple[PositiveNumber, PositiveNumber, PositiveNumber], BeforeValidator(_triple)]
 PatchEdge = Annotated[StrictInt, AfterValidator(_patch_edge)]
 Triple = Annotated[tuple[PatchEdge, PatchEdge, PatchEdge], BeforeValidator(_triple)]
-Value = Annotated[Scalar, BeforeValidator(_value)]
+Value = Annotated[bool | int | float | str | None, BeforeValidator(_value)]
 LossName = Annotated[str, AfterValidator(_known_loss)]
 
 
@@ -320,7 +303,8 @@ class RunConfig(Section):
 
     SWEEP_SECTIONS: ClassVar[tuple[str, ...]] = ("search", "resources", "report")
 
-    name: str = Field(description="names the runs; keep it stable (resume finds runs by it)")
+    name: str = Field(pattern=NAME_PATTERN, description="names Ray's run directories; keep it "
+                      "stable (resume finds runs by it)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig | None = None
@@ -342,14 +326,6 @@ class RunConfig(Section):
         return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore
 
     __hash__ = None  # type: ignore[assignment]
-
-    @field_validator("name")
-    @classmethod
-    def _stable_name(cls, v: str) -> str:
-        if not re.match(NAME_PATTERN, v):
-            raise problem(f"must match {NAME_PATTERN} (it names Ray's run directories); got "
-                          f"{v!r}")
-        return v
 
     @model_validator(mode="after")
     def _cross_section(self) -> Self:

@@ -51,22 +51,16 @@ def _unique(what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _pair(v: Any) -> Any:
-    if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise problem(f"expected [low, high]; got {v!r}")
-    return v
-
-
-def _ordered(v: tuple[float, float]) -> tuple[float, float]:
+def _bounds(v: tuple[float, ...]) -> tuple[float, ...]:
+    if len(v) != 2:
+        raise problem(f"expected [low, high]; got {list(v)}")
     if not v[0] < v[1]:
         raise problem(f"needs low < high; got [{v[0]}, {v[1]}]")
     return v
 
 
 Candidates = Annotated[tuple[Value, ...], Field(min_length=1), _unique("value")]
-Bounds = Annotated[tuple[Number, Number], BeforeValidator(_pair), AfterValidator(_ordered)]
-LogBounds = Annotated[tuple[PositiveNumber, Number], BeforeValidator(_pair),
-                      AfterValidator(_ordered)]
+Bounds = Annotated[tuple[Number, ...], AfterValidator(_bounds)]
 
 
 class Fixed(RootModel[Value]):
@@ -99,7 +93,7 @@ class Uniform(_Spec):
 
 
 class LogUniform(_Spec):
-    loguniform: LogBounds
+    loguniform: Annotated[tuple[PositiveNumber, ...], AfterValidator(_bounds)]
 
 
 def _spec_kind(v: Any) -> str | None:
