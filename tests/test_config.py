@@ -160,7 +160,8 @@ ERRORS = [
      r"search\.hyperparameters\.hytver\.alpha\.grid\[1\]: expected a number, string or "
      r"bool; got \{'a': 1\}"),
     (base(search__hyperparameters={"hytver": {"alpha": {"uniform": [0.1]}}}),
-     r"search\.hyperparameters\.hytver\.alpha\.uniform: expected \[low, high\]; got \[0\.1\]"),
+     r"search\.hyperparameters\.hytver\.alpha\.uniform: Tuple should have at least 2 items "
+     r"after validation, not 1; got \[0\.1\]"),
     (base(search__hyperparameters={"hytver": {"alpah": 0.5}}),
      r"search\.hyperparameters\.hytver\.alpah: unknown hyperparameter of 'hytver' 'alpah' "
      r"\(did you mean 'alpha'\?\)"),

@@ -51,16 +51,15 @@ def _unique(what: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _bounds(v: tuple[float, ...]) -> tuple[float, ...]:
-    if len(v) != 2:
-        raise problem(f"expected [low, high]; got {list(v)}")
+def _ordered(v: tuple[float, ...]) -> tuple[float, ...]:
     if not v[0] < v[1]:
         raise problem(f"needs low < high; got [{v[0]}, {v[1]}]")
     return v
 
 
 Candidates = Annotated[tuple[Value, ...], Field(min_length=1), _unique("value")]
-Bounds = Annotated[tuple[Number, ...], AfterValidator(_bounds)]
+Pair = Field(min_length=2, max_length=2)  # [low, high]
+Bounds = Annotated[tuple[Number, ...], Pair, AfterValidator(_ordered)]
 
 
 class Fixed(RootModel[Value]):
@@ -93,7 +92,7 @@ class Uniform(_Spec):
 
 
 class LogUniform(_Spec):
-    loguniform: Annotated[tuple[PositiveNumber, ...], AfterValidator(_bounds)]
+    loguniform: Annotated[tuple[PositiveNumber, ...], Pair, AfterValidator(_ordered)]
 
 
 def _spec_kind(v: Any) -> str | None:
