@@ -13,17 +13,21 @@ TORCH_SPEC=${HYTVER_TORCH:-$(.venv/bin/python -c 'import torch; print("torch==" 
 INDEX=()
 [ -n "${HYTVER_TORCH_INDEX:-}" ] && INDEX=(--index-url "$HYTVER_TORCH_INDEX")
 
-echo "wheel (compiles the kernels) ..."
-.venv/bin/python -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" "$REPO" \
-  >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; exit 1; }
+quiet() {  # quiet MESSAGE COMMAND...: the command's output goes to a log, shown on failure
+  local msg=$1
+  shift
+  echo "$msg ..."
+  "$@" >"$WORK/step.log" 2>&1 || { tail -n 40 "$WORK/step.log" >&2; exit 1; }
+}
+quiet "wheel (compiles the kernels)" \
+  .venv/bin/python -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" "$REPO"
 WHEEL=$(ls "$WORK"/dist/hytver_dist-*.whl)
-echo "fresh environment with $TORCH_SPEC and numpy ..."
-.venv/bin/python -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q "${INDEX[@]}" "$TORCH_SPEC" numpy
-echo "install $(basename "$WHEEL") with its own requirements ..."
-"$WORK/venv/bin/python" -m pip install -q "$WHEEL"
+quiet "fresh environment with $TORCH_SPEC and numpy" .venv/bin/python -m venv "$WORK/venv"
+quiet "  installing them" "$WORK/venv/bin/python" -m pip install -q "${INDEX[@]}" "$TORCH_SPEC" numpy
+quiet "install $(basename "$WHEEL") with its own requirements" \
+  "$WORK/venv/bin/python" -m pip install -q "$WHEEL"
 cd "$WORK"  # not the repository: the installed package must be the one imported
-"$WORK/venv/bin/python" - <<'PY'
+"$WORK/venv/bin/python" - 2> >(grep -v '^USDT:' >&2) <<'PY'
 import importlib.util
 import sys
 

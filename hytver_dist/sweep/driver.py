@@ -448,7 +448,7 @@ def _run_tuner(cfg: SweepConfig, info: dict[str, Any], out: Any, root: str, expe
     facts: dict[str, Any] = {"slots": kwargs["max_concurrent_trials"], "pretrain_s": 0.0}
     if cfg.pretrain is not None:
         from ..run.prepare import prepare_data
-        from ..run.pretrain import ensure_on_ray
+        from .pretrain import ensure_on_ray
 
         t0 = time.perf_counter()
         # Prepared here once (synthetic data generated, volumes cached) before any worker.
