@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from hytver_dist.data import (
     discover_cases,
     kfold_splits,
     split_cases,
+    split_from_file,
 )
 from hytver_dist.data.msseg2 import ZIP_SUBDIR
 
@@ -100,3 +102,57 @@ def test_discover_zip_root_and_incomplete(tmp_path: Path, synth_dataset: Path) -
     empty.mkdir()
     with pytest.raises(DataError, match="no MSSEG-2"):
         discover_cases(empty)
+
+
+# ------------------------------------------------------------------------- split files
+
+IDS = [f"c{i:02d}" for i in range(10)]
+
+
+def _write(tmp_path, content, name="split.json"):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_split_file_with_three_parts(tmp_path):
+    path = _write(tmp_path, {"train": IDS[:6], "val": IDS[6:8], "test": IDS[8:]})
+    split = split_from_file(path, IDS)
+    assert split.as_dict() == {"train": IDS[:6], "val": IDS[6:8], "test": IDS[8:]}
+    assert split.meta == {"file": str(path)}
+
+
+def test_split_file_without_val_draws_it_from_train(tmp_path):
+    path = _write(tmp_path, {"train": IDS[:8], "test": IDS[8:]})
+    a = split_from_file(path, IDS, n_val=2, seed=3)
+    assert len(a.val) == 2 and set(a.val) | set(a.train) == set(IDS[:8])
+    assert a.as_dict() == split_from_file(path, IDS, n_val=2, seed=3).as_dict()
+    assert a.test == tuple(IDS[8:])
+
+
+def test_nnunet_folds_test_on_the_fold_and_validate_inside_its_training_cases(tmp_path):
+    folds = [{"train": IDS[2:], "val": IDS[:2]}, {"train": IDS[:8], "val": IDS[8:]}]
+    path = _write(tmp_path, folds, "splits_final.json")
+    split = split_from_file(path, IDS, fold=1, n_val=2, seed=0)
+    assert split.test == tuple(IDS[8:]) and len(split.val) == 2
+    assert set(split.train) | set(split.val) == set(IDS[:8]) and split.meta["fold"] == 1
+
+
+@pytest.mark.parametrize("content, kwargs, message", [
+    ([{"train": IDS[1:], "val": IDS[:1]}], {}, r"holds 1 folds .*choose one with split\.fold"),
+    ([{"train": IDS[1:], "val": IDS[:1]}], {"fold": 1},
+     r"split\.fold 1 is out of range: the file holds folds 0\.\.0"),
+    ({"train": IDS[:8], "test": IDS[8:]}, {"fold": 0}, r"holds one split, not folds"),
+    ({"train": IDS[:8]}, {}, r"missing key\(s\) \['test'\]"),
+    ([{"train": IDS}], {"fold": 0}, r"fold 0: missing key\(s\) \['val'\]"),
+    ({"train": IDS[:8], "test": [1, 2]}, {}, r"test must be a list of case id strings"),
+    ({"train": IDS[:8] + ["x99"], "test": IDS[8:]}, {}, r"case ids not in the dataset: \['x99'\]"),
+    ({"train": IDS[:9], "test": IDS[8:]}, {}, r"split parts overlap"),
+    ("[not json", {}, r"unreadable split file"),
+    ('"just a string"', {}, r"expected a JSON object"),
+])
+def test_split_file_errors_name_the_file(tmp_path, content, kwargs, message):
+    path = _write(tmp_path, content)
+    with pytest.raises(DataError, match=message) as err:
+        split_from_file(path, IDS, **kwargs)
+    assert str(path) in str(err.value)

@@ -22,6 +22,7 @@ FLOORS = {
     "hytver_dist.run": 3, "hytver_dist.report": 3,
     "hytver_dist.sweep": 4,
     "hytver_dist.train": 5, "hytver_dist.evaluate": 5, "hytver_dist.synth": 5,
+    "hytver_dist.predict": 5,
 }
 # What the loss library (floor 1) may import from outside the package.
 LIBRARY_DEPENDENCIES = {"torch", "numpy"}

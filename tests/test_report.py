@@ -347,3 +347,68 @@ def test_only_negative_cases(tmp_path):
     text = build_report(tmp_path).read_text()
     assert "no case with new lesions" in text
     assert len(pd.read_csv(tmp_path / "report" / "negatives.csv")) == 2
+
+
+# ------------------------------------------------------------------------- learning curves
+
+
+def test_learning_curves_mean_over_seeds_with_the_spread(tmp_path, monkeypatch):
+    from hytver_dist.report import build as report_build
+
+    root = tmp_path / "res"
+    for loss in ("dice", "hytver"):
+        for seed in (0, 1):
+            name = f"{loss}_s{seed}"
+            write_trial(root, name, make_rows(loss, seed, name),
+                        {"trial": name, "loss": loss, "seed": seed, "status": "ok"})
+            pd.DataFrame({"trial": name, "loss": loss, "params": "{}", "seed": seed,
+                          "iteration": [10, 20, 30], "train_loss": [0.9, 0.7, 0.5],
+                          "val_dice": [0.1 + seed * 0.1, 0.3 + seed * 0.1, 0.5 + seed * 0.1]}
+                         ).to_csv(root / "trials" / name / "curves.csv", index=False)
+    curves = report_build.load_curves(root)
+    assert sorted(curves["method"].unique()) == ["dice", "hytver"] and len(curves) == 12
+    drawn = {}
+
+    def spy(frame, path):
+        drawn["mean"] = frame.groupby(["method", "iteration"])["val_dice"].mean().to_dict()
+        return real(frame, path)
+
+    real = report_build.learning_curves_plot
+    monkeypatch.setattr(report_build, "learning_curves_plot", spy)
+    summary = build_report(root)
+    assert drawn["mean"][("dice", 20)] == pytest.approx(0.35)
+    png = root / "report" / "learning_curves.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    assert "![Validation Dice during training](learning_curves.png)" in summary.read_text()
+    assert real(curves.iloc[0:0], tmp_path / "empty.png") == 0
+
+
+def test_report_without_curves_has_no_learning_curve_figure(results):
+    summary = build_report(results, results / "report-nocurves")
+    assert "learning_curves.png" not in summary.read_text()
+    assert not (results / "report-nocurves" / "learning_curves.png").exists()
+
+
+class _FakeResult:
+    def __init__(self, frame):
+        self.metrics_dataframe = frame
+
+
+def test_write_curves_keeps_one_row_per_seed_and_iteration(tmp_path):
+    from hytver_dist.sweep.driver import write_curves
+    from hytver_dist.sweep.search import TrialSpec
+
+    frame = pd.DataFrame({"iteration": [5, 10, 5, 10, 15], "seed": [0, 0, 0, 0, 0],
+                          "train_loss": [1.0, 0.9, 1.0, 0.8, 0.7],
+                          "val_dice": [0.1, 0.2, 0.1, 0.25, 0.3], "trial_id": "x"})
+    spec = TrialSpec(loss="dice", params={"smooth": 1.0}, seeds=(0,), arm_id="dice")
+    write_curves(_FakeResult(frame), spec, "dice-seed0-x", tmp_path / "curves.csv")
+    out = pd.read_csv(tmp_path / "curves.csv")
+    assert list(out.columns) == ["trial", "loss", "params", "seed", "iteration", "train_loss",
+                                 "val_dice"]
+    # A restart repeated iterations 5 and 10: the later report of each is kept.
+    assert out["iteration"].tolist() == [5, 10, 15] and out["val_dice"].tolist() == [0.1, 0.25,
+                                                                                     0.3]
+    assert out["params"].iloc[0] == '{"smooth": 1.0}'
+    write_curves(_FakeResult(pd.DataFrame()), spec, "t", tmp_path / "none.csv")
+    assert not (tmp_path / "none.csv").exists()

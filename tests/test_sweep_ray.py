@@ -244,6 +244,10 @@ def test_multi_node_sweep_spreads_trials_and_writes_report(cluster, cache_dir, t
         cases = (results_dir / "trials" / trial / "cases.csv").read_text().splitlines()
         assert len(cases) == 1 + 2, cases  # header + the 2 test cases
     assert "| dice" in assert_report(results_dir)
+    for trial in statuses:  # the validation history, one row per evaluation
+        curves = pd.read_csv(results_dir / "trials" / trial / "curves.csv")
+        assert curves["iteration"].tolist() == [3, 6] and curves["val_dice"].notna().all()
+    assert (results_dir / "report" / "learning_curves.png").is_file()
 
     # Each trial's single worker needs 1 CPU and each worker node has 1: two trials at once
     # must have trained on the two different worker nodes, never on the CPU-less head.
@@ -408,6 +412,10 @@ def test_trial_of_two_seeds_killed_in_its_second_seed_keeps_the_first(cluster, c
     cases = pd.read_csv(Path(cfg.results_dir) / "trials" / trial_dir.name / "cases.csv",
                         dtype={"case": str})
     assert sorted(cases.groupby("seed")["case"].count().items()) == [(0, 2), (1, 2)]
+    curves = pd.read_csv(Path(cfg.results_dir) / "trials" / trial_dir.name / "curves.csv")
+    expected = list(range(every, iterations + 1, every))
+    assert curves.groupby("seed")["iteration"].apply(list).to_dict() == {0: expected,
+                                                                         1: expected}
 
 
 def _run_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

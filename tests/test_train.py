@@ -12,20 +12,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from config_helpers import tiny_run
 
 from hytver_dist.run import evaluate, train, train_cli
 from hytver_dist.run.config import RunConfig
 from hytver_dist.run.prepare import prepare_data
 
-CONFIG = {
-    "name": "unit",
-    "data": {"synthetic": {"n_cases": 5, "seed": 0, "size": "tiny", "n_negative": 1},
-             "split": {"preset": "random", "n_test": 1, "n_val": 1, "seed": 0}},
-    "model": {"n_filters": 4},
-    "training": {"iterations": 4, "batch_size": 2, "patch_size": 32, "eval_every": 2,
-                 "checkpoint_every": 2, "val_patch_overlap": 0.0},
-    "search": {"losses": ["hytver"], "seeds": [0]},
-}
+CONFIG = tiny_run()
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from .msseg2 import (
     discover_cases,
     kfold_splits,
     split_cases,
+    split_from_file,
 )
 from .preprocess import (
     DEFAULT_SPACING,
@@ -56,5 +57,5 @@ __all__ = [
     "augment", "coactseg_split", "discover_cases", "estimate_brain_mask", "kfold_splits",
     "load_case", "load_preprocessed", "load_preprocessed_all",
     "preprocess_case", "read_volume", "resample_mask", "resample_to_spacing", "save_mask",
-    "split_cases", "to_original_grid",
+    "split_cases", "split_from_file", "to_original_grid",
 ]  # fmt: skip

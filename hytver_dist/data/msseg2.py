@@ -10,6 +10,7 @@ Splits take plain case-id lists, so they work for synthetic data too.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,3 +231,66 @@ def kfold_splits(
         )
         for f in range(k)
     ]
+
+
+def split_from_file(path: str | Path, available: Iterable[str], *, fold: int | None = None,
+                    n_val: int | float = 0.125, seed: int = 0,
+                    stratify: Mapping[str, object] | None = None) -> Split:
+    """The split a JSON file gives: ``{"train": [...], "val": [...], "test": [...]}`` (``val``
+    optional: then ``n_val`` cases are drawn from ``train``), or nnU-Net's
+    ``splits_final.json``, a list of folds ``[{"train": [...], "val": [...]}, ...]`` of which
+    ``fold`` is used. nnU-Net reports a fold on its ``val`` cases, so those become the test
+    cases here, and the validation cases that choose the checkpoint (``n_val``, drawn with
+    ``seed``) come out of the fold's training cases. Raises DataError naming the file for
+    malformed content, a missing or out-of-range ``fold``, or case ids that are not in
+    ``available``."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"unreadable split file ({e})", path) from e
+    if isinstance(content, list):
+        if fold is None:
+            raise DataError(f"holds {len(content)} folds (nnU-Net splits_final.json): choose "
+                            "one with split.fold", path)
+        if not 0 <= fold < len(content):
+            raise DataError(f"split.fold {fold} is out of range: the file holds folds "
+                            f"0..{len(content) - 1}", path)
+        parts = _split_parts(content[fold], ("train", "val"), path, f"fold {fold}: ")
+        train, test, val = parts["train"], parts["val"], None
+    elif isinstance(content, dict):
+        if fold is not None:
+            raise DataError("holds one split, not folds: leave split.fold unset", path)
+        parts = _split_parts(content, ("train", "test"), path, "", optional=("val",))
+        train, test, val = parts["train"], parts["test"], parts.get("val")
+    else:
+        raise DataError("expected a JSON object {train, val, test} or a list of folds", path)
+    known = set(available)
+    unknown = sorted({i for part in (train, test, val or []) for i in part} - known)
+    if unknown:
+        raise DataError(f"case ids not in the dataset: {unknown[:10]}"
+                        f"{' ...' if len(unknown) > 10 else ''}", path)
+    if val is None:
+        sub = split_cases(train, test=0, n_val=n_val, seed=seed, stratify=stratify)
+        train, val = list(sub.train), list(sub.val)
+    try:
+        return Split(tuple(train), tuple(val), tuple(test),
+                     {"file": str(path), **({"fold": fold} if fold is not None else {})})
+    except ValueError as e:
+        raise DataError(f"{e}", path) from None
+
+
+def _split_parts(obj: object, required: tuple[str, ...], path: Path, where: str,
+                 optional: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}expected an object with keys {list(required)}", path)
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise DataError(f"{where}missing key(s) {missing}", path)
+    out = {}
+    for key in (*required, *(k for k in optional if k in obj)):
+        value = obj[key]
+        if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+            raise DataError(f"{where}{key} must be a list of case id strings", path)
+        out[key] = value
+    return out

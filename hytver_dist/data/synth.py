@@ -1,6 +1,8 @@
-"""Synthetic longitudinal FLAIR pairs with new-lesion masks, in the MSSEG-2 layout.
+"""Synthetic longitudinal FLAIR pairs with new-lesion masks, in the MSSEG-2 layout or (with
+``--format nnunet``) the nnU-Net v2 raw layout with nested multi-class or region labels.
 
     python -m hytver_dist.synth --out DIR --cases N --seed S [--size tiny|small|full]
+    python -m hytver_dist.synth --out DIR --format nnunet [--classes 3 | --regions]
 
 Anatomy: the MNI152 2009a GM/WM probability maps and brain template that nilearn ships inside
 its package (read with nibabel straight from the installed files, nothing imported from nilearn
@@ -30,6 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -423,6 +426,59 @@ def generate_dataset(
     return dirs
 
 
+def lesion_depth_labels(mask: np.ndarray, n_labels: int) -> np.ndarray:
+    """A label map from a binary lesion mask: 1 on a lesion, raised by one for every erosion
+    the voxel survives, up to ``n_labels`` (nested rims and cores, like tumour sub-regions)."""
+    out = np.zeros(mask.shape, np.uint8)
+    inside = mask.astype(bool)
+    for value in range(1, n_labels + 1):
+        out[inside] = value
+        inside = ndimage.binary_erosion(inside)
+        if not inside.any():
+            break
+    return out
+
+
+def generate_nnunet_dataset(out_dir: str | Path, n_cases: int, seed: int, size: str = "small",
+                            *, classes: int = 3, regions: bool = False,
+                            n_negative: int | None = None, anatomy: str = "mni") -> Path:
+    """Write a synthetic dataset in the nnU-Net v2 raw layout: two FLAIR channels per case
+    and a label map whose lesions hold nested labels (:func:`lesion_depth_labels`). With
+    ``regions`` the labels are 1-3 and ``dataset.json`` declares BraTS-like regions (whole
+    lesion [1, 2, 3], core [2, 3], centre 3); otherwise ``classes`` classes incl. background."""
+    import tempfile
+
+    if regions:
+        n_labels = 3
+        labels: dict[str, Any] = {"background": 0, "whole": [1, 2, 3], "core": [2, 3],
+                                  "centre": 3}
+    else:
+        if classes < 2:
+            raise ValueError(f"classes must be >= 2 (background and one class), not {classes}")
+        n_labels = classes - 1
+        labels = {"background": 0, **{f"class{v}": v for v in range(1, classes)}}
+    out = Path(out_dir)
+    for sub in ("imagesTr", "labelsTr"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        for case_dir in generate_dataset(tmp, n_cases, seed, size, anatomy=anatomy,
+                                         n_negative=n_negative, prefix="case"):
+            for channel, name in enumerate((BASELINE_NAME, FOLLOWUP_NAME)):
+                (case_dir / name).rename(out / "imagesTr" / f"{case_dir.name}_{channel:04d}.nii.gz")
+            mask_img = nib.load(case_dir / MASK_NAME)
+            label = lesion_depth_labels(np.asarray(mask_img.dataobj) > 0, n_labels)
+            nii = nib.Nifti1Image(label, mask_img.affine)
+            nii.set_data_dtype(np.uint8)
+            nib.save(nii, out / "labelsTr" / f"{case_dir.name}.nii.gz")
+    meta: dict[str, Any] = {"name": "synthetic lesions", "channel_names": {"0": "FLAIR_t1",
+                            "1": "FLAIR_t2"}, "labels": labels, "numTraining": n_cases,
+                            "file_ending": ".nii.gz"}
+    if regions:
+        meta["regions_class_order"] = [1, 2, 3]
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m hytver_dist.synth", description=__doc__.split("\n")[0]
@@ -434,11 +490,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--anatomy", choices=("mni", "procedural"), default="mni")
     p.add_argument("--negatives", type=int, default=None,
                    help="exact number of cases without new lesions (default: random, p=11/40)")
+    p.add_argument("--format", choices=("msseg2", "nnunet"), default="msseg2",
+                   help="folder layout: MSSEG-2 case folders, or the nnU-Net v2 raw layout")
+    p.add_argument("--classes", type=int, default=3,
+                   help="nnunet: classes including background (default 3)")
+    p.add_argument("--regions", action="store_true",
+                   help="nnunet: label values 1-3 declared as three nested regions")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    dirs = generate_dataset(a.out, a.cases, a.seed, a.size, anatomy=a.anatomy,
-                            n_negative=a.negatives)  # fmt: skip
-    print(f"wrote {len(dirs)} cases to {a.out} in {time.perf_counter() - t0:.1f} s")
+    if a.format == "nnunet":
+        generate_nnunet_dataset(a.out, a.cases, a.seed, a.size, classes=a.classes,
+                                regions=a.regions, n_negative=a.negatives, anatomy=a.anatomy)
+    else:
+        generate_dataset(a.out, a.cases, a.seed, a.size, anatomy=a.anatomy,
+                         n_negative=a.negatives)
+    print(f"wrote {a.cases} cases ({a.format} layout) to {a.out} in "
+          f"{time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,9 @@ from .stats import (
 )
 
 SWEEP_FACTS_FILE = "sweep.json"
+CURVES_FILE = "curves.csv"
+"""Beside each trial's ``cases.csv``: its validation history (trial, loss, params, seed,
+iteration, train_loss, val_dice), which the report draws as learning curves."""
 """In a sweep's results directory: wall times and trial slots, which the report turns into
 the utilisation line (written by the sweep)."""
 
@@ -465,6 +468,51 @@ def box_plot(cases: pd.DataFrame, metric: str, label: str, path: Path) -> int:
     return len(methods)
 
 
+def load_curves(results_dir: Path) -> pd.DataFrame:
+    """Every trial's ``curves.csv`` with a ``method`` column (empty when there are none)."""
+    frames = [pd.read_csv(p, dtype={"params": str})
+              for p in sorted((results_dir / "trials").glob(f"*/{CURVES_FILE}"))]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=["trial", "loss", "params", "seed", "iteration",
+                                     "val_dice", "method"])
+    curves = pd.concat(frames, ignore_index=True)
+    curves["params"] = [_canonical_params(p, results_dir) for p in curves["params"]]
+    curves["method"] = _method_labels(curves)
+    return curves
+
+
+def learning_curves_plot(curves: pd.DataFrame, path: Path) -> int:
+    """Validation Dice against iteration per method: the mean over seeds, and the band between
+    the lowest and the highest seed. Returns the number of methods drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    methods = _method_order(curves) if not curves.empty else []
+    for method in methods:
+        by_it = curves[curves["method"] == method].groupby("iteration")["val_dice"]
+        mean, low, high = by_it.mean(), by_it.min(), by_it.max()
+        (line,) = ax.plot(mean.index, mean.to_numpy(), label=method, linewidth=1.2)
+        if curves.loc[curves["method"] == method, "seed"].nunique() > 1:
+            ax.fill_between(mean.index, low.to_numpy(), high.to_numpy(), alpha=0.15,
+                            color=line.get_color(), linewidth=0)
+    if not methods:
+        ax.text(0.5, 0.5, "no validation history", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation Dice")
+    ax.set_title("Learning curves: mean over seeds (band: lowest to highest seed)")
+    ax.grid(alpha=0.3)
+    if methods:
+        ax.legend(fontsize=7, ncol=2 if len(methods) > 7 else 1, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return len(methods)
+
+
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -548,6 +596,10 @@ def build_report(
         name = f"box_{metric}.png"
         box_plot(cases, metric, label, out / name)
         figures.append((label, name))
+    curves = load_curves(Path(results_dir))
+    if not curves.empty:
+        learning_curves_plot(curves, out / "learning_curves.png")
+        figures.append(("Validation Dice during training", "learning_curves.png"))
 
     # Notes for the edge cases.
     pos = positives(cases)

@@ -301,7 +301,7 @@ class RunConfig(Section):
     """What one training run needs; :class:`hytver_dist.sweep.config.SweepConfig` adds the
     sweep's sections (:attr:`SWEEP_SECTIONS`, which a single run skips in a sweep's file)."""
 
-    SWEEP_SECTIONS: ClassVar[tuple[str, ...]] = ("search", "resources", "report")
+    SWEEP_SECTIONS: ClassVar[tuple[str, ...]] = ("search", "resources", "report", "tracking")
 
     name: str = Field(pattern=NAME_PATTERN, description="names Ray's run directories; keep it "
                       "stable (resume finds runs by it)")
@@ -377,6 +377,8 @@ def _error_line(source: str, err: Mapping[str, Any], root: type[BaseModel]) -> s
     path = (path + ctx.get("at", "")).lstrip(".") or "<top level>"
     if kind == "extra_forbidden":
         text = suggest(str(loc[-1]), _keys_at(root, loc[:-1]), "key")
+    elif kind == "value_error":  # a ValueError of a validator: its own message
+        text = str(ctx["error"])
     else:  # pydantic's message, with the value (this project's own messages show it already)
         text = err["msg"] + ("" if kind in ("config", "missing") else f"; got {err['input']!r}")
     return f"{source}: {path}: {text}"
@@ -387,7 +389,8 @@ def _keys_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> list[str]:
     for part in loc:
         field = model.model_fields.get(part) if model and isinstance(part, str) else None
         kinds = (field.annotation, *getattr(field.annotation, "__args__", ())) if field else ()
-        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, Section)), None)
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)),
+                     None)
     return list(model.model_fields) if model else []
 
 

@@ -22,13 +22,34 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..data import load_case, save_mask, to_original_grid
+from ..data import PreprocessedCase, load_case, save_mask, to_original_grid
 from ..metrics import surface
 from ..model import CheckpointError, build_model, load_checkpoint
 from .config import ConfigError, ModelConfig, RunConfig, TrainingConfig, add_override_argument
 from .inference import sliding_window_probabilities
 from .prepare import PreparedData, prepare_data
 from .train import case_image, patch_edge
+
+
+def predict_case(model: nn.Module, case: PreprocessedCase, training: TrainingConfig, *,
+                 overlap: float | None = None,
+                 threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The binary prediction of one preprocessed case: ``(on the preprocessed grid, on the
+    input file's grid)``. ``evaluate`` and ``predict`` both go through here, so a scan gets
+    the same sliding window (``training.patch_size`` windows, ``overlap`` or the config's
+    ``training.val_patch_overlap``) and threshold in both."""
+    overlap = training.val_patch_overlap if overlap is None else overlap
+    probs = sliding_window_probabilities(model, case_image(case), patch=patch_edge(training),
+                                         overlap=overlap).numpy()
+    pred = probs > threshold
+    return pred, to_original_grid(pred.astype(np.uint8), case.meta, is_mask=True) > 0
+
+
+def save_prediction(mask: np.ndarray, case: PreprocessedCase, directory: Path) -> Path:
+    """``<directory>/<case id>.nii.gz``: a mask on the input file's grid, with its affine."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return save_mask(mask.astype(np.uint8), case.meta.original_affine,
+                     directory / f"{case.id}.nii.gz")
 
 
 def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfig, *,
@@ -38,15 +59,11 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
     """One row per case of ``data.part(part)``: ``case``, ``has_lesions`` and every metric of
     :func:`hytver_dist.metrics.evaluate_case`, the image diagonals ``diagonal_mm`` (native grid)
     and ``diagonal_vox`` (preprocessed grid), plus ``extra`` columns."""
-    patch = patch_edge(training)
-    overlap = training.val_patch_overlap if overlap is None else overlap
     rows = []
     for case in data.part(part):
-        probs = sliding_window_probabilities(model, case_image(case), patch=patch,
-                                             overlap=overlap).numpy()
-        pred = probs > threshold
+        pred, pred_native = predict_case(model, case, training, overlap=overlap,
+                                         threshold=threshold)
         native = load_case(data.files[case.id], require_mask=True)
-        pred_native = to_original_grid(pred.astype(np.uint8), case.meta, is_mask=True) > 0
         gt_native = np.asarray(native.mask) > 0
         scores = metrics.evaluate_case(pred_native, gt_native, spacing=native.spacing,
                                        voxel_units=False)  # *_vox: preprocessed grid, below
@@ -59,9 +76,7 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
                                                                  native.spacing)))
         scores["diagonal_vox"] = float(np.linalg.norm(pred.shape))
         if predictions_dir is not None:
-            predictions_dir.mkdir(parents=True, exist_ok=True)
-            save_mask(pred_native.astype(np.uint8), case.meta.original_affine,
-                      predictions_dir / f"{case.id}.nii.gz")
+            save_prediction(pred_native, case, predictions_dir)
         row = {"case": case.id, "has_lesions": bool(gt_native.any())}
         row.update(scores)
         rows.append({**(extra or {}), **row})
@@ -86,12 +101,29 @@ def load_trained(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, 
     """A model from ``best_model.pt`` (or a checkpoint.pt, whose best weights are used)."""
     payload = load_checkpoint(path)
     state = payload.get("best_state") or payload["model"]
-    model = build_model(ModelConfig(**payload["spec"]["model"]).vnet_kwargs())
+    # The input channels are those of the first convolution (a model trained on other inputs
+    # must be refused by name, not fail inside load_state_dict).
+    in_channels = next(int(v.shape[1]) for v in state.values() if v.dim() == 5)
+    model = build_model({**ModelConfig(**payload["spec"]["model"]).vnet_kwargs(),
+                         "in_channels": in_channels})
     model.load_state_dict(state)
     return model.to(device).eval(), payload
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_config(run_file: Path, overrides: list[str]) -> tuple[RunConfig, dict[str, Any]]:
+    """The config stored in a run's ``run.json`` (with ``--set`` overrides), and the file's
+    content; errors name the file and exit."""
+    if not run_file.is_file():
+        raise SystemExit(f"error: {run_file}: not found (is --run a directory written by "
+                         "hytver_dist.train?)")
+    run = json.loads(run_file.read_text())
+    try:
+        return RunConfig.load(run["config"], overrides, source=str(run_file)), run
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hytver_dist.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, type=Path,
@@ -104,17 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", help="cache directory")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_override_argument(parser)
-    args = parser.parse_args(argv)
+    return parser
 
-    run_file = args.run / "run.json"
-    if not run_file.is_file():
-        raise SystemExit(f"error: {run_file}: not found (is --run a directory written by "
-                         "hytver_dist.train?)")
-    run = json.loads(run_file.read_text())
-    try:
-        cfg = RunConfig.load(run["config"], args.overrides, source=str(run_file))
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg, run = run_config(args.run / "run.json", args.overrides)
     try:
         model, payload = load_trained(args.run / "best_model.pt", args.device)
     except CheckpointError as exc:

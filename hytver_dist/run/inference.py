@@ -18,11 +18,42 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-@torch.no_grad()
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
 def sliding_window_probabilities(model: nn.Module, image: torch.Tensor, patch: int = 80,
                                  overlap: float = 0.75, batch_size: int = 4) -> torch.Tensor:
-    """Foreground probabilities of ``model`` over ``image`` (C, D, H, W) -> (D, H, W), float32 on
-    the CPU.
+    """Foreground probabilities (the sigmoid of output channel 0) of ``model`` over ``image``
+    (C, D, H, W) -> (D, H, W), float32 on the CPU; see :func:`sliding_window_predict`."""
+    return sliding_window_predict(model, image, patch, overlap, batch_size, channels=1)[0]
+
+
+def predicted_labels(probs: torch.Tensor, activation: str) -> torch.Tensor:
+    """Hard predictions from :func:`sliding_window_predict`'s (K, D, H, W) probabilities:
+    sigmoid -> uint8 (K, D, H, W) masks (probability > 0.5 per channel); softmax -> a uint8
+    (D, H, W) label map (the most probable class, 0 = background)."""
+    if activation == "sigmoid":
+        return (probs > 0.5).to(torch.uint8)
+    if activation == "softmax":
+        return probs.argmax(dim=0).to(torch.uint8)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def foreground(probs: torch.Tensor, activation: str) -> torch.Tensor:
+    """bool (D, H, W): voxels predicted as any foreground (any sigmoid channel above 0.5, or
+    a softmax class other than 0)."""
+    labels = predicted_labels(probs, activation)
+    return labels.any(dim=0) if activation == "sigmoid" else labels > 0
+
+
+@torch.no_grad()
+def sliding_window_predict(model: nn.Module, image: torch.Tensor, patch: int = 80,
+                           overlap: float = 0.75, batch_size: int = 4, *,
+                           activation: str = "sigmoid",
+                           channels: int | None = None) -> torch.Tensor:
+    """Probabilities of ``model`` over ``image`` (C, D, H, W) -> (K, D, H, W), float32 on the
+    CPU: the sigmoid of each output channel, or the softmax over them (``activation``);
+    ``channels`` keeps only the first ones (sigmoid only).
 
     Windows of ``patch`` voxels per axis step by ``max(1, int(patch * (1 - overlap)))`` (MONAI's
     rule; CoactSeg: patch 80, overlap 0.75, stride 20), the last window of an axis moved back to
@@ -33,9 +64,13 @@ def sliding_window_probabilities(model: nn.Module, image: torch.Tensor, patch: i
 
     The model runs in eval mode (batch norm with running statistics, no dropout; every module's
     previous mode is restored afterwards) on its own device, and must map
-    ``(B, C, patch, patch, patch)`` to ``(B, K, patch, patch, patch)`` logits; channel 0 is the
-    foreground logit. A model without parameters runs on ``image``'s device.
+    ``(B, C, patch, patch, patch)`` to ``(B, K, patch, patch, patch)`` logits. A model without
+    parameters runs on ``image``'s device.
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if channels is not None and activation != "sigmoid":
+        raise ValueError("channels selects sigmoid outputs only; softmax needs every class")
     if image.dim() != 4:
         raise ValueError(f"image must be (C, D, H, W), got shape {tuple(image.shape)}")
     if not (isinstance(overlap, (int, float)) and 0.0 <= overlap < 1.0):
@@ -56,7 +91,12 @@ def sliding_window_probabilities(model: nn.Module, image: torch.Tensor, patch: i
                 or (logits.shape[0], *logits.shape[2:]) != expected):
             raise ValueError(f"model output must be (B, K, {patch}, {patch}, {patch}) for "
                              f"{windows.shape[0]} windows, got {tuple(logits.shape)}")
-        return torch.sigmoid(logits[:, :1].float())  # average probabilities, not logits
+        if activation == "softmax":
+            if logits.shape[1] < 2:
+                raise ValueError(f"softmax needs at least 2 output channels, got "
+                                 f"{logits.shape[1]}")
+            return torch.softmax(logits.float(), dim=1)  # average probabilities, not logits
+        return torch.sigmoid(logits[:, :channels].float())
 
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -68,5 +108,5 @@ def sliding_window_probabilities(model: nn.Module, image: torch.Tensor, patch: i
     finally:
         for m, training in modes:  # per module: a partly frozen model keeps its mix
             m.training = training
-    probs = out[0, 0]
-    return probs[:spatial[0], :spatial[1], :spatial[2]].float().cpu().as_subclass(torch.Tensor)
+    probs = out[0, :, :spatial[0], :spatial[1], :spatial[2]]
+    return probs.float().cpu().as_subclass(torch.Tensor)

@@ -71,6 +71,13 @@ def make_split(data: DataConfig, cases: dict[str, PreprocessedCase]) -> Split:
                        stratify=lesions)
 
 
+def preprocess_config(data: DataConfig) -> PreprocessConfig:
+    """The preprocessing of ``data.preprocessing`` (shared by training, evaluation and
+    prediction, so a new scan is resampled and normalised like the training cases)."""
+    spacing = data.preprocessing.target_spacing
+    return PreprocessConfig(target_spacing=tuple(spacing) if spacing else None)
+
+
 def prepare_data(data: DataConfig, *, data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None) -> PreparedData:
     """Discover (or generate), preprocess (cached) and split the cases of ``data``.
@@ -86,7 +93,6 @@ def prepare_data(data: DataConfig, *, data_dir: str | Path | None = None,
     if not files:
         raise FileNotFoundError(f"{root}: no MSSEG-2 cases found (expected <id>/"
                                 "flair_time01_on_middle_space.nii.gz, ...)")
-    spacing = data.preprocessing.target_spacing
-    config = PreprocessConfig(target_spacing=tuple(spacing) if spacing else None)
+    config = preprocess_config(data)
     cases = {i: load_preprocessed(f, cache / "preprocessed", config) for i, f in files.items()}
     return PreparedData(root, make_split(data, cases), files, cases, config)

@@ -32,7 +32,7 @@ from ..data import PatchConfig, PatchSampler, PreprocessedCase
 from ..losses import get_loss
 from ..model import build_model, load_pretrained
 from .config import ModelConfig, RunConfig, TrainingConfig
-from .inference import sliding_window_probabilities
+from .inference import foreground, sliding_window_predict
 from .prepare import PreparedData
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
@@ -133,15 +133,16 @@ def validation_scores(pred: np.ndarray, case: PreprocessedCase) -> dict[str, flo
 
 @torch.no_grad()
 def validate(model: nn.Module, cases: list[PreprocessedCase], training: TrainingConfig,
-             device: torch.device) -> dict[str, float]:
-    """Mean validation scores over ``cases`` (sharded over ranks when distributed)."""
+             device: torch.device, activation: str = "sigmoid") -> dict[str, float]:
+    """Mean validation scores over ``cases`` (sharded over ranks when distributed); a voxel is
+    foreground when any sigmoid channel, or the most probable softmax class, says so."""
     rank, world = _world()
     patch = patch_edge(training)
     mine = []
     for case in cases[rank::world]:
-        probs = sliding_window_probabilities(model, case_image(case), patch=patch,
-                                             overlap=training.val_patch_overlap)
-        mine.append(validation_scores(probs.numpy() > 0.5, case))
+        probs = sliding_window_predict(model, case_image(case), patch=patch,
+                                       overlap=training.val_patch_overlap, activation=activation)
+        mine.append(validation_scores(foreground(probs, activation).numpy(), case))
     rows = mine
     if world > 1:
         gathered: list[list[dict[str, float]]] = [[] for _ in range(world)]
@@ -215,6 +216,8 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         init_report = str(loaded)
     torch.manual_seed(spec.seed + 7919 * rank)  # then per-rank streams (dropout masks)
     loss_fn = get_loss(spec.loss, backend=training.backend, **spec.loss_params)
+    # Validation reads the outputs the way the loss trained them (sigmoid or softmax).
+    activation = getattr(loss_fn, "activation", "sigmoid")
     optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
     start, best_metric, best_iteration, best_state, history = 0, -math.inf, 0, None, []
     if resume is not None:
@@ -275,7 +278,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
         if done % training.eval_every and done != training.iterations:
             continue
         _sync_buffers(model, world)
-        scores = validate(model, val_cases, training, device)
+        scores = validate(model, val_cases, training, device, activation)
         row = {"iteration": done, "train_loss": float(np.mean(losses)), **scores}
         losses = []
         if scores["val_dice"] > best_metric or best_state is None:

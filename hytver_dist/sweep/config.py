@@ -1,5 +1,5 @@
 """The sweep configuration: the run configuration (:class:`hytver_dist.run.config.RunConfig`)
-plus the search space, the scheduler, Ray's resources and the report, in one file.
+plus the search space, the scheduler, Ray's resources, the report and tracking, in one file.
 ``SweepConfig.load`` validates it once; trials and their workers receive only
 :attr:`SweepConfig.run`. ``python -m hytver_dist.sweep --print-schema`` prints its JSON schema.
 """
@@ -38,6 +38,7 @@ from ..run.config import (
     loss_names,
     problem,
 )
+from .tracking_config import TrackingConfig
 
 
 def _unique(what: str) -> AfterValidator:
@@ -232,11 +233,12 @@ class ReportConfig(Section):
 
 class SweepConfig(RunConfig):
     """A sweep file: the run settings (:class:`RunConfig`'s keys, at the top level as in the
-    file) plus the search, the Ray resources and the report."""
+    file) plus the search, the Ray resources, the report and tracking."""
 
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
     def run(self) -> RunConfig:

@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from ..files import normalize, write_text
-from ..report.build import SWEEP_FACTS_FILE
+from ..report.build import CURVES_FILE, SWEEP_FACTS_FILE
 from ..run.config import ConfigError, RunConfig, add_override_argument
-from . import trial_files
+from . import tracking, trial_files
 from .config import ResourcesConfig, SweepConfig, json_schema
 from .progress import final_summary, make_callback, ray_output_to
 from .ray_compat import set_local_env, started_cluster_address
@@ -356,6 +356,8 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
         if interrupted and result.error is None and not done:
             continue
         out.mkdir(parents=True, exist_ok=True)
+        if spec is not None:
+            write_curves(result, spec, name, out / CURVES_FILE)
         cases_path = f"{trial_files.run_dir(storage, trial_id)}/{trial_files.CASES_FILE}"
         frame = trial_files.read_cases(cases_path) if done else None
         if frame is not None:
@@ -390,6 +392,26 @@ def collect_results(grid: Any, results_dir: Path, storage: str, *,
             failed += 1
         (out / "status.json").write_text(json.dumps(status, indent=1, default=str))
     return ok, failed
+
+
+def write_curves(result: Any, spec: Any, name: str, path: Path) -> None:
+    """The trial's validation history (``iteration``, ``train_loss``, ``val_dice`` per seed)
+    from Tune's record of its reports; a report repeated after a restart counts once."""
+    try:
+        frame = result.metrics_dataframe
+    except Exception:  # noqa: BLE001 - no progress file (a trial that never reported)
+        frame = None
+    wanted = ["seed", "iteration", "train_loss", "val_dice"]
+    if frame is None or frame.empty or not {"iteration", "val_dice"} <= set(frame.columns):
+        return
+    if "seed" not in frame.columns:
+        frame = frame.assign(seed=spec.seeds[0])
+    frame = frame[[c for c in wanted if c in frame.columns]].dropna(subset=["val_dice"])
+    frame = frame.drop_duplicates(["seed", "iteration"], keep="last")
+    frame.insert(0, "params", json.dumps(spec.params, sort_keys=True))
+    frame.insert(0, "loss", spec.loss)
+    frame.insert(0, "trial", name)
+    frame.sort_values(["seed", "iteration"]).to_csv(path, index=False)
 
 
 def _short_error(error: BaseException | str) -> str:
@@ -428,7 +450,8 @@ def write_sweep_facts(results_dir: Path, facts: dict[str, Any]) -> None:
 def _run_tuner(cfg: SweepConfig, info: dict[str, Any], out: Any, root: str, experiment: str,
                results_dir: Path, init: str | None, data_dir: str | None,
                cache_dir: str | None, restore: bool, retry_errored: bool,
-               callbacks: Sequence[Any], verbose: int, log_path: Path) -> dict[str, Any]:
+               callbacks: Sequence[Any], verbose: int, log_path: Path,
+               tracked: dict[str, Any] | None = None) -> dict[str, Any]:
     """The part of :func:`run_sweep` on a connected Ray: the pretraining stage, then Tune.
     ``restore``: continue the existing experiment (run_sweep checked there is one to resume)."""
     from ray import tune
@@ -443,6 +466,8 @@ def _run_tuner(cfg: SweepConfig, info: dict[str, Any], out: Any, root: str, expe
         say(f"Ray dashboard: http://{info['dashboard']}")
     if verbose == 0:
         say(f"Ray's output: {log_path} (--verbose shows it here)")
+    for line in tracking.console_lines(cfg, experiment, tracked):
+        say(line)
     kwargs = tune_config_kwargs(cfg, cluster_resources())
     check_worker_fits(cfg)
     facts: dict[str, Any] = {"slots": kwargs["max_concurrent_trials"], "pretrain_s": 0.0}
@@ -490,11 +515,12 @@ def _run_tuner(cfg: SweepConfig, info: dict[str, Any], out: Any, root: str, expe
                 name=cfg.name, storage_path=root, verbose=verbose,
                 failure_config=tune.FailureConfig(
                     max_failures=cfg.resources.trial_max_failures),
-                callbacks=[progress, *callbacks]))
+                callbacks=[progress, *tracking.callbacks(cfg, results_dir), *callbacks]))
     start = time.perf_counter()
     grid = tuner.fit()
     unfinished = unfinished_trials(cfg, experiment, grid)
     ok, failed = collect_results(grid, results_dir, root, interrupted=unfinished > 0)
+    tracking.log_test_results(results_dir)
     facts["trials_wall_s"] = time.perf_counter() - start
     say(f"{ok} trials finished, {failed} failed in {facts['trials_wall_s']:.0f} s; "
         f"per-case results in {results_dir / 'trials'}")
@@ -532,6 +558,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
         if not Path(init).is_file():
             raise FileNotFoundError(f"{cfg.source}: model.init_checkpoint: {init} not found")
     _preflight(cfg, data_dir, root)  # before resolving: "" must fail, not become the cwd
+    tracking.check_installed(cfg)
     data_dir = None if data_dir is None else str(Path(data_dir).resolve())
     cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())
     import ray
@@ -544,17 +571,21 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
     sweep_start = time.perf_counter()
     log_path = results_dir / "logs" / "ray.log"
     with ray_output_to(log_path, verbose > 0) as out:
+        tracked = tracking.start(cfg, results_dir, experiment, resume and exists)
         info = connect(address, cfg, num_cpus)
         try:
             summary_info = _run_tuner(cfg, info, out, root, experiment, results_dir, init,
                                       data_dir, cache_dir, resume and exists, retry_errored,
-                                      callbacks, verbose, log_path)
+                                      callbacks, verbose, log_path, tracked)
         finally:
             ray.shutdown()
     unfinished, ok = summary_info["unfinished"], summary_info["ok"]
     summary_info["total_wall_s"] = time.perf_counter() - sweep_start
     summary_info["resumed"] = resume
     write_sweep_facts(results_dir, summary_info)
+    if unfinished or ok == 0 or not cfg.report.enabled:
+        tracking.finish(results_dir, "KILLED" if unfinished else "FAILED" if ok == 0
+                        else "FINISHED")
     if unfinished:
         raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of "
                                f"{count_trials(cfg)} trials unfinished; its state is saved: "
@@ -569,6 +600,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
     summary = build_report(results_dir, report_dir,
                            reference_loss=cfg.report.reference_loss,
                            confidence=cfg.report.confidence)
+    tracking.finish(results_dir, "FINISHED", Path(report_dir))
     statuses = [json.loads(p.read_text())
                 for p in sorted((results_dir / "trials").glob("*/status.json"))]
     print(final_summary(statuses, summary, Path(report_dir) / "table1.csv"))
