@@ -46,8 +46,9 @@ def test_tracking_defaults_and_errors():
         "tracking.mlflow.enabeld: unknown key 'enabeld' (did you mean 'enabled'?)":
             {"mlflow": {"enabeld": True}},
         "tracking.mlflow.tracking_uri: expected a URI": {"mlflow": {"tracking_uri": "mlruns"}},
-        "tracking.mlflow.tags.a: expected a string": {"mlflow": {"tags": {"a": [1]}}},
-        "tracking.tensorboard: expected true or false": {"tensorboard": "yes"},
+        "tracking.mlflow.tags.a: Input should be a valid string":
+            {"mlflow": {"tags": {"a": [1]}}},
+        "tracking.tensorboard: Input should be a valid boolean; got 'yes'": {"tensorboard": "yes"},
     }
     for message, section in bad.items():
         with pytest.raises(ConfigError, match="^<dict>: " + message.replace("(", r"\(")
