@@ -22,14 +22,14 @@ import torch
 
 from ..files import exists, is_uri, read_bytes
 from ..model import CheckpointError, load_weights_only, save_atomic
-from .config import Config
+from .config import RunConfig
 from .prepare import PreparedData
 from .train import RunSpec, train_loop
 
 MODEL_FILE = "model.pt"
 
 
-def pretrain_key(cfg: Config, data: PreparedData) -> str:
+def pretrain_key(cfg: RunConfig, data: PreparedData) -> str:
     """16 hex digits of a hash of what determines the pretrained weights."""
     assert cfg.pretrain is not None
     what = {
@@ -46,7 +46,7 @@ def pretrain_key(cfg: Config, data: PreparedData) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def pretrain_spec(cfg: Config) -> RunSpec:
+def pretrain_spec(cfg: RunConfig) -> RunSpec:
     """The run spec of the pretraining stage (no checkpoints: it is short and stored once)."""
     p = cfg.pretrain
     assert p is not None
@@ -86,7 +86,7 @@ def open_init(init: str | None) -> str | dict[str, Any] | None:
     return load_state(init) if init is not None and is_uri(init) else init
 
 
-def run_pretrain(cfg: Config, data: PreparedData, device: torch.device | str, *,
+def run_pretrain(cfg: RunConfig, data: PreparedData, device: torch.device | str, *,
                  wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
                  ) -> dict[str, Any]:
     """Train the stage; returns the payload stored by :func:`save` (best weights + facts)."""
@@ -97,7 +97,7 @@ def run_pretrain(cfg: Config, data: PreparedData, device: torch.device | str, *,
             "best_iteration": result.best_iteration}
 
 
-def ensure_local(cfg: Config, data: PreparedData, storage: str,
+def ensure_local(cfg: RunConfig, data: PreparedData, storage: str,
                  device: torch.device | str = "cpu") -> tuple[str, bool]:
     """(weights URI, reused?) of the config's stage, trained in this process when missing."""
     uri = model_uri(storage, pretrain_key(cfg, data))
