@@ -5,27 +5,31 @@ documented defaults, and the import direction (the single-run path never imports
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 from config_helpers import base
+from pydantic import ValidationError
 
 from hytver_dist.run import config as config_module
 from hytver_dist.run.config import (
     SWEEPS_DIR,
-    Config,
     ConfigError,
+    PretrainConfig,
+    RunConfig,
     apply_overrides,
-    json_schema,
-    load_config,
-    loss_hyperparameters,
     loss_names,
 )
+from hytver_dist.sweep.config import ResourcesConfig, SweepConfig, json_schema
+
+load_config = SweepConfig.load
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ["default", "paper_table1", "hytver_search", "nnunet_example"]
@@ -65,6 +69,32 @@ def test_defaults_and_conversions():
         "hytver": {"gamma": {"grid": [0.3, 0.5]}, "per_sample": {"choice": [True, False]}}}
 
 
+def test_run_config_is_the_run_part_of_a_sweep_file():
+    sweep, run = load_config("default"), RunConfig.load("default")
+    assert type(run) is RunConfig and set(run.to_dict()) == set(RunConfig.model_fields)
+    assert type(sweep.run) is RunConfig and sweep.run == run
+    assert sweep.run.source == sweep.source == run.source
+    # What Ray hands a worker: the run settings alone, pickled.
+    again = pickle.loads(pickle.dumps(sweep.run))
+    assert again == run and again.source == run.source
+    # A single run skips the sweep's own sections, but never a misspelt key.
+    assert set(SweepConfig.model_fields) - set(RunConfig.model_fields) == set(
+        RunConfig.SWEEP_SECTIONS)
+    with pytest.raises(ConfigError, match=r"^<dict>: trainig: unknown key 'trainig' \(did you "
+                       r"mean 'training'\?\); valid: name, data, model, pretrain, training, "
+                       r"storage$"):
+        RunConfig.load(base(trainig={"iterations": 3}))
+
+
+def test_validated_configs_never_change():
+    cfg = load_config("default")
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.training.iterations = 5
+    moved = cfg.with_value("data.path", "/elsewhere")
+    assert moved.data.path == "/elsewhere" and cfg.data.path is None
+    assert moved.training is cfg.training and moved.source == cfg.source
+
+
 def test_synthetic_grid_comes_from_the_generator():
     from hytver_dist.data import synth
 
@@ -85,14 +115,17 @@ ERRORS = [
      r"\(did you mean 'iterations'\?\); valid: iterations, batch_size, "),
     (base(data={"split": {"n_tset": 3}}), r"^<dict>: data\.split\.n_tset: unknown key .*"
      r"'n_test'"),
-    (base(training__iterations="ten"), r"training\.iterations: expected an integer; got 'ten'"),
-    (base(training__iterations=2.5), r"training\.iterations: expected an integer; got 2\.5"),
-    (base(training__iterations=0), r"training\.iterations: must be >= 1; got 0"),
-    (base(training__amp="yes"), r"training\.amp: expected true or false; got 'yes'"),
+    (base(training__iterations="ten"),
+     r"training\.iterations: Input should be a valid integer; got 'ten'"),
+    (base(training__iterations=2.5),
+     r"training\.iterations: Input should be a valid integer; got 2\.5"),
+    (base(training__iterations=0),
+     r"training\.iterations: Input should be greater than or equal to 1; got 0"),
+    (base(training__amp="yes"), r"training\.amp: Input should be a valid boolean; got 'yes'"),
     (base(training__lr=True), r"training\.lr: expected a number; got True"),
     (base(training__lr=".nan"), r"training\.lr: "),
-    (base(training__lr=0), r"training\.lr: must be > 0"),
-    (base(training__backend="cuda"), r"training\.backend: expected 'auto', 'fused' or "
+    (base(training__lr=0), r"training\.lr: Input should be greater than 0"),
+    (base(training__backend="cuda"), r"training\.backend: Input should be 'auto', 'fused' or "
      r"'reference'; got 'cuda'"),
     (base(training__checkpoint_every=15), r"training\.checkpoint_every: must be a multiple of "
      r"eval_every \(10\); got 15"),
@@ -102,24 +135,33 @@ ERRORS = [
      r"grid \(43, 52, 42\) \(size 'tiny' at native mm\)"),
     (base(training__patch_size=[32, 40, 32]), r"training\.patch_size\[1\]: must be a positive "
      r"multiple of 16"),
-    (base(training__val_patch_overlap=1.0), r"training\.val_patch_overlap: must be < 1"),
-    (base(model__dropout=-0.1), r"model\.dropout: must be >= 0"),
-    (base(model__activation="gelu"), r"model\.activation: expected 'leaky_relu' or 'relu'"),
+    (base(training__val_patch_overlap=1.0),
+     r"training\.val_patch_overlap: Input should be less than 1"),
+    (base(model__dropout=-0.1), r"model\.dropout: Input should be greater than or equal to 0"),
+    (base(model__activation="gelu"), r"model\.activation: Input should be 'leaky_relu' or 'relu'"),
     (base(data__synthetic={"n_negative": 13}), r"data\.synthetic\.n_negative: must be in "
      r"\[0, n_cases=12\]"),
-    (base(data__synthetic={"n_cases": 2}), r"data\.synthetic\.n_cases: must be >= 3"),
-    (base(data__synthetic={"size": "huge"}), r"data\.synthetic\.size: expected 'tiny', "
+    (base(data__synthetic={"n_cases": 2}),
+     r"data\.synthetic\.n_cases: Input should be greater than or equal to 3"),
+    (base(data__synthetic={"size": "huge"}), r"data\.synthetic\.size: Input should be 'tiny', "
      r"'small' or 'full'"),
     (base(data__preprocessing={"target_spacing": [1, 0, 1]}),
-     r"data\.preprocessing\.target_spacing\[1\]: must be > 0"),
+     r"data\.preprocessing\.target_spacing\[1\]: Input should be greater than 0"),
     (base(search__hyperparameters={"hytver": {"alpha": {"uniform": [0.9, 0.1]}}}),
      r"search\.hyperparameters\.hytver\.alpha\.uniform: needs low < high; got \[0\.9, 0\.1\]"),
     (base(search__hyperparameters={"hytver": {"smooth": {"loguniform": [0, 1]}}}),
-     r"search\.hyperparameters\.hytver\.smooth\.loguniform: needs low > 0"),
+     r"search\.hyperparameters\.hytver\.smooth\.loguniform\[0\]: Input should be greater "
+     r"than 0; got 0"),
     (base(search__hyperparameters={"hytver": {"alpha": {"normal": [0, 1]}}}),
      r"search\.hyperparameters\.hytver\.alpha: expected a value, a list \(grid\) or one of"),
     (base(search__hyperparameters={"hytver": {"alpha": {"choice": [0.5, 0.5]}}}),
-     r"search\.hyperparameters\.hytver\.alpha\.choice: duplicate values"),
+     r"search\.hyperparameters\.hytver\.alpha\.choice\[1\]: duplicate value 0\.5"),
+    (base(search__hyperparameters={"hytver": {"alpha": [0.5, {"a": 1}]}}),
+     r"search\.hyperparameters\.hytver\.alpha\.grid\[1\]: expected a number, string or "
+     r"bool; got \{'a': 1\}"),
+    (base(search__hyperparameters={"hytver": {"alpha": {"uniform": [0.1]}}}),
+     r"search\.hyperparameters\.hytver\.alpha\.uniform: Tuple should have at least 2 items "
+     r"after validation, not 1; got \[0\.1\]"),
     (base(search__hyperparameters={"hytver": {"alpah": 0.5}}),
      r"search\.hyperparameters\.hytver\.alpah: unknown hyperparameter of 'hytver' 'alpah' "
      r"\(did you mean 'alpha'\?\)"),
@@ -135,15 +177,18 @@ ERRORS = [
     (base(search__num_samples=4), r"search\.num_samples: 4 has no effect: no hyperparameter has "
      r"a distribution"),
     (base(search__seeds=[0, 1, 0]), r"search\.seeds\[2\]: duplicate seed 0"),
-    (base(search__seeds=[]), r"search\.seeds: must not be empty"),
+    (base(search__seeds=[]),
+     r"search\.seeds: Tuple should have at least 1 item after validation, not 0; got \[\]"),
     (base(search__losses="dice"), r"search\.losses: expected 'all' or a non-empty list"),
     (base(search__losses=["dice", "dice"]), r"search\.losses\[1\]: duplicate loss 'dice'"),
     (base(search__scheduler={"type": "asha", "grace_period": 5}),
      r"search\.scheduler\.grace_period: 5 exceeds max_t \(2 = number of evaluations\)"),
     (base(search__scheduler={"type": "asha", "max_t": 2, "grace_period": 3}),
      r"search\.scheduler\.max_t: 2 < grace_period \(3\)"),
-    (base(search__search_alg="hyperopt"), r"search\.search_alg: expected 'random' or 'optuna'"),
-    (base(search__seeds_per_trial=0), r"search\.seeds_per_trial: must be >= 1"),
+    (base(search__search_alg="hyperopt"),
+     r"search\.search_alg: Input should be 'random' or 'optuna'"),
+    (base(search__seeds_per_trial=0),
+     r"search\.seeds_per_trial: Input should be greater than or equal to 1"),
     (base(search__seeds_per_trial=2, search__scheduler={"type": "asha"}),
      r"search\.seeds_per_trial: must be 1 with scheduler: asha \(it would compare one seed"),
     (base(search__seeds_per_trial=2, search__search_alg="optuna", search__num_samples=4),
@@ -158,19 +203,23 @@ ERRORS = [
      r"data\.synthetic: set only when data\.path is null"),
     (base(data__split={"n_test": 6, "n_val": 6}),
      r"data\.split: n_test \+ n_val = 12 leaves no training case out of synthetic\.n_cases = 12"),
-    (base(data__split={"n_val": 0}), r"data\.split\.n_val: must be >= 1"),
-    (base(resources__cpus_per_worker=0), r"resources\.cpus_per_worker: must be > 0"),
+    (base(data__split={"n_val": 0}),
+     r"data\.split\.n_val: Input should be greater than or equal to 1"),
+    (base(resources__cpus_per_worker=0),
+     r"resources\.cpus_per_worker: Input should be greater than 0"),
     (base(resources={"use_gpu": True, "gpus_per_worker": 1.5}),
      r"resources\.gpus_per_worker: must be a fraction in \(0, 1\] or a whole number; got 1\.5"),
-    (base(resources__num_workers=0), r"resources\.num_workers: must be >= 1"),
-    (base(resources__max_failures=-2), r"resources\.max_failures: must be >= -1"),
-    (base(storage__path=""), r"storage\.path: must not be empty"),
+    (base(resources__num_workers=0),
+     r"resources\.num_workers: Input should be greater than or equal to 1"),
+    (base(resources__max_failures=-2),
+     r"resources\.max_failures: Input should be greater than or equal to -1"),
+    (base(storage__path=""), r"storage\.path: String should have at least 1 character; got ''"),
     (base(report__reference_loss="hytvr"), r"report\.reference_loss: unknown loss 'hytvr' "
      r"\(did you mean 'hytver'\?\)"),
-    (base(report__confidence=1.0), r"report\.confidence: must be < 1"),
-    (base(name="my sweep/2024"), r"^<dict>: name: must match"),
-    ({"search": {"losses": ["dice"]}}, r"^<dict>: name: is required"),
-    (base(model=[1, 2]), r"^<dict>: model: expected a mapping"),
+    (base(report__confidence=1.0), r"report\.confidence: Input should be less than 1"),
+    (base(name="my sweep/2024"), r"^<dict>: name: String should match pattern '\^\[A-Za-z0-9\]"),
+    ({"search": {"losses": ["dice"]}}, r"^<dict>: name: Field required"),
+    (base(model=[1, 2]), r"^<dict>: model: Input should be a valid dictionary"),
 ]
 
 
@@ -222,7 +271,8 @@ def test_error_names_the_file(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match=r"list\.yaml: <top level>: expected a mapping"):
         load_config(tmp_path / "list.yaml")
-    with pytest.raises(ConfigError, match=r"^run\.json: training\.amp: expected true or false"):
+    with pytest.raises(ConfigError,
+                       match=r"^run\.json: training\.amp: Input should be a valid boolean"):
         load_config(base(training__amp="x"), source="run.json")
 
 
@@ -237,11 +287,13 @@ def test_names_come_from_the_loss_registry(monkeypatch):
         def hyperparameters(cls):
             return ("alpha", "beta", "backend")
 
-    monkeypatch.setattr(config_module, "_registry", lambda: {"dice": FakeDice,
-                                                              "hytver": FakeHyTver})
-    monkeypatch.setattr(config_module, "_get_loss", lambda name, **kw: None)
+    fake = types.SimpleNamespace(LOSSES={"dice": FakeDice, "hytver": FakeHyTver},
+                                 get_loss=lambda name, **kw: None)
+    monkeypatch.setattr(config_module, "_losses", lambda: fake)
     assert loss_names() == ("dice", "hytver")
-    assert loss_hyperparameters("dice") == ("smooth",)  # backend is training.backend
+    with pytest.raises(ConfigError, match=r"unknown hyperparameter of 'dice' 'backend'; "
+                       r"valid: smooth$"):  # backend is training.backend
+        load_config(base(search__hyperparameters={"dice": {"backend": "fused"}}))
     with pytest.raises(ConfigError, match=r"unknown loss 'tversky' .*; valid: dice, hytver$"):
         load_config(base(search__losses=["tversky"]))
     with pytest.raises(ConfigError, match=r"unknown hyperparameter of 'hytver' 'gamma'"):
@@ -279,7 +331,7 @@ def test_set_errors_name_the_file_the_override_and_the_key():
     assert re.match(r"^\S*default\.yaml with --set trainig\.iterations=5: trainig: unknown key "
                     r"'trainig' \(did you mean 'training'\?\)", str(exc.value))
     with pytest.raises(ConfigError, match=r"--set training\.iterations=x: training\.iterations: "
-                       r"expected an integer; got 'x'"):
+                       r"Input should be a valid integer; got 'x'"):
         load_config("default", ["training.iterations=x"])
     # Cross-field rules see the result of every override together.
     with pytest.raises(ConfigError, match=r"training\.eval_every: 50 exceeds iterations \(5\)"):
@@ -304,14 +356,18 @@ def test_apply_overrides_does_not_touch_its_input():
 def test_json_schema_describes_every_section():
     schema = json_schema()
     assert schema["required"] == ["name"]
-    assert set(schema["properties"]) == set(Config.model_fields)
+    assert set(schema["properties"]) == set(SweepConfig.model_fields)
     defs = schema["$defs"]
     assert defs["TrainingConfig"]["additionalProperties"] is False
     assert defs["TrainingConfig"]["properties"]["iterations"]["minimum"] == 1
     assert "multiples" in defs["TrainingConfig"]["properties"]["patch_size"]["description"]
-    assert defs["SearchConfig"]["properties"]["losses"]["anyOf"][0] == {"const": "all"}
-    spec = defs["ParamSpec"]
-    assert "uniform" in spec["anyOf"][2]["properties"]
+    assert defs["SearchConfig"]["properties"]["losses"]["anyOf"][0]["const"] == "all"
+    spec = defs["SearchConfig"]["properties"]["hyperparameters"]["additionalProperties"]
+    spec = spec["additionalProperties"]["oneOf"]  # per loss, per hyperparameter
+    assert spec[0] == {"$ref": "#/$defs/Fixed"}
+    assert spec[1]["anyOf"][0]["type"] == "array"  # a list is a grid
+    assert set(defs["Uniform"]["properties"]) == {"uniform"}
+    assert defs["Uniform"]["additionalProperties"] is False
     json.dumps(schema)  # plain JSON
 
 
@@ -329,14 +385,14 @@ def test_documented_defaults_match_the_models():
     for section in ["data", "model", "pretrain", "training", "resources", "storage", "report"]:
         assert getattr(documented, section) == getattr(defaults, section), section
     assert documented.search.model_copy(update={"hyperparameters": {}}) == defaults.search
-    for key in config_module.ResourcesConfig.model_fields:
+    for key in ResourcesConfig.model_fields:
         assert f"`{key}`" in doc, key
     # The commented pretrain example lists that section's defaults.
     example = block.split("# pretrain:")[1].split("\n", 2)
     example = yaml.safe_load(example[0] + " " + example[1].lstrip("# "))
-    assert config_module.PretrainConfig(**example) == config_module.PretrainConfig()
-    assert set(example) == set(config_module.PretrainConfig.model_fields)
-    for key in config_module.PretrainConfig.model_fields:
+    assert PretrainConfig(**example) == PretrainConfig()
+    assert set(example) == set(PretrainConfig.model_fields)
+    for key in PretrainConfig.model_fields:
         assert f"`pretrain.{key}`" in doc, key
 
 

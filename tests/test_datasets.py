@@ -23,7 +23,7 @@ from torch import nn
 from hytver_dist.data import PatchConfig, PatchSampler
 from hytver_dist.data.nnunet_prep import labels_to_original_grid, resample_labels
 from hytver_dist.data.preprocess import _target_grid
-from hytver_dist.run.config import ConfigError, load_config
+from hytver_dist.run.config import ConfigError, RunConfig
 from hytver_dist.run.evaluate import predict_labels, save_label_map
 from hytver_dist.run.prepare import prepare_data
 from hytver_dist.run.train import RunSpec, build_loss, loss_target, model_kwargs
@@ -97,7 +97,7 @@ def test_resample_labels_keeps_every_labels_lesions_and_maps_back_to_values():
 
 def test_prepared_nnunet_cases_and_inverse_map(tmp_path):
     data_dir = write_dataset(tmp_path / "ds")
-    cfg = load_config(config(data_dir, data={"preprocessing": {"target_spacing": [4, 4, 4]}}))
+    cfg = RunConfig.load(config(data_dir, data={"preprocessing": {"target_spacing": [4, 4, 4]}}))
     data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
     assert data.dataset.kind == "labels" and data.dataset.outputs == ("background", "first",
                                                                       "second")
@@ -119,7 +119,7 @@ def test_prepared_nnunet_cases_and_inverse_map(tmp_path):
 
 def test_ct_channel_uses_training_statistics_only(tmp_path):
     data_dir = write_dataset(tmp_path / "ds")
-    cfg = load_config(config(data_dir))
+    cfg = RunConfig.load(config(data_dir))
     data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
     stats = data.dataset.ct[1]
     # Foreground (label > 0) HU of the training cases: 40 + 30 * label, noise sd 10.
@@ -137,7 +137,7 @@ def test_split_from_file_and_fold(tmp_path):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["pt00", "pt01", "pt02"], "val": ["pt03"],
                                  "test": ["pt04", "pt05"]}))
-    cfg = load_config(config(data_dir, data={"split": {"preset": "file", "file": str(split)}}))
+    cfg = RunConfig.load(config(data_dir, data={"split": {"preset": "file", "file": str(split)}}))
     data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
     assert data.split.test == ("pt04", "pt05") and data.split.val == ("pt03",)
     folds = tmp_path / "splits_final.json"
@@ -145,22 +145,22 @@ def test_split_from_file_and_fold(tmp_path):
                                   "val": ["pt04", "pt05"]},
                                  {"train": ["pt02", "pt03", "pt04", "pt05"],
                                   "val": ["pt00", "pt01"]}]))
-    cfg = load_config(config(data_dir, data={"split": {"preset": "file", "file": str(folds),
+    cfg = RunConfig.load(config(data_dir, data={"split": {"preset": "file", "file": str(folds),
                                                        "fold": 1, "n_val": 1}}))
     data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
     assert data.split.test == ("pt00", "pt01") and len(data.split.val) == 1
     with pytest.raises(ConfigError, match="split.file"):
-        load_config(config(data_dir, data={"split": {"preset": "file"}}))
+        RunConfig.load(config(data_dir, data={"split": {"preset": "file"}}))
     with pytest.raises(ConfigError, match="n_test"):
-        load_config(config(data_dir, data={"split": {"preset": "file", "file": "x",
+        RunConfig.load(config(data_dir, data={"split": {"preset": "file", "file": "x",
                                                      "n_test": 2}}))
 
 
 def test_format_is_detected_and_can_be_forced(tmp_path):
     data_dir = write_dataset(tmp_path / "ds")
-    assert load_config(config(data_dir)).data.resolved_format() == "nnunet"
-    assert load_config(config(tmp_path)).data.resolved_format() == "msseg2"
-    forced = load_config(config(tmp_path, data={"format": "nnunet"}))
+    assert RunConfig.load(config(data_dir)).data.resolved_format() == "nnunet"
+    assert RunConfig.load(config(tmp_path)).data.resolved_format() == "msseg2"
+    forced = RunConfig.load(config(tmp_path, data={"format": "nnunet"}))
     with pytest.raises(Exception, match="dataset.json"):
         prepare_data(forced.data, cache_dir=tmp_path / "cache")
 
@@ -169,7 +169,7 @@ def test_format_is_detected_and_can_be_forced(tmp_path):
 
 
 def test_patches_have_the_datasets_channels_and_label_values(tmp_path):
-    data = prepare_data(load_config(config(write_dataset(tmp_path / "ds"))).data,
+    data = prepare_data(RunConfig.load(config(write_dataset(tmp_path / "ds"))).data,
                         cache_dir=tmp_path / "cache")
     train = data.part("train")
     sampler = PatchSampler(train, PatchConfig(patch_size=16))
@@ -187,7 +187,7 @@ def test_patches_have_the_datasets_channels_and_label_values(tmp_path):
 def test_targets_and_model_follow_the_dataset(tmp_path):
     for regions, kind, out in ((False, "labels", 3), (True, "regions", 2)):
         root = write_dataset(tmp_path / kind, regions=regions)
-        cfg = load_config(config(root))
+        cfg = RunConfig.load(config(root))
         data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
         assert data.dataset.kind == kind
         kwargs = model_kwargs(cfg.model, data.dataset)
@@ -200,7 +200,7 @@ def test_targets_and_model_follow_the_dataset(tmp_path):
         else:
             assert target.shape[1] in (1, 3)  # a label map (softmax) or one-hot (sigmoid)
     with pytest.raises(ValueError, match="softmax needs mutually exclusive classes"):
-        build_loss(RunSpec.from_config(load_config(config(
+        build_loss(RunSpec.from_config(RunConfig.load(config(
             root, training={"loss_activation": "softmax"})), "dice", 0), data.dataset)
 
 
@@ -222,7 +222,7 @@ class _Constant(nn.Module):
 @pytest.mark.parametrize("regions", [False, True])
 def test_inference_writes_label_values_on_the_input_grid(tmp_path, regions):
     root = write_dataset(tmp_path / "ds", regions=regions)
-    cfg = load_config(config(root, data={"preprocessing": {"target_spacing": [4, 4, 4]}}))
+    cfg = RunConfig.load(config(root, data={"preprocessing": {"target_spacing": [4, 4, 4]}}))
     data = prepare_data(cfg.data, cache_dir=tmp_path / "cache")
     case = data.cases["pt00"]
     ds = data.dataset
@@ -416,9 +416,9 @@ def test_predict_cli_on_an_imagesTs_folder_writes_label_maps(tmp_path):
 def test_pretrain_key_of_msseg2_sweeps_ignores_the_new_data_keys_at_their_defaults():
     from hytver_dist.run.pretrain import _data_key
 
-    plain = _data_key(load_config({"name": "x"}))
+    plain = _data_key(RunConfig.load({"name": "x"}))
     assert "format" not in plain and "classes" not in plain["synthetic"]
     assert "file" not in plain["split"]
-    nn = _data_key(load_config({"name": "x", "data": {"format": "nnunet",
+    nn = _data_key(RunConfig.load({"name": "x", "data": {"format": "nnunet",
                                                       "synthetic": {"regions": True}}}))
     assert nn["format"] == "nnunet" and nn["synthetic"]["regions"] is True

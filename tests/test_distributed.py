@@ -26,7 +26,7 @@ def _rank(rank: int, port: int, cache_dir: str, out: str) -> None:
     import torch.distributed as dist
 
     from hytver_dist.run import train
-    from hytver_dist.run.config import load_config
+    from hytver_dist.run.config import RunConfig
     from hytver_dist.run.prepare import prepare_data
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -38,7 +38,7 @@ def _rank(rank: int, port: int, cache_dir: str, out: str) -> None:
         return (lambda logits, target: fn(logits, target) * float("nan")) if rank == 1 else fn
 
     train.get_loss = get_loss
-    cfg = load_config(CONFIG)
+    cfg = RunConfig.load(CONFIG)
     spec = train.RunSpec.from_config(cfg, "dice", 0)
     try:
         train.train_loop(spec, prepare_data(cfg.data, cache_dir=cache_dir), "cpu")

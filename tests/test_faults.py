@@ -44,7 +44,7 @@ LINGERING = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 DRIVER = """
 import os, signal, sys
 from ray import tune
-from hytver_dist.run.config import load_config
+from hytver_dist.sweep.config import SweepConfig
 from hytver_dist.sweep import SweepInterrupted, run_sweep
 config, cache, resume = sys.argv[1:4]
 
@@ -57,7 +57,7 @@ class Kill(tune.Callback):
             os.kill(os.getpid(), getattr(signal, sig))
 
 try:
-    run_sweep(load_config(config), cache_dir=cache, num_cpus=2, resume=resume == "1",
+    run_sweep(SweepConfig.load(config), cache_dir=cache, num_cpus=2, resume=resume == "1",
               callbacks=[Kill()], verbose=0)
 except SweepInterrupted as exc:
     print(f"interrupted: {exc}")

@@ -19,7 +19,7 @@ from torch import nn
 from hytver_dist.data import BASELINE_NAME, FOLLOWUP_NAME, MASK_NAME
 from hytver_dist.model import VNet, save_atomic
 from hytver_dist.run import evaluate, predict, train_cli
-from hytver_dist.run.config import load_config
+from hytver_dist.run.config import RunConfig
 
 CONFIG = tiny_run(iterations=2, val_patch_overlap=0.25)
 
@@ -108,7 +108,7 @@ def test_a_case_without_lesions(trained):
     manifest = next((trained["tmp"] / "cache").glob("synth-*")) / "manifest.json"
     negative = next(c["id"] for c in json.loads(manifest.read_text())["cases"] if c["negative"])
     case = trained["scans"] / negative
-    cfg = load_config(CONFIG)
+    cfg = RunConfig.load(CONFIG)
     out = trained["tmp"] / "pred-empty"
     table = predict.predict_cases(Nothing(), predict.scan_cases(case.parent), cfg, out)
     row = table.set_index("case").loc[case.name]

@@ -12,7 +12,7 @@ import yaml
 
 from hytver_dist.model import build_model
 from hytver_dist.run import pretrain, train, train_cli
-from hytver_dist.run.config import ConfigError, load_config
+from hytver_dist.run.config import ConfigError, RunConfig
 from hytver_dist.run.prepare import prepare_data
 
 CONFIG = {
@@ -28,7 +28,7 @@ CONFIG = {
 
 
 def config(*overrides: str):
-    return load_config(copy.deepcopy(CONFIG), list(overrides))
+    return RunConfig.load(copy.deepcopy(CONFIG), list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,8 @@ def test_train_cli_pretrains_into_object_storage_uri(tmp_path, cache, capsys):
     (["pretrain.hyperparameters={alpha: 3}", "pretrain.loss=tversky"],
      r"pretrain\.hyperparameters: 'tversky' rejects"),
     (["pretrain.eval_every=5"], r"pretrain\.eval_every: 5 exceeds iterations \(2\)"),
-    (["pretrain.iterations=0"], r"pretrain\.iterations: must be >= 1"),
+    (["pretrain.iterations=0"],
+     r"pretrain\.iterations: Input should be greater than or equal to 1; got 0"),
     (["pretrain.epochs=3"], r"pretrain\.epochs: unknown key 'epochs'"),
 ])
 def test_config_rules(overrides, message):

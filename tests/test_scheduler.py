@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 from config_helpers import base
 
-from hytver_dist.run.config import load_config
+from hytver_dist.sweep.config import SweepConfig
 from hytver_dist.sweep.search import tune_config_kwargs
 
 RESOURCES = {"CPU": 4.0, "TRAIN_DRIVER": 4.0}
@@ -19,7 +19,7 @@ def test_asha_settings_from_yaml_reach_tune(tmp_path):
                    "time_attr": "iteration"})
     path = tmp_path / "asha.yaml"
     path.write_text(yaml.safe_dump(cfg_dict))
-    kwargs = tune_config_kwargs(load_config(path), RESOURCES)
+    kwargs = tune_config_kwargs(SweepConfig.load(path), RESOURCES)
     assert (kwargs["metric"], kwargs["mode"]) == ("val_lesion_f1", "min")
     sch = kwargs["scheduler"]
     assert type(sch).__name__ == "AsyncHyperBandScheduler"
@@ -35,5 +35,5 @@ def test_asha_settings_from_yaml_reach_tune(tmp_path):
 
 
 def test_no_scheduler_by_default():
-    kwargs = tune_config_kwargs(load_config(base()), RESOURCES)
+    kwargs = tune_config_kwargs(SweepConfig.load(base()), RESOURCES)
     assert kwargs["scheduler"] is None and kwargs["metric"] == "val_dice"

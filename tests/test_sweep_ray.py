@@ -37,8 +37,8 @@ if not sys.platform.startswith("linux"):
 
 from ray import tune  # noqa: E402
 
-from hytver_dist.run.config import load_config  # noqa: E402
 from hytver_dist.sweep import main, run_sweep  # noqa: E402
+from hytver_dist.sweep.config import SweepConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_FILES = ("summary.md", "table1.csv", "box_dice.png", "failed_trials.csv")
@@ -195,7 +195,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hytver_dist.run.prepare import prepare_data
 
     cache = tmp_path_factory.mktemp("hcache")
-    cfg = load_config(sweep_dict("warm", cache))
+    cfg = SweepConfig.load(sweep_dict("warm", cache))
     prepare_data(cfg.data, cache_dir=cache)
     return cache
 
@@ -233,7 +233,7 @@ def train_worker_pids(cluster: Any) -> list[int]:
 # ---------------------------------------------------------------------------------- tests
 @pytest.mark.timeout(300)
 def test_multi_node_sweep_spreads_trials_and_writes_report(cluster, cache_dir, tmp_path):
-    cfg = load_config(sweep_dict("two-nodes", tmp_path))
+    cfg = SweepConfig.load(sweep_dict("two-nodes", tmp_path))
     summary = run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
 
     results_dir = Path(cfg.results_dir)
@@ -268,7 +268,7 @@ def test_data_parallel_trial_across_two_nodes(cluster, cache_dir, tmp_path):
 
     # max_failures: on an overloaded host a worker may miss Train's health check; a restart
     # from the checkpoint changes none of the assertions below.
-    cfg = load_config(sweep_dict("ddp", tmp_path, search={"losses": ["dice"]},
+    cfg = SweepConfig.load(sweep_dict("ddp", tmp_path, search={"losses": ["dice"]},
                                  resources={"num_workers": 2, "max_failures": 2}))
     run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
     (status,) = trial_statuses(Path(cfg.results_dir)).values()
@@ -306,7 +306,7 @@ def test_sweep_whose_trials_all_fail_exits_1_with_a_summary(cluster, cache_dir, 
     cfg_dict = sweep_dict("allfail", tmp_path / "storage")
     config.write_text(yaml.safe_dump(cfg_dict))
     data = tmp_path / "data"
-    shutil.copytree(synthetic_root(load_config(cfg_dict).data, cache_dir), data)
+    shutil.copytree(synthetic_root(SweepConfig.load(cfg_dict).data, cache_dir), data)
     bad = data / "syn003" / "flair_time01_on_middle_space.nii.gz"
     bad.write_bytes(bad.read_bytes()[:200])
     rc = main(["--config", str(config), "--address", cluster.address, "--data", str(data),
@@ -354,7 +354,7 @@ def test_killed_worker_of_two_restarts_from_checkpoint(cluster, cache_dir, tmp_p
     restarts the worker group from that checkpoint, so the iterations it covered are reported
     once, and the trial finishes."""
     iterations, every = 24, 3
-    cfg = load_config(sweep_dict(
+    cfg = SweepConfig.load(sweep_dict(
         "kill-worker", tmp_path, search={"losses": ["dice"]},
         training={"iterations": iterations, "eval_every": every, "checkpoint_every": every},
         resources={"max_failures": 2, "num_workers": 2}))
@@ -389,7 +389,7 @@ def test_trial_of_two_seeds_killed_in_its_second_seed_keeps_the_first(cluster, c
     a checkpoint. The restarted worker group neither retrains nor re-evaluates seed 0 and
     continues seed 1 from that checkpoint; cases.csv ends with both seeds' rows."""
     iterations, every = 12, 3
-    cfg = load_config(sweep_dict(
+    cfg = SweepConfig.load(sweep_dict(
         "kill-seeds", tmp_path, search={"losses": ["dice"], "seeds": [0, 1],
                                         "seeds_per_trial": 2},
         training={"iterations": iterations, "eval_every": every, "checkpoint_every": every},
@@ -455,7 +455,7 @@ class CorruptAfterFirstTrial(tune.Callback):
 def test_corrupt_case_fails_its_trial_and_the_report_lists_it(cluster, cache_dir, tmp_path):
     from hytver_dist.run.prepare import synthetic_root
 
-    cfg = load_config(sweep_dict("bad-data", tmp_path / "storage",
+    cfg = SweepConfig.load(sweep_dict("bad-data", tmp_path / "storage",
                                        resources={"max_concurrent_trials": 1}))
     data = tmp_path / "data"
     shutil.copytree(synthetic_root(cfg.data, cache_dir), data)
@@ -617,7 +617,7 @@ def test_a_sweep_rerun_into_the_same_results_repeats_its_rows_and_counts_them_on
     for run in ("a", "b"):
         d = sweep_dict("rerun", tmp_path / run, search=search)
         d["storage"]["results_dir"] = str(shared)
-        cfg = load_config(d)
+        cfg = SweepConfig.load(d)
         if run == "a":
             run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
             continue
@@ -637,7 +637,7 @@ def test_a_sweep_rerun_into_the_same_results_repeats_its_rows_and_counts_them_on
 def test_pretrain_stage_runs_once_and_trials_fine_tune_from_it(cluster, cache_dir, tmp_path,
                                                                 capfd):
     pre = {"loss": "dice_ce", "iterations": 3, "eval_every": 3}
-    cfg = load_config(sweep_dict("pre-a", tmp_path, pretrain=pre,
+    cfg = SweepConfig.load(sweep_dict("pre-a", tmp_path, pretrain=pre,
                                  search={"losses": ["hytver"], "seeds": [0]}))
     run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)
     stored = list((tmp_path / "pretrain").glob("*/model.pt"))
@@ -653,7 +653,7 @@ def test_pretrain_stage_runs_once_and_trials_fine_tune_from_it(cluster, cache_di
     assert f"load_pretrained({stored[0]}): " in seen and "0 missing, 0 unexpected" in seen
 
     # Another sweep with the same data, split, model and pretrain settings reuses it.
-    again = load_config(sweep_dict("pre-b", tmp_path, pretrain=pre,
+    again = SweepConfig.load(sweep_dict("pre-b", tmp_path, pretrain=pre,
                                    search={"losses": ["dice"], "seeds": [1]},
                                    training={"lr": 5e-4}))
     run_sweep(again, address=cluster.address, cache_dir=str(cache_dir), verbose=0)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from config_helpers import base
 
-from hytver_dist.run.config import load_config, loss_names
+from hytver_dist.run.config import loss_names
+from hytver_dist.sweep.config import SweepConfig
 from hytver_dist.sweep.search import (
     build_arms,
     build_param_space,
@@ -35,7 +36,7 @@ def variants(space: dict) -> list[dict]:
 
 
 def test_default_is_small_local_one_trial_per_loss_with_four_seeds():
-    cfg = load_config("default")
+    cfg = SweepConfig.load("default")
     assert cfg.search.losses == loss_names()
     assert cfg.search.seeds == (0, 1, 2, 3) and cfg.search.seeds_per_trial == 4
     assert count_trials(cfg) == len(loss_names()) == 14
@@ -57,7 +58,7 @@ def test_default_is_small_local_one_trial_per_loss_with_four_seeds():
 
 
 def test_paper_table1_protocol():
-    cfg = load_config("paper_table1")
+    cfg = SweepConfig.load("paper_table1")
     t = cfg.training
     assert (t.batch_size, t.lr, t.patch_size, t.optimizer, t.iterations) == (
         4, 1e-3, (80, 80, 80), "adam", 250)
@@ -69,7 +70,7 @@ def test_paper_table1_protocol():
 
 
 def test_hytver_search_space_and_asha():
-    cfg = load_config("hytver_search")
+    cfg = SweepConfig.load("hytver_search")
     arms = build_arms(cfg)
     assert len(arms) == cfg.search.num_samples == 24
     assert count_trials(cfg) == 48 == len(variants(build_param_space(cfg)))
@@ -88,14 +89,14 @@ def test_hytver_search_space_and_asha():
     sched = build_scheduler(cfg)
     assert type(sched).__name__ == "AsyncHyperBandScheduler"
     assert cfg.scheduler_max_t == 10  # 250 iterations / eval every 25
-    assert build_scheduler(load_config("default")) is None
+    assert build_scheduler(SweepConfig.load("default")) is None
 
 
 # ----------------------------------------------------------------------------- search space
 
 
 def test_seed_groups_cut_the_seeds_in_order_one_trial_each():
-    cfg = load_config(base(search__seeds=[4, 0, 1, 2, 3], search__seeds_per_trial=2))
+    cfg = SweepConfig.load(base(search__seeds=[4, 0, 1, 2, 3], search__seeds_per_trial=2))
     assert cfg.search.seed_groups == [(4, 0), (1, 2), (3,)]
     trials = variants(build_param_space(cfg))
     assert count_trials(cfg) == 3 * len(build_arms(cfg)) == len(trials)
@@ -106,12 +107,12 @@ def test_seed_groups_cut_the_seeds_in_order_one_trial_each():
     assert all(sorted(g) == [(1, 2), (3,), (4, 0)] for g in per_loss.values())
     assert trial_spec({"seeds": [1, 2], "arm": {"loss": "dice"}}).seed_label == "1_2"
     # one seed per trial (the default) keeps one seed per trial config
-    assert load_config(base(search__seeds=[0, 1])).search.seed_groups == [(0,), (1,)]
+    assert SweepConfig.load(base(search__seeds=[0, 1])).search.seed_groups == [(0,), (1,)]
 
 
 
 def test_hyperparameters_do_not_multiply_other_losses():
-    cfg = load_config(base(search__hyperparameters={
+    cfg = SweepConfig.load(base(search__hyperparameters={
         "hytver": {"gamma": [0.3, 0.5], "alpha": {"uniform": [0.1, 0.9]}, "beta": 0.7}},
         search__num_samples=3))
     arms = build_arms(cfg)
@@ -123,14 +124,14 @@ def test_hyperparameters_do_not_multiply_other_losses():
     assert len({a["id"] for a in arms}) == len(arms)
     assert count_trials(cfg) == (1 + 6) * 2 == len(variants(build_param_space(cfg)))
     # Adding a loss does not change another loss's draws.
-    more = load_config(base(search__losses=["ce", "dice", "hytver"],
+    more = SweepConfig.load(base(search__losses=["ce", "dice", "hytver"],
                                   search__hyperparameters=cfg.to_dict()["search"]["hyperparameters"],
                                   search__num_samples=3))
     assert [a for a in build_arms(more) if a["loss"] == "hytver"] == hyt
 
 
 def test_optuna_define_by_run_space():
-    cfg = load_config(base(search__search_alg="optuna", search__num_samples=5,
+    cfg = SweepConfig.load(base(search__search_alg="optuna", search__num_samples=5,
         search__hyperparameters={"hytver": {"alpha": {"loguniform": [0.01, 1]},
                                             "gamma": [0.3, 0.5], "beta": 0.6}}))
     assert build_param_space(cfg) == {} and count_trials(cfg) == 5
@@ -166,31 +167,31 @@ def test_optuna_define_by_run_space():
 
 
 def test_concurrency_derived_from_cluster_resources():
-    cpu = load_config("default")
+    cpu = SweepConfig.load("default")
     assert trial_resources(cpu) == {"TRAIN_DRIVER": 1.0, "CPU": 1.0}
     assert max_concurrent_trials(cpu, {"CPU": 2.0, "TRAIN_DRIVER": 4.0, "memory": 1e10}) == 2
     assert max_concurrent_trials(cpu, {"CPU": 8.0, "TRAIN_DRIVER": 3.0}) == 3
-    gpu = load_config("paper_table1")  # 1 worker x (4 CPU, 1 GPU)
+    gpu = SweepConfig.load("paper_table1")  # 1 worker x (4 CPU, 1 GPU)
     assert max_concurrent_trials(gpu, {"CPU": 200, "GPU": 16, "TRAIN_DRIVER": 16}) == 16
     assert max_concurrent_trials(gpu, {"CPU": 20, "GPU": 16, "TRAIN_DRIVER": 16}) == 5
     assert max_concurrent_trials(gpu, cluster_capacity(ROOT / "cluster.yaml")) == 16
-    capped = load_config(base(resources__max_concurrent_trials=1))
+    capped = SweepConfig.load(base(resources__max_concurrent_trials=1))
     assert max_concurrent_trials(capped, {"CPU": 8, "TRAIN_DRIVER": 8}) == 1
-    few = load_config(base(search__losses=["dice"], search__seeds=[0]))
+    few = SweepConfig.load(base(search__losses=["dice"], search__seeds=[0]))
     assert max_concurrent_trials(few, {"CPU": 8, "TRAIN_DRIVER": 8}) == 1  # only one trial
-    ddp = load_config(base(resources={"num_workers": 2, "use_gpu": True,
+    ddp = SweepConfig.load(base(resources={"num_workers": 2, "use_gpu": True,
                                             "gpus_per_worker": 0.5, "cpus_per_worker": 2}))
     assert max_concurrent_trials(ddp, {"CPU": 64, "GPU": 4, "TRAIN_DRIVER": 8}) == 4
 
 
 def test_concurrency_impossible_request_raises():
-    gpu = load_config("paper_table1")
+    gpu = SweepConfig.load("paper_table1")
     with pytest.raises(ValueError, match=r"GPU can never fit"):
         max_concurrent_trials(gpu, {"CPU": 16, "TRAIN_DRIVER": 4})
-    cpu = load_config("default")
+    cpu = SweepConfig.load("default")
     with pytest.raises(ValueError, match=r"TRAIN_DRIVER can never fit; declare TRAIN_DRIVER"):
         max_concurrent_trials(cpu, {"CPU": 2})
-    big = load_config(base(resources__num_workers=4))
+    big = SweepConfig.load(base(resources__num_workers=4))
     with pytest.raises(ValueError, match=r"one trial needs .*'CPU': 4\.0.*CPU can never fit"):
         max_concurrent_trials(big, {"CPU": 2, "TRAIN_DRIVER": 2})
 
@@ -200,10 +201,10 @@ def test_optuna_search_alg_needs_the_package():
 
     from hytver_dist.sweep.search import build_search_alg
 
-    cfg = load_config(base(search__search_alg="optuna", search__num_samples=2))
+    cfg = SweepConfig.load(base(search__search_alg="optuna", search__num_samples=2))
     if importlib.util.find_spec("optuna") is None:
         with pytest.raises(ImportError, match=r"search\.search_alg: optuna needs the optuna"):
             build_search_alg(cfg)
     else:
         assert type(build_search_alg(cfg)).__name__ == "OptunaSearch"
-    assert build_search_alg(load_config("default")) is None
+    assert build_search_alg(SweepConfig.load("default")) is None

@@ -25,19 +25,20 @@ from mlflow.tracking import MlflowClient
 from test_faults import EVERY, ITERATIONS, Sweep
 from test_sweep_ray import cache_dir, cluster, ray_env, sweep_dict  # noqa: F401  (fixtures)
 
-from hytver_dist.run.config import ConfigError, load_config
-from hytver_dist.run.tracking_config import MlflowConfig, TrackingConfig
+from hytver_dist.run.config import ConfigError
 from hytver_dist.sweep import run_sweep
+from hytver_dist.sweep.config import SweepConfig
+from hytver_dist.sweep.tracking_config import MlflowConfig, TrackingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- config
 def test_tracking_defaults_and_errors():
-    cfg = load_config({"name": "x"})
+    cfg = SweepConfig.load({"name": "x"})
     assert cfg.tracking == TrackingConfig()
     assert cfg.tracking.tensorboard is True and cfg.tracking.mlflow.enabled is False
-    cfg = load_config({"name": "x", "tracking": {"mlflow": {
+    cfg = SweepConfig.load({"name": "x", "tracking": {"mlflow": {
         "enabled": True, "tracking_uri": "http://mlflow:5000", "tags": {"round": 2}}}})
     assert cfg.tracking.mlflow.tags == {"round": "2"}
     bad = {
@@ -45,26 +46,27 @@ def test_tracking_defaults_and_errors():
         "tracking.mlflow.enabeld: unknown key 'enabeld' (did you mean 'enabled'?)":
             {"mlflow": {"enabeld": True}},
         "tracking.mlflow.tracking_uri: expected a URI": {"mlflow": {"tracking_uri": "mlruns"}},
-        "tracking.mlflow.tags.a: expected a string": {"mlflow": {"tags": {"a": [1]}}},
-        "tracking.tensorboard: expected true or false": {"tensorboard": "yes"},
+        "tracking.mlflow.tags.a: Input should be a valid string":
+            {"mlflow": {"tags": {"a": [1]}}},
+        "tracking.tensorboard: Input should be a valid boolean; got 'yes'": {"tensorboard": "yes"},
     }
     for message, section in bad.items():
         with pytest.raises(ConfigError, match="^<dict>: " + message.replace("(", r"\(")
                            .replace(")", r"\)").replace("?", r"\?")):
-            load_config({"name": "x", "tracking": section})
+            SweepConfig.load({"name": "x", "tracking": section})
 
 
 def test_documented_tracking_keys_match_the_model():
     doc = (ROOT / "docs" / "sweeps.md").read_text()
     section = doc.split("### `tracking`")[1].split("\n## ")[0]
     block = section.split("```yaml")[1].split("```")[0]
-    assert load_config({"name": "x", **yaml.safe_load(block)}).tracking == TrackingConfig()
+    assert SweepConfig.load({"name": "x", **yaml.safe_load(block)}).tracking == TrackingConfig()
     for key in MlflowConfig.model_fields:
         assert f"`mlflow.{key}`" in section, key
     assert "`tensorboard`" in section
     assert "## Watching a sweep" in doc
     everything = doc.split("## All keys and their defaults")[1].split("```yaml")[1].split("```")[0]
-    assert load_config(yaml.safe_load(everything)).tracking == TrackingConfig()
+    assert SweepConfig.load(yaml.safe_load(everything)).tracking == TrackingConfig()
     assert "tracking:" in everything
 
 
@@ -116,7 +118,7 @@ def test_trial_runs_survive_a_driver_restart_without_duplicates(tmp_path):
     from hytver_dist.sweep import mlflow_runs, tracking
     from hytver_dist.sweep.tracking_callbacks import MlflowTrialRuns
 
-    cfg = load_config({"name": "cb", "search": {"losses": ["hytver"], "seeds": [0, 1],
+    cfg = SweepConfig.load({"name": "cb", "search": {"losses": ["hytver"], "seeds": [0, 1],
                                                  "seeds_per_trial": 2},
                        "tracking": {"mlflow": {"enabled": True, "tags": {"team": "t"}}}})
     results = tmp_path / "results"
@@ -177,7 +179,7 @@ def test_tensorboard_false_keeps_tune_from_adding_its_logger():
     from hytver_dist.sweep.tracking_callbacks import NoTensorBoard
 
     for on in (True, False):
-        cfg = load_config({"name": "tb", "tracking": {"tensorboard": on}})
+        cfg = SweepConfig.load({"name": "tb", "tracking": {"tensorboard": on}})
         made = _create_default_callbacks(tracking.callbacks(cfg, Path("/nonexistent")))
         tbx = [c for c in made if isinstance(c, TBXLoggerCallback)]
         assert len(tbx) == 1 and isinstance(tbx[0], NoTensorBoard) is (not on)
@@ -189,7 +191,7 @@ def test_an_unusable_tracking_uri_fails_up_front_and_later_failures_only_warn(tm
 
     (tmp_path / "a-file").write_text("")
     bad = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a file where a folder must be
-    cfg = load_config({"name": "u", "tracking": {"mlflow": {"enabled": True,
+    cfg = SweepConfig.load({"name": "u", "tracking": {"mlflow": {"enabled": True,
                                                              "tracking_uri": bad}}})
     with pytest.raises(ValueError, match=r"^<dict>: tracking\.mlflow\.tracking_uri: sqlite:"):
         tracking.start(cfg, tmp_path / "results", "/exp/u", resume=False)
@@ -203,14 +205,14 @@ def test_an_unusable_tracking_uri_fails_up_front_and_later_failures_only_warn(tm
 def test_console_names_the_server_page_for_a_tracking_server():
     from hytver_dist.sweep.tracking import console_lines
 
-    cfg = load_config({"name": "srv", "tracking": {"mlflow": {
+    cfg = SweepConfig.load({"name": "srv", "tracking": {"mlflow": {
         "enabled": True, "tracking_uri": "http://mlflow.lab:5000/"}}})
     store = {"tracking_uri": "http://mlflow.lab:5000/", "experiment_id": "7",
              "parent_run_id": "abc", "experiment_name": "srv"}
     assert console_lines(cfg, "/shared/results/srv", store) == [
         "TensorBoard: tensorboard --logdir /shared/results/srv",
         "MLflow: http://mlflow.lab:5000/#/experiments/7/runs/abc"]
-    cfg = load_config({"name": "srv", "tracking": {"tensorboard": False}})
+    cfg = SweepConfig.load({"name": "srv", "tracking": {"tensorboard": False}})
     assert console_lines(cfg, "/x/srv", None) == []
 
 
@@ -320,7 +322,7 @@ def test_mlflow_on_a_cluster_whose_trials_run_on_worker_nodes(cluster, cache_dir
     """Head without CPUs, trials on two worker nodes: the driver on the head logs it all (the
     tracking store here is a SQLite file on storage only the head needs to see)."""
     db = tmp_path / "shared" / "mlflow.db"
-    cfg = load_config(sweep_dict("cluster-mlflow", tmp_path / "storage", tracking={
+    cfg = SweepConfig.load(sweep_dict("cluster-mlflow", tmp_path / "storage", tracking={
         "mlflow": {"enabled": True, "tracking_uri": f"sqlite:///{db}",
                    "experiment_name": "lab"}}))
     run_sweep(cfg, address=cluster.address, cache_dir=str(cache_dir), verbose=0)

@@ -15,7 +15,7 @@ import yaml
 from config_helpers import tiny_run
 
 from hytver_dist.run import evaluate, train, train_cli
-from hytver_dist.run.config import load_config
+from hytver_dist.run.config import RunConfig
 from hytver_dist.run.prepare import prepare_data
 
 CONFIG = tiny_run()
@@ -28,18 +28,18 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(cache):
-    return prepare_data(load_config(CONFIG).data, cache_dir=cache)
+    return prepare_data(RunConfig.load(CONFIG).data, cache_dir=cache)
 
 
 def spec(loss="hytver", seed=0, **params):
-    return train.RunSpec.from_config(load_config(CONFIG), loss, seed, params)
+    return train.RunSpec.from_config(RunConfig.load(CONFIG), loss, seed, params)
 
 
 def test_prepare_data_splits_and_caches(data, cache):
     s = data.split
     assert (len(s.train), len(s.val), len(s.test)) == (3, 1, 1)
     assert not set(s.train) & (set(s.val) | set(s.test))
-    again = prepare_data(load_config(CONFIG).data, cache_dir=cache)
+    again = prepare_data(RunConfig.load(CONFIG).data, cache_dir=cache)
     assert again.split == data.split and again.root == data.root
     assert len(list(cache.glob("synth-*"))) == 1  # generated once, reused
 

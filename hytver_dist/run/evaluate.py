@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,13 +25,10 @@ from .. import metrics
 from ..data import PreprocessedCase, load_case, save_mask, to_original_grid
 from ..metrics import surface
 from ..model import CheckpointError, build_model, load_checkpoint
-from .config import ConfigError, ModelConfig, TrainingConfig, add_override_argument, load_config
+from .config import ConfigError, ModelConfig, RunConfig, TrainingConfig, add_override_argument
 from .inference import sliding_window_predict, sliding_window_probabilities
 from .prepare import DatasetInfo, PreparedData, prepare_data
 from .train import case_image, class_masks, hard_prediction, patch_edge
-
-if TYPE_CHECKING:
-    from .config import Config
 
 
 def predict_case(model: nn.Module, case: PreprocessedCase, training: TrainingConfig, *,
@@ -193,7 +190,7 @@ def load_trained(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, 
     return model.to(device).eval(), payload
 
 
-def run_config(run_file: Path, overrides: list[str]) -> tuple[Config, dict[str, Any]]:
+def run_config(run_file: Path, overrides: list[str]) -> tuple[RunConfig, dict[str, Any]]:
     """The config stored in a run's ``run.json`` (with ``--set`` overrides), and the file's
     content; errors name the file and exit."""
     if not run_file.is_file():
@@ -201,7 +198,7 @@ def run_config(run_file: Path, overrides: list[str]) -> tuple[Config, dict[str, 
                          "hytver_dist.train?)")
     run = json.loads(run_file.read_text())
     try:
-        return load_config(run["config"], overrides, source=str(run_file)), run
+        return RunConfig.load(run["config"], overrides, source=str(run_file)), run
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
 

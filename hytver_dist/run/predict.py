@@ -24,7 +24,6 @@ import io
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -42,12 +41,9 @@ from ..data import (
 )
 from ..metrics import label_lesions, min_lesion_size_voxels
 from ..model import CheckpointError
-from .config import ConfigError, add_override_argument, load_config
+from .config import ConfigError, RunConfig, add_override_argument
 from .evaluate import load_trained, predict_case, run_config, save_prediction
 from .prepare import preprocess_config
-
-if TYPE_CHECKING:
-    from .config import Config
 
 # The network input built from a case's two scans (hytver_dist.run.train.case_image):
 # baseline, follow-up and their difference.
@@ -120,7 +116,7 @@ def lesion_row(case_id: str, mask: np.ndarray, spacing: tuple[float, float, floa
             "predicted_volume_mm3": float(np.count_nonzero(mask)) * voxel_mm3}
 
 
-def predict_cases(model: nn.Module, cases: list[CaseFiles], cfg: Config, out: Path, *,
+def predict_cases(model: nn.Module, cases: list[CaseFiles], cfg: RunConfig, out: Path, *,
                   overlap: float | None = None, model_file: str | Path = "the model"
                   ) -> pd.DataFrame:
     """Masks of ``cases`` as ``<out>/<case>.nii.gz`` and their lesion table, also written to
@@ -185,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--config with the sweep file the model was trained with")
     else:
         try:
-            cfg = load_config(args.config, args.overrides)
+            cfg = RunConfig.load(args.config, args.overrides)
         except ConfigError as exc:
             raise SystemExit(f"error: {exc}") from None
     try:

@@ -23,7 +23,7 @@ from ..data.io import _check_same_grid
 from ..data.nnunet import SUPPORTED_ENDINGS, NnunetCase
 from ..data.nnunet_prep import apply_ct_statistics, preprocess_nnunet
 from ..metrics import label_lesions, min_lesion_size_voxels
-from .config import Config
+from .config import RunConfig
 from .evaluate import predict_labels, save_label_map
 from .prepare import DatasetInfo, preprocess_config
 from .train import RunSpec, output_activation
@@ -65,7 +65,7 @@ def _load(case: str, paths: list[Path]) -> NnunetCase:
     return NnunetCase(case, np.stack(volumes), None, ref_affine, spacing)  # type: ignore[arg-type]
 
 
-def predict_nnunet(model: nn.Module, payload: dict[str, Any], cfg: Config, scans: Path,
+def predict_nnunet(model: nn.Module, payload: dict[str, Any], cfg: RunConfig, scans: Path,
                    out: Path, *, overlap: float | None = None) -> pd.DataFrame:
     """Label maps of the cases in ``scans`` as ``<out>/<case>.nii.gz`` and a table of each
     class's (or region's) predicted lesions and volume, also ``<out>/predictions.csv``."""

@@ -22,7 +22,7 @@ import torch
 
 from ..files import exists, is_uri, read_bytes
 from ..model import CheckpointError, load_weights_only, save_atomic
-from .config import Config
+from .config import RunConfig
 from .prepare import PreparedData
 from .train import RunSpec, model_kwargs, train_loop
 
@@ -35,7 +35,7 @@ _NEW_DATA_KEYS = {"format": "auto", "synthetic.classes": 3, "synthetic.regions":
                   "split.file": None, "split.fold": None}
 
 
-def _data_key(cfg: Config) -> dict:
+def _data_key(cfg: RunConfig) -> dict:
     data = cfg.data.model_dump(mode="json", exclude={"path"})
     for dotted, default in _NEW_DATA_KEYS.items():
         *parents, leaf = dotted.split(".")
@@ -47,7 +47,7 @@ def _data_key(cfg: Config) -> dict:
     return data
 
 
-def pretrain_key(cfg: Config, data: PreparedData) -> str:
+def pretrain_key(cfg: RunConfig, data: PreparedData) -> str:
     """16 hex digits of a hash of what determines the pretrained weights."""
     assert cfg.pretrain is not None
     what = {
@@ -69,7 +69,7 @@ def pretrain_key(cfg: Config, data: PreparedData) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def pretrain_spec(cfg: Config) -> RunSpec:
+def pretrain_spec(cfg: RunConfig) -> RunSpec:
     """The run spec of the pretraining stage (no checkpoints: it is short and stored once)."""
     p = cfg.pretrain
     assert p is not None
@@ -109,7 +109,7 @@ def open_init(init: str | None) -> str | dict[str, Any] | None:
     return load_state(init) if init is not None and is_uri(init) else init
 
 
-def run_pretrain(cfg: Config, data: PreparedData, device: torch.device | str, *,
+def run_pretrain(cfg: RunConfig, data: PreparedData, device: torch.device | str, *,
                  wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
                  ) -> dict[str, Any]:
     """Train the stage; returns the payload stored by :func:`save` (best weights + facts)."""
@@ -120,7 +120,7 @@ def run_pretrain(cfg: Config, data: PreparedData, device: torch.device | str, *,
             "best_iteration": result.best_iteration}
 
 
-def ensure_local(cfg: Config, data: PreparedData, storage: str,
+def ensure_local(cfg: RunConfig, data: PreparedData, storage: str,
                  device: torch.device | str = "cpu") -> tuple[str, bool]:
     """(weights URI, reused?) of the config's stage, trained in this process when missing."""
     uri = model_uri(storage, pretrain_key(cfg, data))

@@ -31,11 +31,7 @@ from .. import metrics
 from ..data import PatchConfig, PatchSampler, PreprocessedCase
 from ..losses import get_loss
 from ..model import build_model, load_pretrained
-from .config import (
-    Config,
-    ModelConfig,
-    TrainingConfig,
-)
+from .config import ModelConfig, RunConfig, TrainingConfig
 from .inference import foreground, sliding_window_predict
 from .prepare import MSSEG2, AnyCase, DatasetInfo, PreparedData
 
@@ -54,7 +50,7 @@ class RunSpec:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     @classmethod
-    def from_config(cls, cfg: Config, loss: str, seed: int,
+    def from_config(cls, cfg: RunConfig, loss: str, seed: int,
                     loss_params: dict[str, Any] | None = None) -> RunSpec:
         return cls(loss, int(seed), dict(loss_params or {}), cfg.model, cfg.training)
 

@@ -23,7 +23,7 @@ import torch
 from ..files import normalize
 from ..losses import get_loss
 from ..model import CheckpointError, load_checkpoint, save_atomic
-from .config import ConfigError, add_override_argument, load_config
+from .config import ConfigError, RunConfig, add_override_argument
 from .prepare import prepare_data
 from .pretrain import ensure_local, open_init
 from .train import RunSpec, train_loop
@@ -82,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_checkpoint:
         args.overrides.append(f"model.init_checkpoint={args.init_checkpoint}")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = RunConfig.load(args.config, args.overrides)
         if args.iterations is not None:
             every = min(cfg.training.eval_every, args.iterations)
-            cfg = load_config(args.config, [*args.overrides,
-                                            f"training.iterations={args.iterations}",
-                                            f"training.eval_every={every}",
-                                            f"training.checkpoint_every={every}"])
+            cfg = RunConfig.load(args.config, [*args.overrides,
+                                             f"training.iterations={args.iterations}",
+                                             f"training.eval_every={every}",
+                                             f"training.checkpoint_every={every}"])
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     spec = RunSpec.from_config(cfg, args.loss, args.seed, _parse_params(args.param))

@@ -42,8 +42,9 @@ from typing import Any
 
 from ..files import normalize, write_text
 from ..report.build import CURVES_FILE, SWEEP_FACTS_FILE, unrepeated_rows
-from ..run.config import Config, ConfigError, add_override_argument, json_schema, load_config
+from ..run.config import ConfigError, RunConfig, add_override_argument
 from . import tracking, trial_files
+from .config import ResourcesConfig, SweepConfig, json_schema
 from .lock import SweepRunning, sweep_lock
 from .progress import final_summary, make_callback, ray_output_to
 from .ray_compat import set_local_env, started_cluster_address
@@ -69,6 +70,7 @@ def train_worker(config: dict[str, Any]) -> None:
     from ..run.prepare import prepare_data
     from ..run.pretrain import open_init
 
+    cfg: RunConfig = config["run"]
     seeds = [int(s) for s in config["seeds"]]
     out = trial_files.run_dir(config["storage"], config["trial_id"])
     # A trial restarted after its work was done (the driver died between the final report and
@@ -77,7 +79,6 @@ def train_worker(config: dict[str, Any]) -> None:
     if stored is not None:
         ray.train.report({**stored, "final_from_storage": 1})
         return
-    cfg = load_config(config["sweep"])
     data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
                         cache_dir=config.get("cache_dir"))
     # A checkpoint belongs to the seed being trained when it was written; the seeds before it
@@ -114,7 +115,7 @@ def train_worker(config: dict[str, Any]) -> None:
     ray.train.report(metrics)
 
 
-def _train_one_seed(config: dict[str, Any], cfg: Config, data: Any, seed: int, index: int,
+def _train_one_seed(config: dict[str, Any], cfg: RunConfig, data: Any, seed: int, index: int,
                     resume: dict[str, Any] | None, init: Any, out: str,
                     written: Any) -> tuple[dict[str, Any], Any]:
     """Train one seed of the trial, evaluate it on the test cases and write them with
@@ -191,11 +192,10 @@ def _gather(world: int, obj: Any) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------- trial side
-def scaling_and_failure(cfg: Config) -> tuple[Any, Any]:
+def scaling_and_failure(r: ResourcesConfig) -> tuple[Any, Any]:
     """The ``ScalingConfig`` and ``FailureConfig`` of every Train run of the sweep."""
     import ray.train
 
-    r = cfg.resources
     per_worker = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
         per_worker["GPU"] = r.gpus_per_worker
@@ -205,23 +205,22 @@ def scaling_and_failure(cfg: Config) -> tuple[Any, Any]:
                                     controller_failure_limit=r.controller_failure_limit))
 
 
-def run_trial(config: dict[str, Any], sweep: dict[str, Any], storage: str,
+def run_trial(config: dict[str, Any], run: RunConfig, resources: ResourcesConfig, storage: str,
               data_dir: str | None, cache_dir: str | None, init: str | None = None) -> None:
     """One Tune trial = one Train run (the driver of its worker group), training the trial's
-    seeds one after another on the same workers."""
+    seeds one after another on the same workers, each of which receives ``run``."""
     import ray.train
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .ray_compat import torch_trainer_class
 
-    cfg = load_config(sweep)
     spec = trial_spec(config)
-    scaling, failure = scaling_and_failure(cfg)
+    scaling, failure = scaling_and_failure(resources)
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = torch_trainer_class()(
         train_worker,
-        train_loop_config={"sweep": sweep, "loss": spec.loss, "seeds": list(spec.seeds),
+        train_loop_config={"run": run, "loss": spec.loss, "seeds": list(spec.seeds),
                            "loss_params": spec.params, "data_dir": data_dir,
                            "cache_dir": cache_dir, "storage": storage, "trial_id": trial_id,
                            "init": init},
@@ -242,12 +241,12 @@ def trial_name(trial: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- driver side
-def storage_root(cfg: Config) -> str:
+def storage_root(cfg: RunConfig) -> str:
     """Absolute local path or URI where Tune and Train keep experiment state."""
     return normalize(cfg.storage.path)
 
 
-def connect(address: str | None, cfg: Config, num_cpus: int | None) -> dict[str, Any]:
+def connect(address: str | None, cfg: SweepConfig, num_cpus: int | None) -> dict[str, Any]:
     """Join ``address`` (or a running cluster), else start an embedded local Ray that declares
     the driver resource. Returns info for the user (mode, dashboard URL)."""
     import ray
@@ -288,7 +287,7 @@ def cluster_resources() -> dict[str, float]:
     return have
 
 
-def check_worker_fits(cfg: Config) -> None:
+def check_worker_fits(cfg: SweepConfig) -> None:
     """Fail fast when no single node (running, or a ``ray up`` node type) can host one Train
     worker: totals alone miss e.g. ``cpus_per_worker: 2`` on 1-CPU nodes, which would otherwise
     wait out Train's worker-group start timeout on every retry."""
@@ -317,7 +316,7 @@ class SweepFailed(RuntimeError):
     """No trial of the sweep finished (all failed or were stopped); ``main`` exits 1."""
 
 
-def _failure_summary(cfg: Config, results_dir: Path) -> str:
+def _failure_summary(cfg: SweepConfig, results_dir: Path) -> str:
     """One line per trial that did not finish, from the status files just written."""
     lines = []
     for path in sorted((results_dir / "trials").glob("*/status.json")):
@@ -327,7 +326,7 @@ def _failure_summary(cfg: Config, results_dir: Path) -> str:
             f"(statuses in {results_dir / 'trials'}):\n" + "\n".join(lines))
 
 
-def unfinished_trials(cfg: Config, experiment: str, grid: Any) -> int:
+def unfinished_trials(cfg: SweepConfig, experiment: str, grid: Any) -> int:
     """Trials that an interrupt (SIGINT/Ctrl-C, SIGUSR1) left unfinished, 0 for a complete run.
 
     Tune returns normally after an interrupt and, cleaning up, marks its live trials
@@ -452,7 +451,7 @@ def _short_error(error: BaseException | str) -> str:
     return (lines[-1] if lines else repr(error))[:500]
 
 
-def _preflight(cfg: Config, data_dir: str | None, root: str) -> None:
+def _preflight(cfg: SweepConfig, data_dir: str | None, root: str) -> None:
     """Bad paths fail here, naming the path, before Ray starts or any trial is scheduled."""
     from .preflight import check_data_dir, check_storage
 
@@ -472,7 +471,7 @@ def write_sweep_facts(results_dir: Path, facts: dict[str, Any]) -> None:
                                                                        default=str))
 
 
-def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experiment: str,
+def _run_tuner(cfg: SweepConfig, info: dict[str, Any], out: Any, root: str, experiment: str,
                results_dir: Path, init: str | None, data_dir: str | None,
                cache_dir: str | None, restore: bool, retry_errored: bool,
                callbacks: Sequence[Any], verbose: int, log_path: Path,
@@ -504,10 +503,10 @@ def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experimen
         # Prepared here once (synthetic data generated, volumes cached) before any worker.
         data = prepare_data(cfg.data, data_dir=data_dir, cache_dir=cache_dir)
         facts["data_s"] = time.perf_counter() - t0
-        scaling, failure = scaling_and_failure(cfg)
+        scaling, failure = scaling_and_failure(cfg.resources)
         say(f"pretraining ({cfg.pretrain.loss}, {cfg.pretrain.iterations} iterations) ...")
         t0 = time.perf_counter()
-        init, reused = ensure_on_ray(cfg, data, root, data_dir=data_dir, cache_dir=cache_dir,
+        init, reused = ensure_on_ray(cfg.run, data, root, data_dir=data_dir, cache_dir=cache_dir,
                                      scaling=scaling, failure=failure)
         facts["pretrain_s"] = time.perf_counter() - t0
         took = "reused" if reused else f"{facts['pretrain_s']:.0f} s"
@@ -517,8 +516,8 @@ def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experimen
     say(f"up to {kwargs['max_concurrent_trials']} trials at a time; experiment state in "
         f"{experiment}")
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=cfg.to_dict(), storage=root, data_dir=data_dir,
-                             cache_dir=cache_dir, init=init),
+        tune.with_parameters(run_trial, run=cfg.run, resources=cfg.resources, storage=root,
+                             data_dir=data_dir, cache_dir=cache_dir, init=init),
         {cfg.resources.driver_resource: 1})
     out.flush()
     progress = make_callback(total, cfg.search.metric, cfg.search.mode, out.fileno())
@@ -552,7 +551,7 @@ def _run_tuner(cfg: Config, info: dict[str, Any], out: Any, root: str, experimen
     return {**facts, "unfinished": unfinished, "ok": ok, "failed": failed}
 
 
-def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = None,
+def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | None = None,
               resume: bool = False, retry_errored: bool = False, data_dir: str | None = None,
               cache_dir: str | None = None, num_cpus: int | None = None,
               callbacks: Sequence[Any] = (), verbose: int = 0) -> Path | None:
@@ -568,10 +567,10 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
     when another process runs the same sweep (same storage and name).
     """
     if storage is not None:
-        cfg.storage.path = storage
+        cfg = cfg.with_value("storage.path", storage)
     if cfg.data.path is not None and "://" not in cfg.data.path:
         # Workers run in other directories (and on other nodes): resolve here, once.
-        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+        cfg = cfg.with_value("data.path", str(Path(cfg.data.path).expanduser().resolve()))
     root = storage_root(cfg)
     experiment = f"{root.rstrip('/')}/{cfg.name}"
     # Per-case CSVs are written by this driver, so they need a local (or mounted) path.
@@ -579,7 +578,8 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
                        else Path("results") / cfg.name / "results").resolve()
     init = cfg.model.init_checkpoint
     if init is not None and "://" not in init:
-        init = cfg.model.init_checkpoint = str(Path(init).expanduser().resolve())
+        init = str(Path(init).expanduser().resolve())
+        cfg = cfg.with_value("model.init_checkpoint", init)
         if not Path(init).is_file():
             raise FileNotFoundError(f"{cfg.source}: model.init_checkpoint: {init} not found")
     _preflight(cfg, data_dir, root)  # before resolving: "" must fail, not become the cwd
@@ -593,7 +593,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, storage: str | None = 
                            verbose=verbose)
 
 
-def _run_locked(cfg: Config, root: str, experiment: str, results_dir: Path, init: str | None,
+def _run_locked(cfg: SweepConfig, root: str, experiment: str, results_dir: Path, init: str | None,
                 *, address: str | None, resume: bool, retry_errored: bool,
                 data_dir: str | None, cache_dir: str | None, num_cpus: int | None,
                 callbacks: Sequence[Any], verbose: int) -> Path | None:
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(json_schema(), indent=2))
         return 0
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = SweepConfig.load(args.config, args.overrides)
         run_sweep(cfg, address=args.address, storage=args.storage, resume=args.resume,
                   retry_errored=args.retry_errored, data_dir=args.data, cache_dir=args.cache,
                   num_cpus=args.num_cpus, verbose=args.verbose)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..files import exists
-from ..run.config import Config
+from ..run.config import RunConfig
 from ..run.prepare import PreparedData
 from ..run.pretrain import model_uri, pretrain_key, run_pretrain, save
 
@@ -17,10 +17,9 @@ def _pretrain_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from ..run.config import load_config
     from ..run.prepare import prepare_data
 
-    cfg = load_config(config["sweep"])
+    cfg: RunConfig = config["run"]
     data = prepare_data(cfg.data, data_dir=config.get("data_dir"),
                         cache_dir=config.get("cache_dir"))
     payload = run_pretrain(cfg, data, ray.train.torch.get_device(),
@@ -31,7 +30,7 @@ def _pretrain_worker(config: dict[str, Any]) -> None:
                       "best_iteration": payload["best_iteration"]})
 
 
-def ensure_on_ray(cfg: Config, data: PreparedData, storage: str, *, data_dir: str | None,
+def ensure_on_ray(cfg: RunConfig, data: PreparedData, storage: str, *, data_dir: str | None,
                   cache_dir: str | None, scaling: Any, failure: Any) -> tuple[str, bool]:
     """(weights URI, reused?) of the config's stage, run as one Ray Train run with the trials'
     ``scaling`` (``ray.train.ScalingConfig``) when the storage does not hold it yet."""
@@ -45,7 +44,7 @@ def ensure_on_ray(cfg: Config, data: PreparedData, storage: str, *, data_dir: st
         return uri, True
     torch_trainer_class()(
         _pretrain_worker,
-        train_loop_config={"sweep": cfg.to_dict(), "uri": uri, "data_dir": data_dir,
+        train_loop_config={"run": cfg, "uri": uri, "data_dir": data_dir,
                            "cache_dir": cache_dir},
         scaling_config=scaling,
         run_config=ray.train.RunConfig(name=f"pretrain-{key}", storage_path=storage,

@@ -1,5 +1,5 @@
 """Ray Tune glue: the search space, search algorithm, scheduler, resources and concurrency of a
-sweep, built from its validated :class:`hytver_dist.run.config.Config`.
+sweep, built from its validated :class:`hytver_dist.sweep.config.SweepConfig`.
 
 Search-space design (why not ``tune.sample_from``): :func:`build_arms` expands the per-loss
 hyperparameters into *arms* (one loss + one concrete hyperparameter dict) and
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from ..run.config import Config, ParamSpec
+from .config import ParamSpec, SweepConfig
 
 
 def sample(spec: ParamSpec, rng: random.Random) -> Any:
@@ -75,7 +75,7 @@ def trial_spec(config: Mapping[str, Any]) -> TrialSpec:
                      params)
 
 
-def build_arms(cfg: Config) -> list[dict[str, Any]]:
+def build_arms(cfg: SweepConfig) -> list[dict[str, Any]]:
     """One dict per (loss, concrete hyperparameter set): ``{"id", "loss", "loss_params"}``.
 
     Per loss: the cartesian product of its grid hyperparameters; when it also has
@@ -102,14 +102,14 @@ def build_arms(cfg: Config) -> list[dict[str, Any]]:
     return arms
 
 
-def count_trials(cfg: Config) -> int:
+def count_trials(cfg: SweepConfig) -> int:
     """Trials the sweep runs: seed groups x arms (random search) or num_samples (Optuna)."""
     if cfg.search.search_alg == "optuna":
         return cfg.search.num_samples
     return len(cfg.search.seed_groups) * len(build_arms(cfg))
 
 
-def build_param_space(cfg: Config) -> dict[str, Any]:
+def build_param_space(cfg: SweepConfig) -> dict[str, Any]:
     """Ray Tune ``param_space``: ``grid_search`` over seed group x arm (module docstring).
 
     With ``search_alg: optuna`` it is ``{}``: the space lives in :func:`build_search_alg`
@@ -125,7 +125,7 @@ def build_param_space(cfg: Config) -> dict[str, Any]:
     }
 
 
-def optuna_space(cfg: Config) -> Callable[[Any], dict[str, Any]]:
+def optuna_space(cfg: SweepConfig) -> Callable[[Any], dict[str, Any]]:
     """Define-by-run space for OptunaSearch: loss and seed categorical, then only that loss's
     hyperparameters. Suggested names are ``hp/<loss>/<name>`` (distinct per loss, because Optuna
     refuses one name with two distributions); the returned ``arm/...`` keys give the same
@@ -153,7 +153,7 @@ def optuna_space(cfg: Config) -> Callable[[Any], dict[str, Any]]:
     return space
 
 
-def build_search_alg(cfg: Config) -> Any:
+def build_search_alg(cfg: SweepConfig) -> Any:
     """None for random search (Tune's grid/variant generator), an OptunaSearch otherwise."""
     if cfg.search.search_alg != "optuna":
         return None
@@ -171,7 +171,7 @@ def build_search_alg(cfg: Config) -> Any:
     )
 
 
-def build_scheduler(cfg: Config) -> Any:
+def build_scheduler(cfg: SweepConfig) -> Any:
     """ASHAScheduler for ``scheduler.type: asha``, else None (FIFO).
 
     Early stopping needs Ray's dashboard running: Ray Train frees a stopped trial's placement
@@ -197,7 +197,7 @@ def build_scheduler(cfg: Config) -> Any:
 # ----------------------------------------------------------------------------- resources
 
 
-def trial_resources(cfg: Config) -> dict[str, float]:
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
     """Everything one trial holds: its driver's custom resource plus its worker group."""
     r = cfg.resources
     need = {r.driver_resource: 1.0, "CPU": r.num_workers * r.cpus_per_worker}
@@ -206,7 +206,7 @@ def trial_resources(cfg: Config) -> dict[str, float]:
     return need
 
 
-def max_concurrent_trials(cfg: Config, cluster_resources: Mapping[str, float]) -> int:
+def max_concurrent_trials(cfg: SweepConfig, cluster_resources: Mapping[str, float]) -> int:
     """Trials that can run at once on a cluster with these total resources.
 
     ``cluster_resources`` is e.g. ``ray.cluster_resources()`` or :func:`cluster_capacity` (an
@@ -267,7 +267,7 @@ def cluster_capacity(cluster_config: str | Path | Mapping[str, Any]) -> dict[str
 
 
 def tune_config_kwargs(
-    cfg: Config, cluster_resources: Mapping[str, float]
+    cfg: SweepConfig, cluster_resources: Mapping[str, float]
 ) -> dict[str, Any]:
     """Keyword arguments for ``ray.tune.TuneConfig`` (metric, mode, samples, search, limit)."""
     return {

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require_extra
-from ..run.config import Config, ConfigError
+from ..run.config import ConfigError
+from .config import SweepConfig
 from .mlflow_runs import (
     STORE_DIR,
     client,
@@ -47,7 +48,7 @@ TEST_MARKER = "test_dice_mean"  # present on a trial's run once its test summary
 
 
 # ----------------------------------------------------------------------------- before Ray
-def check_installed(cfg: Config) -> None:
+def check_installed(cfg: SweepConfig) -> None:
     """``tracking.mlflow.enabled`` without mlflow fails here, before Ray starts, naming the
     extra."""
     if not cfg.tracking.mlflow.enabled:
@@ -58,14 +59,15 @@ def check_installed(cfg: Config) -> None:
         raise ConfigError(f"{cfg.source}: tracking.mlflow.enabled: {exc}") from None
 
 
-def tracking_uri(cfg: Config, results_dir: Path) -> str:
+def tracking_uri(cfg: SweepConfig, results_dir: Path) -> str:
     """The configured URI, or a SQLite file under the results folder (MLflow 3 refuses its
     plain-directory store unless MLFLOW_ALLOW_FILE_STORE is set)."""
     return cfg.tracking.mlflow.tracking_uri or \
         f"sqlite:///{Path(results_dir).resolve() / STORE_DIR / 'mlflow.db'}"
 
 
-def start(cfg: Config, results_dir: Path, experiment: str, resume: bool) -> dict[str, Any] | None:
+def start(cfg: SweepConfig, results_dir: Path, experiment: str,
+          resume: bool) -> dict[str, Any] | None:
     """Open (or, resuming, reopen) the sweep's parent run and write the run store the trial
     callback reads; returns the store (None when MLflow is off). Raises ValueError naming the
     key when the tracking URI cannot be used."""
@@ -126,7 +128,7 @@ def _experiment(mc: Any, name: str, uri: str, results_dir: Path) -> str:
     return exp.experiment_id
 
 
-def sweep_params(cfg: Config) -> dict[str, Any]:
+def sweep_params(cfg: SweepConfig) -> dict[str, Any]:
     s, t = cfg.search, cfg.training
     return {"sweep": cfg.name, "losses": ",".join(s.losses), "seeds": ",".join(map(str, s.seeds)),
             "seeds_per_trial": s.seeds_per_trial, "search_alg": s.search_alg,
@@ -136,7 +138,7 @@ def sweep_params(cfg: Config) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- on Ray
-def console_lines(cfg: Config, experiment: str, store: dict[str, Any] | None) -> list[str]:
+def console_lines(cfg: SweepConfig, experiment: str, store: dict[str, Any] | None) -> list[str]:
     """What to run to watch the sweep in TensorBoard and MLflow."""
     out = []
     if cfg.tracking.tensorboard:
@@ -152,7 +154,7 @@ def console_lines(cfg: Config, experiment: str, store: dict[str, Any] | None) ->
     return out
 
 
-def callbacks(cfg: Config, results_dir: Path) -> list[Any]:
+def callbacks(cfg: SweepConfig, results_dir: Path) -> list[Any]:
     """Tune callbacks of a new sweep: the MLflow trial logger (always there, idle while the
     run store says MLflow is off, so a resume can turn it on) and, with ``tensorboard:
     false``, the logger that keeps Tune from adding its TensorBoard one."""

@@ -1,8 +1,7 @@
 """The ``tracking:`` section of a sweep file: MLflow runs and TensorBoard event files.
 
-Self-contained (pydantic only) so that whichever module holds the sweep's config model adds it
-with one field: ``tracking: TrackingConfig = Field(default_factory=TrackingConfig)``. What the
-keys do is in :mod:`hytver_dist.sweep.tracking` and ``docs/sweeps.md``.
+A field of :class:`hytver_dist.sweep.config.SweepConfig`; what the keys do is in
+:mod:`hytver_dist.sweep.tracking` and ``docs/sweeps.md``.
 """
 
 from __future__ import annotations
@@ -10,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+
+from ..run.config import Section
 
 # A URI names its store by its scheme: http(s)://, sqlite:///, postgresql://, file:///, ...
 URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -23,8 +24,8 @@ def _tag_value(v: Any) -> Any:
     return v
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+class _Section(Section):  # unknown keys are errors, validated sections frozen
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
 
 class MlflowConfig(_Section):
