@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data import DataError, discover_cases
 from ..data.io import load_case
+from ..files import is_uri
 
 
 def check_data_dir(path: str | Path | None, flag: str = "--data") -> None:
@@ -16,7 +17,7 @@ def check_data_dir(path: str | Path | None, flag: str = "--data") -> None:
     ``None`` (synthetic data, generated later) and URIs pass. A case is readable when all its
     volumes load; reading stops at the first one, so a large dataset costs one case.
     """
-    if path is None or "://" in str(path):
+    if path is None or is_uri(path):
         return
     if not str(path).strip():
         raise DataError(f"{flag}: empty path")
@@ -41,7 +42,7 @@ def check_data_dir(path: str | Path | None, flag: str = "--data") -> None:
 def check_storage(path: str) -> None:
     """Refuse a local storage path that cannot be created or written (URIs are Ray's to
     check: their credentials may exist only on the cluster)."""
-    if "://" in path:
+    if is_uri(path):
         return
     root = Path(path).expanduser()
     try:
