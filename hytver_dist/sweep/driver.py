@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import normalize, write_text
+from ..files import is_uri, normalize, write_text
 from ..report.build import CURVES_FILE, SWEEP_FACTS_FILE, unrepeated_rows
 from ..run.config import ConfigError, RunConfig, add_override_argument
 from . import tracking, trial_files
@@ -568,16 +568,16 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, storage: str | No
     """
     if storage is not None:
         cfg = cfg.with_value("storage.path", storage)
-    if cfg.data.path is not None and "://" not in cfg.data.path:
+    if cfg.data.path is not None and not is_uri(cfg.data.path):
         # Workers run in other directories (and on other nodes): resolve here, once.
         cfg = cfg.with_value("data.path", str(Path(cfg.data.path).expanduser().resolve()))
     root = storage_root(cfg)
     experiment = f"{root.rstrip('/')}/{cfg.name}"
     # Per-case CSVs are written by this driver, so they need a local (or mounted) path.
-    results_dir = Path(cfg.results_dir if "://" not in cfg.results_dir
+    results_dir = Path(cfg.results_dir if not is_uri(cfg.results_dir)
                        else Path("results") / cfg.name / "results").resolve()
     init = cfg.model.init_checkpoint
-    if init is not None and "://" not in init:
+    if init is not None and not is_uri(init):
         init = str(Path(init).expanduser().resolve())
         cfg = cfg.with_value("model.init_checkpoint", init)
         if not Path(init).is_file():

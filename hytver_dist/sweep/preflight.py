@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data import DataError, discover_cases
 from ..data.io import load_case
+from ..files import is_uri
 
 
 def check_data_dir(path: str | Path | None, flag: str = "--data",
@@ -18,7 +19,7 @@ def check_data_dir(path: str | Path | None, flag: str = "--data",
     volumes load; reading stops at the first one, so a large dataset costs one case.
     ``data_format`` nnunet: ``dataset.json`` and the file list are validated in full too.
     """
-    if path is None or "://" in str(path):
+    if path is None or is_uri(path):
         return
     if not str(path).strip():
         raise DataError(f"{flag}: empty path")
@@ -49,7 +50,7 @@ def check_data_dir(path: str | Path | None, flag: str = "--data",
 def check_storage(path: str) -> None:
     """Refuse a local storage path that cannot be created or written (URIs are Ray's to
     check: their credentials may exist only on the cluster)."""
-    if "://" in path:
+    if is_uri(path):
         return
     root = Path(path).expanduser()
     try:
