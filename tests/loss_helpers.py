@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 
 
@@ -26,3 +30,12 @@ def kernel_names(prof) -> list[str]:
     """The CUDA kernels a profiler (CPU and CUDA activities) saw, memcpy / memset excluded."""
     return [e.name for e in prof.events() if e.device_type.name == "CUDA"
             and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
+
+
+def run_cuda_subprocess(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (``-X faulthandler``) from the repository root: a
+    device-side assertion poisons the CUDA context, and a crash then names its test instead of
+    taking the suite down."""
+    return subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
+                          capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

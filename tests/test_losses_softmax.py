@@ -11,14 +11,11 @@ CUDA tests are marked ``cuda`` and run only where a GPU is visible.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_helpers import capture_loss_step, kernel_names
+from loss_helpers import capture_loss_step, kernel_names, run_cuda_subprocess
 
 from hytver_dist import ops
 from hytver_dist.losses import LOSSES, get_loss
@@ -507,8 +504,7 @@ def test_cuda_invalid_target_is_a_device_assert_in_a_subprocess(target, message)
         "    print('error:', exc, flush=True)\n"
         "print('no error')\n"
     )
-    res = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True,
-                         text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    res = run_cuda_subprocess(code)
     out = res.stdout + res.stderr
     assert "launched" in res.stdout and "error:" in res.stdout, out
     assert "device-side assert" in out and message in out, out

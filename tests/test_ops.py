@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from loss_helpers import capture_loss_step, kernel_names
+from loss_helpers import capture_loss_step, kernel_names, run_cuda_subprocess
 
 from hytver_dist import ops
 
@@ -812,13 +812,6 @@ def test_cuda_graph_captures_the_loss_step(name):
         torch.testing.assert_close(static_grad, xe.grad)
 
 
-def _run_cuda_subprocess(code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter: a device-side assertion poisons the CUDA context, and
-    on some torch builds a C++ exception thrown from a CUDA op crashed the process."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
-
-
 @cuda
 @requires_cuda
 def test_cuda_loss_op_errors_name_the_problem_in_a_subprocess():
@@ -835,17 +828,21 @@ def test_cuda_loss_op_errors_name_the_problem_in_a_subprocess():
         "    torch.ops.hytver.loss(x, x, 'dice', [1.0], False, True)\n"
         "print('errors ok')\n"
     )
-    res = _run_cuda_subprocess(code)
+    res = run_cuda_subprocess(code)
     assert res.returncode == 0 and "errors ok" in res.stdout, res.stdout + res.stderr
 
 
 @cuda
 @requires_cuda
-@pytest.mark.parametrize("kind,target", [("hytver", "2.0"), ("hytver", "float('nan')"),
-                                         ("dice_pp", "0.5")])
-def test_cuda_invalid_target_stops_on_the_device(kind, target):
+@pytest.mark.parametrize("kind,target,message", [
+    ("hytver", "2.0", "target values must lie in [0, 1]"),
+    ("hytver", "float('nan')", "target values must lie in [0, 1]"),
+    ("dice_pp", "0.5", "needs hard labels"),
+])
+def test_cuda_invalid_target_stops_on_the_device(kind, target, message):
     """The target check runs on the GPU (no host sync): an invalid value (for the exponent
-    kinds, a soft label) stops the kernel, and the next synchronisation raises."""
+    kinds, a soft label) stops the kernel with a device-side assertion (cudaErrorAssert) whose
+    message names the problem; the next synchronisation raises."""
     _cuda_ready()
     code = (
         "import torch\n"
@@ -855,9 +852,13 @@ def test_cuda_invalid_target_stops_on_the_device(kind, target):
         "params = [0.7, 0.7, 0.5, 1.0] if %r == 'hytver' else [2.0]\n"
         "value = ops.loss(x, y, %r, params)\n"
         "print('launched', flush=True)\n"
-        "torch.cuda.synchronize()\n"
+        "try:\n"
+        "    torch.cuda.synchronize()\n"
+        "except RuntimeError as exc:\n"
+        "    print('error:', exc, flush=True)\n"
         "print('no error')\n"
     ) % (kind, kind)
-    res = _run_cuda_subprocess(code)
-    assert "launched" in res.stdout and "no error" not in res.stdout, res.stdout + res.stderr
-    assert "target values must lie in [0, 1]" in res.stdout + res.stderr
+    res = run_cuda_subprocess(code)
+    out = res.stdout + res.stderr
+    assert "launched" in res.stdout and "error:" in res.stdout, out
+    assert "device-side assert" in out and message in out, out

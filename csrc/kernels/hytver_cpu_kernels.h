@@ -614,19 +614,33 @@ inline float hlog1p(float s) {
 }
 inline double hlog1p(double s) { return __builtin_log1p(s); }
 
-// The block's per-voxel softmax statistics (compute type C).
+// Exponentials kept per block: blocks of softmax voxels hold at most this many (voxel, class)
+// pairs, so that each exp(x_c - max) is computed once per pass over the data.
+constexpr int64_t kSoftBuf = 8 * kBlock;
+
+// The voxels per softmax block for C classes.
+inline int64_t soft_block(int64_t classes) {
+  const int64_t b = kSoftBuf / classes;
+  return b < 1 ? 1 : (b > kBlock ? kBlock : b);
+}
+
+// The block's per-voxel softmax statistics (compute type C) and its exponentials
+// e[c * blk + i] = exp(x_c - max) (blk = soft_block(C)).
 template <class C> struct SoftStats {
   C mx[kBlock];
   int32_t am[kBlock];
   C rest[kBlock];  // S' = S - 1
   C inv[kBlock];   // 1 / S
   C logs[kBlock];  // log S
+  C e[kSoftBuf];
+  C u[kSoftBuf];  // backward: u_c = p_c * dL/dp_c, same layout
 };
 
 // Max, argmax, S' and the derived per-voxel values of m voxels; x: channel 0 of the block,
 // channel c at x + c * n.
 template <class T, class C>
-inline void soft_stats(const T* x, int64_t n, int64_t classes, int64_t m, SoftStats<C>& st) {
+inline void soft_stats(const T* x, int64_t n, int64_t classes, int64_t m, int64_t blk,
+                       SoftStats<C>& st) {
   for (int64_t i = 0; i < m; ++i) {
     st.mx[i] = static_cast<C>(x[i]);
     st.am[i] = 0;
@@ -645,10 +659,12 @@ inline void soft_stats(const T* x, int64_t n, int64_t classes, int64_t m, SoftSt
   }
   for (int64_t c = 0; c < classes; ++c) {
     const T* xc = x + c * n;
+    C* ec = st.e + c * blk;
     const int32_t ci = static_cast<int32_t>(c);
 #pragma omp simd
     for (int64_t i = 0; i < m; ++i) {
       const C e = hexp(static_cast<C>(xc[i]) - st.mx[i]);
+      ec[i] = e;
       st.rest[i] += st.am[i] == ci ? C(0) : e;
     }
   }
@@ -730,6 +746,7 @@ void softmax_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
   const int64_t classes = a.classes, n = a.n;
   const SoftClamp<C> cl(a);
   SoftStats<C> st;
+  const int64_t blk = soft_block(classes);
   int32_t lab[kBlock];
   float ysum[kBlock];
   for (int64_t ch = c0; ch < c1; ++ch) {
@@ -739,21 +756,22 @@ void softmax_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
     double* out = partials + ch * classes * K;
     for (int64_t k = 0; k < classes * K; ++k) out[k] = 0.0;
     int worst = kValid;
-    for (int64_t k0 = 0; k0 < len; k0 += kBlock) {
-      const int64_t m = min64(kBlock, len - k0);
+    for (int64_t k0 = 0; k0 < len; k0 += blk) {
+      const int64_t m = min64(blk, len - k0);
       const T* xb = xs + b * classes * n + start + k0;
       const U* yb = LABELS ? ys + b * n + start + k0 : ys + b * classes * n + start + k0;
       worst = maxv(worst, soft_targets<LABELS, EXP>(yb, n, classes, m, lab, ysum));
-      soft_stats<T, C>(xb, n, classes, m, st);
+      soft_stats<T, C>(xb, n, classes, m, blk, st);
       for (int64_t c = 0; c < classes; ++c) {
         const T* xc = xb + c * n;
+        const C* ec = st.e + c * blk;
         const U* yc = LABELS ? yb : yb + c * n;
         const int32_t ci = static_cast<int32_t>(c);
         C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s5 = 0, s6 = 0, s7 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s5, s6, s7)
         for (int64_t i = 0; i < m; ++i) {
           const C d = static_cast<C>(xc[i]) - st.mx[i];
-          const C e = hexp(d);
+          const C e = ec[i];
           const bool top = st.am[i] == ci;
           const C p = e * st.inv[i];
           const C q = (top ? st.rest[i] : (C(1) + st.rest[i]) - e) * st.inv[i];
@@ -799,8 +817,8 @@ void softmax_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
 }
 
 // The gradient of every channel: with u_c = p_c * dL/dp_c (the sums' coefficients, scaled),
-// dL/dx_j = u_j - p_j * sum_c u_c. Written in two passes over the classes: u_c into gx while
-// summing U, then gx_c = u_c - p_c * U.
+// dL/dx_j = u_j - p_j * sum_c u_c. Two passes over the block's classes: u_c into a block buffer
+// while summing U, then gx_c = u_c - p_c * U (the gradient is written once).
 template <int XT, int YT, bool LABELS, bool EXP>
 void softmax_bwd(const Args& a, int64_t c0, int64_t c1) {
   typedef typename XTraits<XT>::T T;
@@ -814,6 +832,7 @@ void softmax_bwd(const Args& a, int64_t c0, int64_t c1) {
   const SoftClamp<C> cl(a);
   const C tiny = tiny_of(C(0));
   SoftStats<C> st;
+  const int64_t blk = soft_block(classes);
   int32_t lab[kBlock];
   float ysum[kBlock];
   C usum[kBlock];
@@ -821,18 +840,19 @@ void softmax_bwd(const Args& a, int64_t c0, int64_t c1) {
     const int64_t b = ch / a.chunks_per_sample;
     const int64_t start = (ch - b * a.chunks_per_sample) * kChunk;
     const int64_t len = min64(kChunk, n - start);
-    for (int64_t k0 = 0; k0 < len; k0 += kBlock) {
-      const int64_t m = min64(kBlock, len - k0);
+    for (int64_t k0 = 0; k0 < len; k0 += blk) {
+      const int64_t m = min64(blk, len - k0);
       const int64_t off = b * classes * n + start + k0;
       const T* xb = xs + off;
       T* gb = gxs + off;
       const U* yb = LABELS ? ys + b * n + start + k0 : ys + off;
       soft_targets<LABELS, false>(yb, n, classes, m, lab, ysum);
-      soft_stats<T, C>(xb, n, classes, m, st);
+      soft_stats<T, C>(xb, n, classes, m, blk, st);
       for (int64_t i = 0; i < m; ++i) usum[i] = C(0);
       for (int64_t c = 0; c < classes; ++c) {
         const T* xc = xb + c * n;
-        T* gc = gb + c * n;
+        const C* ec = st.e + c * blk;
+        C* uc = st.u + c * blk;
         const U* yc = LABELS ? yb : yb + c * n;
         const int32_t ci = static_cast<int32_t>(c);
         const double* g = a.g + (b * classes + c) * K;
@@ -843,7 +863,7 @@ void softmax_bwd(const Args& a, int64_t c0, int64_t c1) {
 #pragma omp simd
         for (int64_t i = 0; i < m; ++i) {
           const C d = static_cast<C>(xc[i]) - st.mx[i];
-          const C e = hexp(d);
+          const C e = ec[i];
           const C p = e * st.inv[i];
           const C y = LABELS ? (lab[i] == ci ? C(1) : C(0)) : static_cast<C>(yc[i]);
           const C ny = C(1) - y;
@@ -870,17 +890,15 @@ void softmax_bwd(const Args& a, int64_t c0, int64_t c1) {
             u = (cl.clamp && (p < cl.lo || q < cl.lo)) ? C(0) : u;
           }
           usum[i] += u;
-          gc[i] = static_cast<T>(u);
+          uc[i] = u;
         }
       }
-      for (int64_t c = 0; c < classes; ++c) {
-        const T* xc = xb + c * n;
+      for (int64_t c = 0; c < classes; ++c) {  // the gradient, written once
+        const C* ec = st.e + c * blk;
+        const C* uc = st.u + c * blk;
         T* gc = gb + c * n;
 #pragma omp simd
-        for (int64_t i = 0; i < m; ++i) {
-          const C p = hexp(static_cast<C>(xc[i]) - st.mx[i]) * st.inv[i];
-          gc[i] = static_cast<T>(static_cast<C>(gc[i]) - p * usum[i]);
-        }
+        for (int64_t i = 0; i < m; ++i) gc[i] = static_cast<T>(uc[i] - ec[i] * st.inv[i] * usum[i]);
       }
     }
   }
