@@ -28,7 +28,7 @@ using BackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Te
                               c10::string_view);
 using BackwardSavedFn = void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                              const at::Tensor&, const at::Tensor&, c10::string_view,
-                             at::ArrayRef<double>);
+                             at::ArrayRef<double>, c10::string_view);
 
 const c10::TypedOperatorHandle<LossFn>& loss_op() {
   static const auto op =
@@ -51,7 +51,7 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     ctx->saved_data["activation"] = activation;
     // The saved values stay private to this node (not a saved variable, and not returned:
     // the backward writes the gradient over them); callers above autograd get an empty tensor.
-    const bool use_saved = save && activation == "sigmoid";  // softmax never saves
+    const bool use_saved = save;
     ctx->saved_data["saved"] = saved;
     // Traced (fake / functional tensors: AOT autograd) the backward recomputes from the logits
     // rather than mutating a traced intermediate (ops.loss never asks to save under compile).
@@ -82,7 +82,7 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
       static const auto op = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("hytver::loss_backward_saved_", "")
                                  .typed<BackwardSavedFn>();
-      op.call(grad, coef, saved, logits, target, kind, params);
+      op.call(grad, coef, saved, logits, target, kind, params, activation);
       out[0] = saved.to(logits.scalar_type());  // no copy for float32 logits
     } else {
       static const auto op = c10::Dispatcher::singleton()

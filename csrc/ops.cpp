@@ -58,9 +58,10 @@ TORCH_LIBRARY(hytver, m) {
   // soft (B, C, *spatial); include_background: whether class 0 enters the region terms.
   // loss: 0-dim (float64 for float64 logits, else float32); coef: float64 (B*C, K), the
   // gradient of the loss w.r.t. the per-(sample, channel) sums, which the backward needs.
-  // save=True (CPU, sigmoid, non-float64 logits): saved holds one float32 per voxel from which
-  // loss_backward_saved_ gets the gradient without exp or division, writing it over saved (no
-  // gradient buffer); else saved is empty. The autograd formula consumes saved.
+  // save=True (CPU; sigmoid: non-float64 logits; softmax: float32 logits and a 5-sum kind):
+  // saved holds one float32 per logit (sigmoid: m = x >= 0 ? -q : p; softmax: p_c) from which
+  // loss_backward_saved_ gets the gradient without exp, writing it over saved (no gradient
+  // buffer); else saved is empty. The autograd formula consumes saved.
   m.def(
       "loss(Tensor logits, Tensor target, str kind, float[] params, bool per_sample=False, "
       "bool save=False, str activation=\"sigmoid\", bool include_background=True) "
@@ -73,7 +74,7 @@ TORCH_LIBRARY(hytver, m) {
       {at::Tag::pt2_compliant_tag});
   m.def(
       "loss_backward_saved_(Tensor grad, Tensor coef, Tensor(a!) saved, Tensor logits, "
-      "Tensor target, str kind, float[] params) -> ()",
+      "Tensor target, str kind, float[] params, str activation=\"sigmoid\") -> ()",
       {at::Tag::pt2_compliant_tag});
   m.def("loss_kinds() -> (str[], int[], int[], int[])", &loss_kinds);
 }

@@ -9,7 +9,8 @@ The C++/CUDA extension ``hytver_dist._C`` registers these custom operators (sche
     hytver::loss_backward(Tensor grad, Tensor coef, Tensor logits, Tensor target, str kind,
                           float[] params, str activation="sigmoid") -> Tensor
     hytver::loss_backward_saved_(Tensor grad, Tensor coef, Tensor(a!) saved, Tensor logits,
-                                 Tensor target, str kind, float[] params) -> ()      # CPU only
+                                 Tensor target, str kind, float[] params,
+                                 str activation="sigmoid") -> ()                     # CPU only
     hytver::loss_kinds() -> (str[] names, int[] param_counts, int[] sums, int[] hard)
 
 ``loss`` is a whole loss of the registry (``kind`` = its name, ``params`` = its hyperparameters
@@ -25,9 +26,10 @@ two kernel launches, no host synchronisation); the backward is one elementwise p
   ``(B, C, *spatial)``; ``include_background`` says whether class 0 enters the region terms.
 
 Invalid targets are found by the kernels' own pass (CPU: ``ValueError`` naming the problem; GPU:
-a device-side assertion). ``save=True`` (CPU, sigmoid) also returns one float32 per voxel,
-m = x >= 0 ? -q : p, from which ``loss_backward_saved_`` gets the gradient without exp or
-division, writing it over m (so a training step allocates no gradient buffer).
+a device-side assertion). ``save=True`` (CPU) also returns one float32 per logit (sigmoid:
+m = x >= 0 ? -q : p; softmax, the kinds without per-voxel powers: p_c), from which
+``loss_backward_saved_`` gets the gradient without exp, writing it over the saved values (so a
+training step allocates no gradient buffer).
 
 The autograd formula is registered in C++ (``csrc/autograd.cpp``, the Autograd key); this
 module adds the fake (meta) kernels that ``torch.compile(fullgraph=True)`` and
@@ -212,19 +214,22 @@ def loss(logits: torch.Tensor, target: torch.Tensor, kind: str, params: list[flo
     """
     params = [float(v) for v in params]
     x, y = logits.contiguous(), target.contiguous()
-    save = activation == "sigmoid" and _save_for_backward(logits) and _saves(kind, logits.dtype)
+    save = _save_for_backward(logits) and _saves(kind, logits.dtype, activation)
     return torch.ops.hytver.loss(x, y, kind, params, per_sample, save, activation,
                                  include_background)[0]
 
 
-def _saves(kind: str, dtype: torch.dtype) -> bool:
-    """Whether the kernels have a saving variant for these logits: float32, and for the kinds
-    without per-voxel powers also bfloat16 / float16. (For the exponent kinds the backward
-    then recomputes from the logits, writing into the saved buffer, so no gradient buffer is
-    allocated either.)"""
+def _saves(kind: str, dtype: torch.dtype, activation: str) -> bool:
+    """Whether the kernels have a saving variant for these logits. Sigmoid: float32, and for
+    the kinds without per-voxel powers also bfloat16 / float16 (for the exponent kinds the
+    backward then recomputes from the logits, writing into the saved buffer, so no gradient
+    buffer is allocated either). Softmax: float32 logits and a kind without per-voxel powers
+    (the saved p_c make the backward a pass without exp)."""
     info = _KINDS.get(kind)
     if info is None:
         return False
+    if activation == "softmax":
+        return dtype == torch.float32 and not info.hard
     return dtype == torch.float32 or (not info.hard and dtype != torch.float64)
 
 
@@ -260,8 +265,7 @@ def _register() -> None:
         value = logits.new_empty((), dtype=torch.float64 if logits.dtype == torch.float64
                                  else torch.float32)
         coef = logits.new_empty((rows, info.sums), dtype=torch.float64)
-        keeps = save and activation == "sigmoid"
-        saved = logits.new_empty(logits.shape if keeps else (0,), dtype=torch.float32)
+        saved = logits.new_empty(logits.shape if save else (0,), dtype=torch.float32)
         return value, coef, saved
 
     @torch.library.register_fake("hytver::loss_backward")
@@ -273,8 +277,9 @@ def _register() -> None:
         return _grad_fake(logits)
 
     @torch.library.register_fake("hytver::loss_backward_saved_")
-    def _loss_backward_saved_fake(grad, coef, saved, logits, target, kind, params):
-        _check_loss_shapes(logits, target, "sigmoid")
+    def _loss_backward_saved_fake(grad, coef, saved, logits, target, kind, params,
+                                  activation="sigmoid"):
+        _check_loss_shapes(logits, target, activation)
         torch._check(saved.shape == logits.shape, lambda: "saved must have the logits' shape")
         return None
 

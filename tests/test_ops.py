@@ -102,7 +102,7 @@ def loss_value_and_grad(kind, params, x, y, per_sample=False, save=None,
                                                    activation, include_background)
     grad = torch.tensor(0.7, dtype=value.dtype)
     if save:
-        torch.ops.hytver.loss_backward_saved_(grad, coef, saved, x, y, kind, params)
+        torch.ops.hytver.loss_backward_saved_(grad, coef, saved, x, y, kind, params, activation)
         return value, saved
     return value, torch.ops.hytver.loss_backward(grad, coef, x, y, kind, params, activation)
 
@@ -346,15 +346,42 @@ def test_loss_saving_variant_matches_plain_op(xdtype, tdtype, kind):
 
 
 @requires_ext
+@pytest.mark.parametrize("kind", ["hytver", "dice_ce", "weighted_ce", "logcosh_dice"])
+@pytest.mark.parametrize("target", ["labels", "one-hot"])
+def test_softmax_saving_variant_matches_plain_op(kind, target):
+    """Softmax training path (float32 logits, the kinds without per-voxel powers): the forward
+    keeps p_c, the backward (no exp) writes the gradient over it: the plain op's loss bit for bit,
+    its gradient to float32 rounding; a label map and one-hot targets."""
+    x, lab = make_labels((2, 4, 11, 9, 5), 4, seed=72)
+    y = lab if target == "labels" else torch.nn.functional.one_hot(
+        lab[:, 0].long(), 4).movedim(-1, 1).to(torch.uint8)
+    x = x.float()
+    params = KIND_PARAMS[kind]
+    value, grad = loss_value_and_grad(kind, params, x, y, save=True, activation="softmax")
+    want, want_grad = loss_value_and_grad(kind, params, x, y, save=False, activation="softmax")
+    assert torch.equal(value, want)
+    assert grad.dtype == torch.float32 and grad.shape == x.shape
+    assert_grad_close(grad, want_grad, 2e-5)
+    auto = loss_value_and_grad(kind, params, x, y, activation="softmax")  # ops.loss: saving
+    assert torch.equal(auto[0], want)
+    assert_grad_close(auto[1], want_grad, 2e-5)
+    with pytest.raises(ValueError, match="softmax saving variant takes float32 logits"):
+        torch.ops.hytver.loss(x, y, "dice_pp", [2.0], False, True, "softmax")
+
+
+@requires_ext
 def test_saving_path_survives_retain_graph():
     """The first backward turns the saved values into the gradient; a second backward of the
     same graph recomputes from the logits and gives the same gradient."""
     x, y = make_inputs((2, 1, 9, 7), seed=53)
     x = x.float().requires_grad_(True)
-    for kind in ("hytver", "dice_pp"):
-        loss = ops.loss(x, y, kind, KIND_PARAMS[kind])
-        (first,) = torch.autograd.grad(loss, x, retain_graph=True)
-        (second,) = torch.autograd.grad(loss, x)
+    x2 = torch.cat([x, -x], 1).detach().requires_grad_(True)
+    lab = (y > 0).to(torch.uint8)
+    for kind, xi, yi, act in (("hytver", x, y, "sigmoid"), ("dice_pp", x, y, "sigmoid"),
+                              ("hytver", x2, lab, "softmax")):
+        loss = ops.loss(xi, yi, kind, KIND_PARAMS[kind], activation=act)
+        (first,) = torch.autograd.grad(loss, xi, retain_graph=True)
+        (second,) = torch.autograd.grad(loss, xi)
         assert_grad_close(second, first, 1e-5)
         assert first.data_ptr() != second.data_ptr()
 
@@ -377,8 +404,8 @@ def test_training_path_uses_saving_variant():
         ops.loss(torch.cat([x32, -x32], 1), lab, "dice", [1.0], activation="softmax").backward()
     names = [e.name for e in prof.events()]
     assert names.count("hytver::loss") >= 7  # (a call may show at two dispatch levels)
-    assert names.count("hytver::loss_backward_saved_") == 3
-    assert names.count("hytver::loss_backward") == 3
+    assert names.count("hytver::loss_backward_saved_") == 4  # the softmax dice too
+    assert names.count("hytver::loss_backward") == 2
 
 
 @requires_ext
@@ -544,9 +571,12 @@ def opcheck_saving_cases():
     x32 = x.float()
     xb = x32.to(torch.bfloat16)
     g = torch.tensor(0.7)
+    _, lab = make_labels((2, 3, 5, 4), 3, seed=10)
     with below_autograd():
         _, coef, saved = torch.ops.hytver.loss(xb, y, "combo", KIND_PARAMS["combo"], False, True)
         _, ecoef, esaved = torch.ops.hytver.loss(x32, y, "focal", [0.25, 2.0], False, True)
+        _, scoef, ssaved = torch.ops.hytver.loss(x32, lab, "hytver", KIND_PARAMS["hytver"], False,
+                                                 True, "softmax")
     bwd = torch.ops.hytver.loss_backward_saved_.default
     return [
         (torch.ops.hytver.loss.default, (x32, y, "hytver", KIND_PARAMS["hytver"], True, True)),
@@ -554,6 +584,9 @@ def opcheck_saving_cases():
         (torch.ops.hytver.loss.default, (x32, y.bool(), "dice_pp", [2.0], False, True)),
         (bwd, (g, coef, saved, xb, y, "combo", KIND_PARAMS["combo"])),
         (bwd, (g, ecoef, esaved, x32, y, "focal", [0.25, 2.0])),
+        (torch.ops.hytver.loss.default,
+         (x32, lab, "dice_ce", [1.0, 1.0, 1.0], False, True, "softmax")),
+        (bwd, (g, scoef, ssaved, x32, lab, "hytver", KIND_PARAMS["hytver"], "softmax")),
     ]
 
 

@@ -350,10 +350,25 @@ void raise_softmax_target(int code, const at::Tensor& target, int64_t C, const c
                     "1e-4), found a voxel where they do not");
 }
 
-// The float64 sums (B * C, K) of the softmax kernels.
+// The softmax saving variant: float32 logits, the kinds with the 5 sums.
+void check_softmax_saving(const at::Tensor& logits, const algebra::Spec& spec, const char* op) {
+  TORCH_CHECK_VALUE(logits.scalar_type() == at::kFloat && !algebra::is_exp(spec.kind), "hytver::",
+                    op, ": the softmax saving variant takes float32 logits and a loss without "
+                    "per-voxel powers, got ", logits.scalar_type(), " and '",
+                    algebra::kind_name(spec.kind), "' (use the plain op)");
+}
+
+// The float64 sums (B * C, K) of the softmax kernels; with `saved` the forward also writes p_c
+// (float32, the logits' shape) into a new tensor for softmax_backward_into_saved.
 at::Tensor softmax_forward(const at::Tensor& logits, const at::Tensor& target,
-                           const algebra::Spec& spec, const char* op) {
+                           const algebra::Spec& spec, const char* op,
+                           at::Tensor* saved = nullptr) {
   SoftPrepared p = prepare_softmax(logits, target, spec, op);
+  if (saved != nullptr) {
+    check_softmax_saving(logits, spec, op);
+    *saved = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
+    p.args.saved = saved->data_ptr<float>();
+  }
   const int K = algebra::sums_k(spec.kind);
   const int64_t C = p.C;
   std::vector<double> partials(static_cast<size_t>(p.total_chunks * C * K));
@@ -392,6 +407,24 @@ at::Tensor softmax_backward(const at::Tensor& g, const at::Tensor& logits,
   return gx.scalar_type() == logits.scalar_type() ? gx : gx.to(logits.scalar_type());
 }
 
+// The softmax gradient written over the saving forward's p_c (no exp, no max).
+void softmax_backward_into_saved(const at::Tensor& g, const at::Tensor& saved,
+                                 const at::Tensor& logits, const at::Tensor& target,
+                                 const algebra::Spec& spec, const char* op) {
+  check_softmax_saving(logits, spec, op);
+  TORCH_CHECK_VALUE(saved.scalar_type() == at::kFloat && saved.sizes() == logits.sizes() &&
+                        saved.is_contiguous() && saved.device() == logits.device(),
+                    "hytver::", op, ": saved must be the contiguous float32 tensor of the logits' "
+                    "shape ", logits.sizes(), " from the saving forward, got ",
+                    saved.scalar_type(), " ", saved.sizes());
+  SoftPrepared p = prepare_softmax(logits, target, spec, op);
+  p.args.g = g.data_ptr<double>();
+  p.args.saved = saved.data_ptr<float>();
+  const cpu::BwdFn fn = select_table()->softmax_bwd_saved;
+  const cpu::Args& args = p.args;
+  at::parallel_for(0, p.total_chunks, p.grain, [&](int64_t c0, int64_t c1) { fn(args, c0, c1); });
+}
+
 // ---- the ops
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cpu(
@@ -409,8 +442,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cpu(
   at::Tensor saved;
   at::Tensor sums;
   if (softmax) {
-    sums = softmax_forward(logits, target, spec, op);  // no saving variant
-    save = false;
+    sums = softmax_forward(logits, target, spec, op, save ? &saved : nullptr);
   } else {
     sums = forward(logits, target, kind_of(spec), algebra::voxel_gamma(spec),
                    algebra::clamp_eps(spec), op, save ? &saved : nullptr,
@@ -449,11 +481,13 @@ at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& coef,
 void loss_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& coef,
                              const at::Tensor& saved, const at::Tensor& logits,
                              const at::Tensor& target, c10::string_view kind,
-                             at::ArrayRef<double> params) {
+                             at::ArrayRef<double> params, c10::string_view activation) {
   const char* op = "loss_backward_saved_";
-  check_loss_inputs(logits, target, op);
-  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op);
+  const bool softmax = is_softmax(activation, op);
+  check_loss_inputs(logits, target, op, softmax);
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op, softmax);
   const at::Tensor g = scaled_coef(grad, coef, logits, algebra::sums_k(spec.kind), op);
+  if (softmax) return softmax_backward_into_saved(g, saved, logits, target, spec, op);
   backward_into_saved(g, saved, logits, target, kind_of(spec), algebra::voxel_gamma(spec),
                       algebra::clamp_eps(spec), op, logits.size(0) * logits.size(1));
 }

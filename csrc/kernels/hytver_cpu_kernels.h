@@ -624,6 +624,16 @@ inline int64_t soft_block(int64_t classes) {
   return b < 1 ? 1 : (b > kBlock ? kBlock : b);
 }
 
+// Sample, first voxel and length of chunk ch (softmax kernels: n voxels per sample).
+struct ChunkPos {
+  int64_t b, start, len;
+};
+inline ChunkPos chunk_pos(const Args& a, int64_t ch) {
+  const int64_t b = ch / a.chunks_per_sample;
+  const int64_t start = (ch - b * a.chunks_per_sample) * kChunk;
+  return {b, start, min64(kChunk, a.n - start)};
+}
+
 // The block's per-voxel softmax statistics (compute type C) and its exponentials
 // e[c * blk + i] = exp(x_c - max) (blk = soft_block(C)).
 template <class C> struct SoftStats {
@@ -735,8 +745,10 @@ template <class C> struct SoftClamp {
   }
 };
 
-template <int XT, int YT, bool LABELS, bool EXP>
+// SAVE (the 5 sums only): also write p_c (float32) to Args::saved, the logits' layout.
+template <int XT, int YT, bool LABELS, bool EXP, bool SAVE = false>
 void softmax_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
+  static_assert(!(SAVE && EXP), "the softmax saving variant has the 5 sums only");
   typedef typename XTraits<XT>::T T;
   typedef typename XTraits<XT>::C C;
   typedef typename YTraits<YT>::T U;
@@ -750,9 +762,8 @@ void softmax_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
   int32_t lab[kBlock];
   float ysum[kBlock];
   for (int64_t ch = c0; ch < c1; ++ch) {
-    const int64_t b = ch / a.chunks_per_sample;
-    const int64_t start = (ch - b * a.chunks_per_sample) * kChunk;
-    const int64_t len = min64(kChunk, n - start);
+    const ChunkPos cp = chunk_pos(a, ch);
+    const int64_t b = cp.b, start = cp.start, len = cp.len;
     double* out = partials + ch * classes * K;
     for (int64_t k = 0; k < classes * K; ++k) out[k] = 0.0;
     int worst = kValid;
@@ -766,6 +777,7 @@ void softmax_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
         const T* xc = xb + c * n;
         const C* ec = st.e + c * blk;
         const U* yc = LABELS ? yb : yb + c * n;
+        float* sc = SAVE ? a.saved + (xb - xs) + c * n : nullptr;
         const int32_t ci = static_cast<int32_t>(c);
         C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s5 = 0, s6 = 0, s7 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s5, s6, s7)
@@ -779,6 +791,7 @@ void softmax_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           const C y = LABELS ? (lab[i] == ci ? C(1) : C(0)) : static_cast<C>(yc[i]);
           const C ny = C(1) - y;
           if constexpr (!EXP) {
+            if constexpr (SAVE) sc[i] = static_cast<float>(p);
             s0 += p * y;
             s1 += p * ny;
             s2 += q * y;
@@ -837,9 +850,8 @@ void softmax_bwd(const Args& a, int64_t c0, int64_t c1) {
   float ysum[kBlock];
   C usum[kBlock];
   for (int64_t ch = c0; ch < c1; ++ch) {
-    const int64_t b = ch / a.chunks_per_sample;
-    const int64_t start = (ch - b * a.chunks_per_sample) * kChunk;
-    const int64_t len = min64(kChunk, n - start);
+    const ChunkPos cp = chunk_pos(a, ch);
+    const int64_t b = cp.b, start = cp.start, len = cp.len;
     for (int64_t k0 = 0; k0 < len; k0 += blk) {
       const int64_t m = min64(blk, len - k0);
       const int64_t off = b * classes * n + start + k0;
@@ -986,10 +998,60 @@ void entry_bwd(const Args& a, int64_t c0, int64_t c1) {
   if (f) f(a, c0, c1);
 }
 
+// The softmax backward from the saving forward's p_c (float32, the logits' layout) and the
+// target alone, for the kinds with the 5 sums: no exp, no max; the float32 gradient is written
+// over the saved values (U = sum_c u_c first, then each class's gradient).
+template <int YT, bool LABELS>
+void softmax_bwd_saved(const Args& a, int64_t c0, int64_t c1) {
+  typedef typename YTraits<YT>::T U;
+  const U* ys = static_cast<const U*>(a.y);
+  float* ps = a.saved;
+  const int64_t classes = a.classes, n = a.n;
+  int32_t lab[kBlock];
+  float ysum[kBlock];
+  float usum[kBlock];
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const ChunkPos cp = chunk_pos(a, ch);
+    const int64_t b = cp.b, start = cp.start, len = cp.len;
+    for (int64_t k0 = 0; k0 < len; k0 += kBlock) {
+      const int64_t m = min64(kBlock, len - k0);
+      const int64_t off = b * classes * n + start + k0;
+      float* pb = ps + off;
+      const U* yb = LABELS ? ys + b * n + start + k0 : ys + off;
+      soft_targets<LABELS, false>(yb, n, classes, m, lab, ysum);
+      for (int64_t i = 0; i < m; ++i) usum[i] = 0.0f;
+      for (int pass = 0; pass < 2; ++pass) {
+        for (int64_t c = 0; c < classes; ++c) {
+          float* pc = pb + c * n;
+          const U* yc = LABELS ? yb : yb + c * n;
+          const int32_t ci = static_cast<int32_t>(c);
+          const double* g = a.g + (b * classes + c) * kStatsK;
+          const float g0m2 = static_cast<float>(g[0] - g[2]), g1 = static_cast<float>(g[1]);
+          const float g3 = static_cast<float>(g[3]);
+#pragma omp simd
+          for (int64_t i = 0; i < m; ++i) {
+            const float p = pc[i];
+            const float y = LABELS ? (lab[i] == ci ? 1.0f : 0.0f) : static_cast<float>(yc[i]);
+            const float u = p * (y * g0m2 + (1.0f - y) * g1) - g3 * y;
+            if (pass == 0) {
+              usum[i] += u;
+            } else {
+              pc[i] = u - p * usum[i];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // Softmax kernels: float32 / float64 logits (the glue upcasts half types), label maps (U8,
 // I64) or dense targets (F32, F64, U8).
 template <int XT, int YT, bool LABELS, bool EXP> struct Soft {
   static void fwd(const Args& a, int64_t c0, int64_t c1, double* p) {
+    if constexpr (XT == kF32 && !EXP) {
+      if (a.saved != nullptr) return softmax_fwd<XT, YT, LABELS, EXP, true>(a, c0, c1, p);
+    }
     softmax_fwd<XT, YT, LABELS, EXP>(a, c0, c1, p);
   }
   static void bwd(const Args& a, int64_t c0, int64_t c1) { softmax_bwd<XT, YT, LABELS, EXP>(a, c0, c1); }
@@ -1021,10 +1083,21 @@ void softmax_bwd_entry(const Args& a, int64_t c0, int64_t c1) {
   const BwdFn f = soft_for(a, [](auto k) -> BwdFn { return &decltype(k)::bwd; });
   if (f) f(a, c0, c1);
 }
+void softmax_bwd_saved_entry(const Args& a, int64_t c0, int64_t c1) {
+  if (a.labels) {
+    if (a.yt == kU8) softmax_bwd_saved<kU8, true>(a, c0, c1);
+    if (a.yt == kI64) softmax_bwd_saved<kI64, true>(a, c0, c1);
+    return;
+  }
+  if (a.yt == kF32) softmax_bwd_saved<kF32, false>(a, c0, c1);
+  if (a.yt == kF64) softmax_bwd_saved<kF64, false>(a, c0, c1);
+  if (a.yt == kU8) softmax_bwd_saved<kU8, false>(a, c0, c1);
+}
 
 const Table kTable = {HYTVER_ISA_NAME, &entry_fwd<0>, &entry_bwd<0>, &entry_fwd<1>,
                       &entry_bwd<1>,   &entry_fwd<2>, &entry_bwd<2>, &entry_fwd<3>,
-                      &entry_bwd<3>,   &softmax_fwd_entry, &softmax_bwd_entry};
+                      &entry_bwd<3>,   &softmax_fwd_entry, &softmax_bwd_entry,
+                      &softmax_bwd_saved_entry};
 
 }  // namespace
 }  // namespace HYTVER_ISA_NS

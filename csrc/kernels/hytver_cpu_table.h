@@ -79,6 +79,10 @@ struct Table {
   // backward the logits' gradient (float32 or float64) of every channel.
   FwdFn softmax_fwd;
   BwdFn softmax_bwd;
+  // Softmax training path (the 5-sum kinds, float32 logits): softmax_fwd also writes p_c to
+  // Args::saved when it is set; this backward reads it and the target (no exp) and writes the
+  // float32 gradient over it.
+  BwdFn softmax_bwd_saved;
 };
 
 // Defined in isa_base.cpp / isa_avx2.cpp / isa_avx512.cpp. The AVX ones return nullptr when the
