@@ -223,3 +223,39 @@ def device_bandwidth(name: str, override_gbps: float = 0.0) -> float | None:
         return override_gbps * 1e9
     hits = [k for k in DEVICE_BANDWIDTH if k.lower() in name.lower()]
     return DEVICE_BANDWIDTH[max(hits, key=len)] if hits else None
+
+
+def kernel_report(step, moved: int, step_ms: float, peak_gbps: float) -> tuple[dict, str]:
+    """Kernel time of the CUDA ``step`` (:func:`kernel_seconds`) next to its step time, with the
+    bandwidth ``moved`` bytes per step make and its fraction of the device's bandwidth
+    (:func:`device_bandwidth`): (extra_info entries, a report fragment)."""
+    kernel_s, launches = kernel_seconds(step)
+    name = torch.cuda.get_device_name()
+    peak = device_bandwidth(name, peak_gbps)
+    rate = moved / kernel_s
+    info = {"device": name, "kernel_us": kernel_s * 1e6, "kernels": launches,
+            "step_us": step_ms * 1e3, "bytes_per_step": moved, "kernel_bytes_per_second": rate}
+    line = (f"; {name}: kernels {kernel_s * 1e6:.1f} us ({launches} kernels, profiler) in a "
+            f"{step_ms * 1e3:.1f} us step, {rate / 1e9:.0f} GB/s")
+    if peak is not None:
+        info["fraction_of_device_bandwidth"] = rate / peak
+        line += f" = {rate / peak:.0%} of {peak / 1e9:.0f} GB/s"
+    return info, line
+
+
+def finish_ratios(benchmark, case: BenchCase, info: dict, line: str, step, group: str,
+                  extra_info: dict) -> None:
+    """Record a target-ratio run (extra_info and the end-of-run report line) and time ``step``
+    once more as the test's own benchmark."""
+    benchmark.extra_info.update(info)
+    report_line(line)
+    run_bench(benchmark, case, step, group=group, extra_info=extra_info)
+
+
+@pytest.fixture
+def two_threads():
+    """The CPU protocol of the targets: 2 threads (restored afterwards)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)

@@ -26,10 +26,9 @@ import pytest
 import torch
 from conftest import (
     BenchCase,
-    device_bandwidth,
-    kernel_seconds,
+    finish_ratios,
+    kernel_report,
     make_batch,
-    report_line,
     run_bench,
     sync,
 )
@@ -40,13 +39,7 @@ from hytver_dist.losses import LOSSES, get_loss
 MODES = ("fwd", "bwd", "full")
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    """The CPU protocol of the targets: 2 threads (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_threads")  # the CPU protocol of the targets
 
 
 @functools.cache
@@ -200,19 +193,10 @@ def test_target_ratios(benchmark, bench_case, request):
             + ", ".join(f"{n} {p} {v:.3f} ms" for (n, p), v in ms.items()) + "; "
             + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     if bench_case.device == "cuda":
-        kernel_s, launches = kernel_seconds(steps[("hytver", "fused")])
-        name = torch.cuda.get_device_name()
-        peak = device_bandwidth(name, request.config.getoption("--bench-peak-gbps"))
-        info.update({"device": name, "kernel_us": kernel_s * 1e6, "kernels": launches,
-                     "kernel_bytes_per_second": moved / kernel_s})
-        line += (f"; {name}: fused hytver kernels {kernel_s * 1e6:.1f} us ({launches} kernels) "
-                 f"in a {fused * 1e3:.1f} us step, {BYTES_PER_VOXEL} B/voxel: "
-                 f"{moved / kernel_s / 1e9:.0f} GB/s")
-        if peak is not None:
-            info["fraction_of_device_bandwidth"] = moved / kernel_s / peak
-            line += f" = {moved / kernel_s / peak:.0%} of {peak / 1e9:.0f} GB/s"
-    benchmark.extra_info.update(info)
-    report_line(line)
-    run_bench(benchmark, bench_case, steps[("hytver", "fused")],
-              group="target ratios (fused hytver)",
-              extra_info={"loss": "hytver", "provider": "fused", "mode": "full"})
+        extra, text = kernel_report(steps[("hytver", "fused")], moved, fused,
+                                    request.config.getoption("--bench-peak-gbps"))
+        info.update(extra)
+        line += text
+    finish_ratios(benchmark, bench_case, info, line, steps[("hytver", "fused")],
+                  group="target ratios (fused hytver)",
+                  extra_info={"loss": "hytver", "provider": "fused", "mode": "full"})

@@ -25,9 +25,8 @@ import pytest
 import torch
 from conftest import (
     BenchCase,
-    device_bandwidth,
-    kernel_seconds,
-    report_line,
+    finish_ratios,
+    kernel_report,
     run_bench,
     sync,
 )
@@ -58,12 +57,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("soft_case", cases, ids=[c.id for c in cases])
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_threads")  # the CPU protocol of the targets
 
 
 def make_inputs(case: BenchCase, seed: int = 0):
@@ -158,21 +152,11 @@ def test_softmax_target_ratios(benchmark, soft_case, request):
             + ", ".join(f"{n} {p} {v:.3f} ms" for (n, p), v in ms.items()) + "; "
             + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     if soft_case.device == "cuda":
-        kernel_s, launches = kernel_seconds(steps[("hytver", "fused")])
         moved = bytes_per_voxel(soft_case.shape[1]) * soft_case.numel // soft_case.shape[1]
-        name = torch.cuda.get_device_name()
-        peak = device_bandwidth(name, request.config.getoption("--bench-peak-gbps"))
-        info.update({"device": name, "kernel_us": kernel_s * 1e6, "kernels": launches,
-                     "step_us": fused * 1e3,
-                     "bytes_per_step": moved, "kernel_bytes_per_second": moved / kernel_s})
-        line += (f"; {name}: fused hytver kernels {kernel_s * 1e6:.1f} us ({launches} kernels, "
-                 "profiler), "
-                 f"step {fused * 1e3:.1f} us, {moved / kernel_s / 1e9:.0f} GB/s")
-        if peak is not None:
-            info["fraction_of_peak_bandwidth"] = moved / kernel_s / peak
-            line += f" = {moved / kernel_s / peak:.0%} of {peak / 1e9:.0f} GB/s"
-    benchmark.extra_info.update(info)
-    report_line(line)
-    run_bench(benchmark, soft_case, steps[("hytver", "fused")],
-              group="softmax target ratios (fused hytver)",
-              extra_info={"loss": "hytver", "provider": "fused"})
+        extra, text = kernel_report(steps[("hytver", "fused")], moved, fused,
+                                    request.config.getoption("--bench-peak-gbps"))
+        info.update(extra)
+        line += text
+    finish_ratios(benchmark, soft_case, info, line, steps[("hytver", "fused")],
+                  group="softmax target ratios (fused hytver)",
+                  extra_info={"loss": "hytver", "provider": "fused"})

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+
+from hytver_dist import ops
 
 
 def capture_loss_step(loss, static_x: torch.Tensor, static_y: torch.Tensor):
@@ -39,3 +42,41 @@ def run_cuda_subprocess(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
                           capture_output=True, text=True, timeout=300,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cuda_ready() -> None:
+    """Fail (not skip) a CUDA test when the extension was built without its CUDA kernels."""
+    if not ops.has_cuda():
+        pytest.fail("built without CUDA kernels (HYTVER_CUDA=1)")
+
+
+def step_kernels(loss, x: torch.Tensor, y: torch.Tensor) -> tuple[list[str], list[str]]:
+    """The kernels of one forward and of one backward of ``loss(x, y)`` on CUDA, counted by the
+    profiler with CPU and CUDA activities (CUDA alone can drop kernel events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    xg = x.clone().requires_grad_(True)
+    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(activities=acts) as fwd:
+        value = loss(xg, y)
+        torch.cuda.synchronize()
+    with profile(activities=acts) as bwd:
+        value.backward(torch.ones((), device=x.device))
+        torch.cuda.synchronize()
+    return kernel_names(fwd), kernel_names(bwd)
+
+
+def assert_device_assert(launch: str, message: str) -> None:
+    """Run ``launch`` (code that launches a fused loss on bad data) in a subprocess, then
+    synchronise: the device-side assertion must surface as an error (cudaErrorAssert, "device-side
+    assert") whose message includes ``message``."""
+    code = (launch + "\nprint('launched', flush=True)\n"
+            "try:\n"
+            "    torch.cuda.synchronize()\n"
+            "except RuntimeError as exc:\n"
+            "    print('error:', exc, flush=True)\n"
+            "print('no error')\n")
+    res = run_cuda_subprocess(code)
+    out = res.stdout + res.stderr
+    assert "launched" in res.stdout and "error:" in res.stdout, out
+    assert "device-side assert" in out and message in out, out

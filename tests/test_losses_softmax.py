@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_helpers import capture_loss_step, kernel_names, run_cuda_subprocess
+from loss_helpers import assert_device_assert, capture_loss_step, cuda_ready, step_kernels
 
 from hytver_dist import ops
 from hytver_dist.losses import LOSSES, get_loss
@@ -390,17 +390,12 @@ def test_fused_softmax_is_one_op_call(monkeypatch):
 # CUDA (run on a GPU machine)
 
 
-def _cuda_ready():
-    if not ops.has_cuda():
-        pytest.fail("built without CUDA kernels (HYTVER_CUDA=1)")
-
-
 @cuda
 @requires_cuda
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cuda_matches_the_oracle(name, dtype):
-    _cuda_ready()
+    cuda_ready()
     shape = (2, 4, 17, 19, 23)
     x = logits(shape, seed=21)
     lab = labels(shape, seed=21)
@@ -428,9 +423,7 @@ def test_cuda_step_no_sync_few_launches_graph_capture(name):
     """The softmax step on CUDA: no host synchronisation, <= 2 kernels forward and 1 backward
     (counted from the profiler's kernel events, CPU and CUDA activities), deterministic, and
     capturable in a CUDA graph (replayed on new data: the eager values)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    _cuda_ready()
+    cuda_ready()
     shape = (2, 4, 24, 24, 16)
     x = logits(shape, seed=22).float().cuda()
     lab = labels(shape, seed=22, dtype=torch.uint8).cuda()
@@ -452,17 +445,9 @@ def test_cuda_step_no_sync_few_launches_graph_capture(name):
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
-    xg = x.clone().requires_grad_(True)
-    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
-    with profile(activities=acts) as fwd:
-        value = loss(xg, lab)
-        torch.cuda.synchronize()
-    with profile(activities=acts) as bwd:
-        value.backward(one)
-        torch.cuda.synchronize()
-
-    assert 1 <= len(kernel_names(fwd)) <= 2, kernel_names(fwd)
-    assert len(kernel_names(bwd)) == 1, kernel_names(bwd)
+    fwd, bwd = step_kernels(loss, x, lab)
+    assert 1 <= len(fwd) <= 2, fwd
+    assert len(bwd) == 1, bwd
 
     static_x = x.clone().requires_grad_(True)
     static_y = lab.clone()
@@ -488,7 +473,7 @@ def test_cuda_step_no_sync_few_launches_graph_capture(name):
 def test_cuda_invalid_target_is_a_device_assert_in_a_subprocess(target, message):
     """A bad target stops the kernel with a device-side assertion (cudaErrorAssert) whose
     message names the problem; run in a fresh interpreter (it poisons the CUDA context)."""
-    _cuda_ready()
+    cuda_ready()
     code = (
         "import sys; sys.path.insert(0, 'tests')\n"
         "import torch\n"
@@ -496,15 +481,6 @@ def test_cuda_invalid_target_is_a_device_assert_in_a_subprocess(target, message)
         "from hytver_dist.losses import get_loss\n"
         "x = torch.zeros(2, 3, 4, 64, device='cuda')\n"
         f"y = {target}\n"
-        "value = get_loss('dice', backend='fused', activation='softmax')(x, y)\n"
-        "print('launched', flush=True)\n"
-        "try:\n"
-        "    torch.cuda.synchronize()\n"
-        "except RuntimeError as exc:\n"
-        "    print('error:', exc, flush=True)\n"
-        "print('no error')\n"
+        "value = get_loss('dice', backend='fused', activation='softmax')(x, y)"
     )
-    res = run_cuda_subprocess(code)
-    out = res.stdout + res.stderr
-    assert "launched" in res.stdout and "error:" in res.stdout, out
-    assert "device-side assert" in out and message in out, out
+    assert_device_assert(code, message)

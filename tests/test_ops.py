@@ -15,7 +15,13 @@ import sys
 
 import pytest
 import torch
-from loss_helpers import capture_loss_step, kernel_names, run_cuda_subprocess
+from loss_helpers import (
+    assert_device_assert,
+    capture_loss_step,
+    cuda_ready,
+    run_cuda_subprocess,
+    step_kernels,
+)
 
 from hytver_dist import ops
 
@@ -684,7 +690,7 @@ def test_cuda_kernels_are_built():
 @cuda
 @requires_cuda
 def test_cuda_deterministic_and_matches_cpu():
-    _cuda_ready()
+    cuda_ready()
     x, y = make_inputs((2, 3, 48, 48, 32), tdtype=torch.uint8, seed=43)
     xs, lab = make_labels((2, 4, 48, 48, 32), 4, seed=44)
     cases = [(x.float(), y, "sigmoid"), (xs.float(), lab, "softmax")]
@@ -704,7 +710,7 @@ def test_cuda_deterministic_and_matches_cpu():
 @cuda
 @requires_cuda
 def test_cuda_opcheck_and_gradcheck():
-    _cuda_ready()
+    cuda_ready()
     for op, args in opcheck_cases("cuda"):
         torch.library.opcheck(op, args)
     x3, y3 = make_inputs((2, 3, 3, 4), scale=2.0, extremes=False, device="cuda", seed=48)
@@ -741,11 +747,6 @@ def test_cuda_torch_compile(mode):
     assert math.isfinite(loss.item())
 
 
-def _cuda_ready():
-    if not ops.has_cuda():
-        pytest.fail("built without CUDA kernels (HYTVER_CUDA=1)")
-
-
 @cuda
 @requires_cuda
 @pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
@@ -756,7 +757,7 @@ def _cuda_ready():
 def test_cuda_loss_op_matches_cpu_float64(kind, channels, xdtype, tdtype):
     """The CUDA loss op (two launches, algebra on the device) against the CPU float64 op, whose
     values the spec oracles check; global and per sample; aligned and unaligned storage."""
-    _cuda_ready()
+    cuda_ready()
     x, y = make_inputs((2, channels, 17, 19, 23), tdtype=tdtype, seed=73)
     x = x.to(xdtype)
     rel = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 2.0**-7}[xdtype]
@@ -778,11 +779,9 @@ def test_cuda_loss_op_matches_cpu_float64(kind, channels, xdtype, tdtype):
 def test_cuda_loss_step_has_no_host_sync_and_few_launches(name):
     """A whole fused loss step on CUDA: no host synchronisation (sync debug mode "error"), two
     kernel launches forward and one backward, deterministic."""
-    from torch.profiler import ProfilerActivity, profile
-
     from hytver_dist.losses import get_loss
 
-    _cuda_ready()
+    cuda_ready()
     x, y = make_inputs((2, 3, 32, 32, 16), device="cuda", seed=79)
     x = x.float()
     loss = get_loss(name, backend="fused")
@@ -805,17 +804,9 @@ def test_cuda_loss_step_has_no_host_sync_and_few_launches(name):
     assert first[0].item() == second[0].item() and torch.equal(first[1], second[1])
 
     # The launches, counted by the profiler (its exit synchronises: outside the check above).
-    xg = x.clone().requires_grad_(True)
-    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA]  # CUDA alone can drop kernel events
-    with profile(activities=acts) as fwd:
-        value = loss(xg, y)
-        torch.cuda.synchronize()
-    with profile(activities=acts) as bwd:
-        value.backward(one)
-        torch.cuda.synchronize()
-
-    assert len(kernel_names(fwd)) <= 2, kernel_names(fwd)
-    assert len(kernel_names(bwd)) == 1, kernel_names(bwd)
+    fwd, bwd = step_kernels(loss, x, y)
+    assert len(fwd) <= 2, fwd
+    assert len(bwd) == 1, bwd
 
 
 @cuda
@@ -826,7 +817,7 @@ def test_cuda_graph_captures_the_loss_step(name):
     give the eager values."""
     from hytver_dist.losses import get_loss
 
-    _cuda_ready()
+    cuda_ready()
     loss = get_loss(name, backend="fused")
     x, y = make_inputs((2, 2, 24, 24, 16), device="cuda", seed=83)
     static_x = x.float().clone().requires_grad_(True)
@@ -848,7 +839,7 @@ def test_cuda_graph_captures_the_loss_step(name):
 @cuda
 @requires_cuda
 def test_cuda_loss_op_errors_name_the_problem_in_a_subprocess():
-    _cuda_ready()
+    cuda_ready()
     code = (
         "import sys; sys.path.insert(0, 'tests')\n"
         "import pytest, torch\n"
@@ -876,22 +867,13 @@ def test_cuda_invalid_target_stops_on_the_device(kind, target, message):
     """The target check runs on the GPU (no host sync): an invalid value (for the exponent
     kinds, a soft label) stops the kernel with a device-side assertion (cudaErrorAssert) whose
     message names the problem; the next synchronisation raises."""
-    _cuda_ready()
+    cuda_ready()
     code = (
         "import torch\n"
         "from hytver_dist import ops\n"
         "x = torch.zeros(2, 1, 64, device='cuda')\n"
         f"y = torch.zeros(2, 1, 64, device='cuda'); y[1, 0, 7] = {target}\n"
         "params = [0.7, 0.7, 0.5, 1.0] if %r == 'hytver' else [2.0]\n"
-        "value = ops.loss(x, y, %r, params)\n"
-        "print('launched', flush=True)\n"
-        "try:\n"
-        "    torch.cuda.synchronize()\n"
-        "except RuntimeError as exc:\n"
-        "    print('error:', exc, flush=True)\n"
-        "print('no error')\n"
+        "value = ops.loss(x, y, %r, params)"
     ) % (kind, kind)
-    res = run_cuda_subprocess(code)
-    out = res.stdout + res.stderr
-    assert "launched" in res.stdout and "error:" in res.stdout, out
-    assert "device-side assert" in out and message in out, out
+    assert_device_assert(code, message)
