@@ -133,12 +133,20 @@ class SegmentationLoss(nn.Module):
 
     def extra_repr(self) -> str:
         names = [n for n in self.hyperparameters() if n != "backend"]
+        if self.activation == "softmax":
+            names += list(self.INPUT_OPTIONS)
         return ", ".join(f"{n}={getattr(self, n)}" for n in names)
+
+    #: Constructor keywords that choose the input form rather than the formula's constants:
+    #: accepted by every loss, not listed by :meth:`hyperparameters`.
+    INPUT_OPTIONS = ("activation", "include_background")
 
     @classmethod
     def hyperparameters(cls) -> tuple[str, ...]:
-        """Keyword names accepted by the constructor (used by get_loss's validation)."""
-        return tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+        """The formula's keyword names and ``backend`` (a sweep's search space; the input form,
+        :attr:`INPUT_OPTIONS`, is set apart)."""
+        return tuple(p for p in inspect.signature(cls.__init__).parameters
+                     if p != "self" and p not in cls.INPUT_OPTIONS)
 
 
 #: The former name (every loss also takes ``activation="softmax"`` now).

@@ -37,7 +37,7 @@ def get_loss(name: str, **kwargs) -> SegmentationLoss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
     cls = LOSSES[name]
-    valid = cls.hyperparameters()
+    valid = (*cls.hyperparameters(), *cls.INPUT_OPTIONS)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for loss {name!r}; "
