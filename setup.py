@@ -89,7 +89,8 @@ def _extensions():
         link_flags.append("-fopenmp")
 
     cpu_sources = glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
-    sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp"), *cpu_sources])
+    sources = _rel([os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "autograd.cpp"),
+                    *cpu_sources])
     cuda_home = cpp_extension.CUDA_HOME or os.environ.get("CUDA_HOME")
     with_cuda = _cuda_wanted(torch, cuda_home)
     # py_limited_api (one abi3 build for all CPython versions) needs torch >= 2.6.

@@ -7,6 +7,8 @@ Options:
   --bench-devices  auto (default: cpu, plus cuda when available) | cpu | cuda | cpu,cuda
   --bench-dtypes   comma list of logits dtypes (default float32): float32,bfloat16,float16
   --bench-rounds   timed rounds per benchmark (default: 10 on the CPU, 50 on CUDA)
+  --bench-peak-gbps  the GPU's memory bandwidth for the bandwidth fractions (default: looked up
+                   by device name in DEVICE_BANDWIDTH below)
 
 A test that takes the ``bench_case`` fixture is parametrised over device x shape x dtype (ids
 like ``cpu-4x1x80x80x80-float32``). Use :func:`make_batch` for inputs and :func:`run_bench` to
@@ -63,6 +65,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-devices", default="auto", help="auto | cpu | cuda | cpu,cuda")
     group.addoption("--bench-dtypes", default="float32", help="float32,bfloat16,float16")
     group.addoption("--bench-rounds", default=0, type=int, help="timed rounds (0: per device)")
+    group.addoption("--bench-peak-gbps", default=0.0, type=float,
+                    help="the GPU's memory bandwidth in GB/s (0: from the table of known devices)")
 
 
 def _devices(spec: str) -> list[str]:
@@ -180,3 +184,78 @@ def run_bench(
 
         return benchmark.pedantic(timed, setup=setup_args, rounds=case.rounds, iterations=1)
     return benchmark.pedantic(timed, rounds=case.rounds, iterations=1, warmup_rounds=1)
+
+
+# Memory bandwidth of known devices, bytes per second (vendor figures), by a name substring.
+DEVICE_BANDWIDTH = {
+    "H200": 4.8e12,
+    "H100 SXM": 3.35e12,
+    "H100 NVL": 3.9e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,  # unlabelled H100: the SXM part
+    "A100-SXM4-80GB": 2.04e12,
+    "A100-SXM4-40GB": 1.56e12,
+    "A100 80GB PCIe": 1.94e12,
+    "A100-PCIE-40GB": 1.56e12,
+    "L40S": 0.864e12,
+    "A10": 0.6e12,
+}
+
+
+def kernel_seconds(step, repeats: int = 10) -> tuple[float, int]:
+    """Device time of ``step``'s kernels per call, from the profiler's kernel events (CPU and
+    CUDA activities; memcpy / memset excluded), and the number of kernels per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
+    return sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / repeats, len(kernels) // repeats
+
+
+def device_bandwidth(name: str, override_gbps: float = 0.0) -> float | None:
+    """Bytes per second of the GPU ``name`` (the longest matching entry of DEVICE_BANDWIDTH),
+    or ``override_gbps`` when given; None for a device the table does not know."""
+    if override_gbps > 0:
+        return override_gbps * 1e9
+    hits = [k for k in DEVICE_BANDWIDTH if k.lower() in name.lower()]
+    return DEVICE_BANDWIDTH[max(hits, key=len)] if hits else None
+
+
+def kernel_report(step, moved: int, step_ms: float, peak_gbps: float) -> tuple[dict, str]:
+    """Kernel time of the CUDA ``step`` (:func:`kernel_seconds`) next to its step time, with the
+    bandwidth ``moved`` bytes per step make and its fraction of the device's bandwidth
+    (:func:`device_bandwidth`): (extra_info entries, a report fragment)."""
+    kernel_s, launches = kernel_seconds(step)
+    name = torch.cuda.get_device_name()
+    peak = device_bandwidth(name, peak_gbps)
+    rate = moved / kernel_s
+    info = {"device": name, "kernel_us": kernel_s * 1e6, "kernels": launches,
+            "step_us": step_ms * 1e3, "bytes_per_step": moved, "kernel_bytes_per_second": rate}
+    line = (f"; {name}: kernels {kernel_s * 1e6:.1f} us ({launches} kernels, profiler) in a "
+            f"{step_ms * 1e3:.1f} us step, {rate / 1e9:.0f} GB/s")
+    if peak is not None:
+        info["fraction_of_device_bandwidth"] = rate / peak
+        line += f" = {rate / peak:.0%} of {peak / 1e9:.0f} GB/s"
+    return info, line
+
+
+def finish_ratios(benchmark, case: BenchCase, info: dict, line: str, step, group: str,
+                  extra_info: dict) -> None:
+    """Record a target-ratio run (extra_info and the end-of-run report line) and time ``step``
+    once more as the test's own benchmark."""
+    benchmark.extra_info.update(info)
+    report_line(line)
+    run_bench(benchmark, case, step, group=group, extra_info=extra_info)
+
+
+@pytest.fixture
+def two_threads():
+    """The CPU protocol of the targets: 2 threads (restored afterwards)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)

@@ -24,7 +24,14 @@ import time
 
 import pytest
 import torch
-from conftest import BenchCase, make_batch, report_line, run_bench, sync
+from conftest import (
+    BenchCase,
+    finish_ratios,
+    kernel_report,
+    make_batch,
+    run_bench,
+    sync,
+)
 
 from hytver_dist import ops
 from hytver_dist.losses import LOSSES, get_loss
@@ -32,13 +39,7 @@ from hytver_dist.losses import LOSSES, get_loss
 MODES = ("fwd", "bwd", "full")
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    """The CPU protocol of the targets: 2 threads (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_threads")  # the CPU protocol of the targets
 
 
 @functools.cache
@@ -119,12 +120,13 @@ def test_all_losses_fused(benchmark, bench_case, name):
 #   CPU, 2 threads, 4x1x80^3 float32 + uint8: fused HyTver >= 5x the eager reference and
 #   >= 2.5x torch.compile of it; fused DSC++ <= 1.2x fused HyTver; C = 3 channels cost no more
 #   per voxel than C = 1 (within 10 %).
-#   CUDA (H200): fused HyTver <= 100 us and >= 3x torch.compile(reference) at 4x1x80^3; at
-#   2x1x160x192x160 an effective bandwidth >= 50 % of 4.3 TB/s, counting 14 bytes per voxel
-#   (float32 logits and uint8 target read twice, one float32 gradient written).
+#   CUDA: fused HyTver <= 100 us and >= 3x torch.compile(reference) at 4x1x80^3; at
+#   2x1x160x192x160 a kernel bandwidth >= 50 % of the device's (DEVICE_BANDWIDTH in conftest.py,
+#   or --bench-peak-gbps), counting 14 bytes per voxel (float32 logits and uint8 target read
+#   twice, one float32 gradient written) over the kernels' time (the profiler's kernel events,
+#   no host code), reported next to the step time.
 RATIO_STEPS = (("hytver", "fused"), ("hytver", "compiled"), ("hytver", "reference"),
                ("dice_pp", "fused"), ("hytver3", "fused"))
-H200_BYTES_PER_SECOND = 4.3e12
 BYTES_PER_VOXEL = 14
 
 
@@ -147,7 +149,7 @@ def _timer(device: str):
     return gpu_time
 
 
-def test_target_ratios(benchmark, bench_case):
+def test_target_ratios(benchmark, bench_case, request):
     """The targets above, timed round-robin: one (untimed + timed) pair of full steps of each
     provider per round, so that a shared machine's slow spells hit them all alike; ratios of
     the per-provider minima.
@@ -182,18 +184,19 @@ def test_target_ratios(benchmark, bench_case):
         "fused dice_pp / fused hytver": ms[("dice_pp", "fused")] / fused,
         "fused hytver per voxel, C=3 / C=1": ms[("hytver3", "fused")] / 3 / fused,
     }
-    bandwidth = BYTES_PER_VOXEL * bench_case.numel / (fused / 1e3)
+    moved = BYTES_PER_VOXEL * bench_case.numel
     info = {"min_ms": {f"{n} {p}": v for (n, p), v in ms.items()}, "ratios": ratios,
             "rounds": bench_case.rounds, "fused_hytver_us": fused * 1e3,
-            "effective_bytes_per_second": bandwidth}
+            "step_bytes_per_second": moved / (fused / 1e3)}
+    line = (f"target ratios, {bench_case.id}, full steps round-robin, min of "
+            f"{bench_case.rounds} rounds: "
+            + ", ".join(f"{n} {p} {v:.3f} ms" for (n, p), v in ms.items()) + "; "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     if bench_case.device == "cuda":
-        info["fraction_of_h200_bandwidth"] = bandwidth / H200_BYTES_PER_SECOND
-    benchmark.extra_info.update(info)
-    report_line(f"target ratios, {bench_case.id}, full steps round-robin, min of "
-                f"{bench_case.rounds} rounds: "
-                + ", ".join(f"{n} {p} {v:.3f} ms" for (n, p), v in ms.items()) + "; "
-                + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
-                + f"; fused hytver {BYTES_PER_VOXEL} B/voxel: {bandwidth / 1e9:.1f} GB/s")
-    run_bench(benchmark, bench_case, steps[("hytver", "fused")],
-              group="target ratios (fused hytver)",
-              extra_info={"loss": "hytver", "provider": "fused", "mode": "full"})
+        extra, text = kernel_report(steps[("hytver", "fused")], moved, fused,
+                                    request.config.getoption("--bench-peak-gbps"))
+        info.update(extra)
+        line += text
+    finish_ratios(benchmark, bench_case, info, line, steps[("hytver", "fused")],
+                  group="target ratios (fused hytver)",
+                  extra_info={"loss": "hytver", "provider": "fused", "mode": "full"})

@@ -3,14 +3,14 @@
     pytest benchmarks/test_bench_ops.py --benchmark-enable --benchmark-only \
         [--bench-sizes=all] [--bench-devices=cuda] [--benchmark-json=bench.json]
 
-Groups: "<op> <mode> <shape> <dtype> <device>" with providers side by side:
-  fused      hytver_dist.ops.stats / exp_stats (the C++/CUDA sum kernels; the backward
-             recomputes from the logits. The whole-loss op with its CPU saving variant is timed
-             at loss level by test_bench_losses.py)
-  reference  hytver_dist.ops.reference_stats / reference_exp_stats (eager composite)
-  compiled   torch.compile(reference_*) (inductor)
-Modes: fwd (sums only, no autograd), bwd (backward of a weighted sum of the sums, forward
-untimed), full (forward + backward). Targets are uint8.
+Groups: "<op> <mode> <shape> <dtype> <device>" with providers side by side, for the loss op
+of a kind with per-voxel sums only (hytver) and one with per-voxel powers (dice_pp):
+  fused      hytver_dist.ops.loss (one fused op per direction; no module checks, so this is the
+             op's own cost. The loss modules are timed by test_bench_losses.py)
+  reference  the loss class's reference (eager composite)
+  compiled   torch.compile(reference) (inductor)
+Modes: fwd (no autograd), bwd (backward, forward untimed), full (forward + backward). Targets
+are uint8.
 """
 
 from __future__ import annotations
@@ -22,29 +22,26 @@ import torch
 from conftest import BenchCase, make_batch, run_bench
 
 from hytver_dist import ops
+from hytver_dist.losses import get_loss
 
-GAMMA, EPS = 2.0, 1e-7
-OPS = {
-    "stats": (ops.stats, ops.reference_stats, ()),
-    "exp_stats": (ops.exp_stats, ops.reference_exp_stats, (GAMMA, EPS)),
-}
+OPS = {name: get_loss(name) for name in ("hytver", "dice_pp")}
 PROVIDERS = ("fused", "reference", "compiled")
 MODES = ("fwd", "bwd", "full")
 
 
 @functools.cache
 def _compiled(op: str):
-    return torch.compile(OPS[op][1])
+    return torch.compile(OPS[op].reference)
 
 
 def _provider_fn(op: str, provider: str):
-    fused, reference, _ = OPS[op]
+    loss = OPS[op]
     if provider == "fused":
         if not ops.is_available():
             pytest.skip("hytver_dist._C is not built")
-        return fused
+        return lambda x, y: ops.loss(x, y, loss.kind, loss.fused_params(), loss.per_sample)
     if provider == "reference":
-        return reference
+        return loss.reference
     return _compiled(op)
 
 
@@ -62,20 +59,16 @@ def test_ops(benchmark, bench_case: BenchCase, op: str, provider: str, mode: str
     if provider == "fused" and not ops.supports(bench_case.device):
         pytest.skip(f"no fused kernel for {bench_case.device}")
     fn = _provider_fn(op, provider)
-    args = OPS[op][2]
     x, y = make_batch(bench_case)
-    k = 5 if op == "stats" else 9
-    g = torch.Generator().manual_seed(1)
-    w = torch.rand(bench_case.shape[0], k, generator=g).to(bench_case.device)
 
     def loss(xg):
-        return (fn(xg, y, *args) * w).sum()
+        return fn(xg, y)
 
     info = {"impl": provider, "op": op, "mode": mode, "bytes_moved": _bytes_moved(bench_case, mode)}
     group = f"{op} {mode}"
     if mode == "fwd":
         with torch.no_grad():
-            run_bench(benchmark, bench_case, lambda: fn(x, y, *args), group=group, extra_info=info)
+            run_bench(benchmark, bench_case, lambda: fn(x, y), group=group, extra_info=info)
     elif mode == "bwd":
 
         def setup():

@@ -87,6 +87,17 @@ def test_check_program_runs_on_gpu(check_exe):
     assert " 0 failures" in res.stdout
 
 
+def test_check_program_device_assert_on_gpu(check_exe):
+    """A label outside [0, C) stops the softmax kernel with a device-side assertion: the
+    program exits 0 only if the launch ends in cudaErrorAssert."""
+    if not _gpu_present():
+        pytest.skip("no GPU to run the assertion case on (compiling it is the check here)")
+    res = subprocess.run([str(check_exe), "--assert"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "cudaErrorAssert" in res.stdout, res.stdout + res.stderr
+    assert "labels must lie in [0, C)" in res.stdout + res.stderr
+
+
 def test_framework_free_cu_files_compile(tmp_path):
     for path in framework_free_cu_files():
         _compile(["-c", str(path), "-o", str(tmp_path / (path.stem + ".o"))])

@@ -1,7 +1,8 @@
-"""Tests of the fused ops (hytver_dist.ops, torch.ops.hytver.*): the sums and the loss op.
+"""Tests of the fused loss op (hytver_dist.ops, torch.ops.hytver.*), sigmoid and softmax.
 
-The fused kernels are checked against the pure-PyTorch references in float64, which are checked
-against textbook formulas (the losses' values against their own oracles: test_losses_spec.py).
+The float64 op's values are checked against the spec's oracles in test_losses_spec.py and
+test_losses_softmax.py; here the other dtypes, ISA paths, threads, layouts, errors and the
+registration (opcheck, gradcheck, torch.compile) are checked against the float64 op.
 CUDA tests are marked ``cuda`` and run only where a GPU is visible.
 """
 
@@ -14,6 +15,13 @@ import sys
 
 import pytest
 import torch
+from loss_helpers import (
+    assert_device_assert,
+    capture_loss_step,
+    cuda_ready,
+    run_cuda_subprocess,
+    step_kernels,
+)
 
 from hytver_dist import ops
 
@@ -21,9 +29,6 @@ requires_ext = pytest.mark.skipif(not ops.is_available(), reason="hytver_dist._C
 cuda = pytest.mark.cuda
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-GAMMAS = (0.0, 0.5, 2.0, 2.5)
-EPSS = (0.0, 1e-7)
-SHAPES = ((1, 1, 5, 7, 3), (3, 1, 17, 9, 5), (3, 2, 11, 13))  # odd sizes, batch 1 and 3
 # Every loss kind with non-default hyperparameters (a swapped one changes the value), and the
 # hyperparameters of the saving path's kinds.
 KIND_PARAMS = {
@@ -63,15 +68,6 @@ def value_and_grad(fn, x, y, *args):
     return out.detach(), x.grad
 
 
-def assert_sums_close(got, ref, rel):
-    """|got - ref| <= rel * max(|ref|, 1) elementwise (sums are O(n) positive numbers)."""
-    got = got.double().cpu()
-    ref = ref.double().cpu()
-    bound = rel * ref.abs().clamp_min(1.0)
-    err = (got - ref).abs()
-    assert torch.all(err <= bound), f"max err {err.max().item():.3e}, rel {rel}\n{got}\n{ref}"
-
-
 def assert_grad_close(got, ref, rel, floor=1e-6):
     """Elementwise relative error rel, plus floor * max|ref| for terms that cancel."""
     got = got.double().cpu()
@@ -92,177 +88,141 @@ def test_extension_is_built():
     )
 
 
-def textbook_exp_stats(x, y, gamma, eps):
-    """Direct float64 formulas: p = 1/(1+exp(-x)), clamp, q = 1 - p, log, pow."""
-    b = x.shape[0]
-    x = x.reshape(b, -1).double()
-    y = y.reshape(b, -1).double()
-    p = 1.0 / (1.0 + torch.exp(-x))
-    if eps > 0:
-        p = p.clamp(eps, 1 - eps)
-    q = 1.0 - p
-    lp, lq = torch.log(p), torch.log(q)
-    ny = 1 - y
-    terms = [
-        y * p,
-        ny * p,
-        y * q,
-        -y * lp,
-        -ny * lq,
-        y * q**gamma,
-        ny * p**gamma,
-        y * q**gamma * -lp,
-        ny * p**gamma * -lq,
-    ]
-    return torch.stack([t.sum(1) for t in terms], 1)
+def below_autograd():
+    """Call the raw kernels (the op's saving variant returns its saved values only there)."""
+    return torch._C._AutoDispatchBelowAutograd()
 
 
-@pytest.mark.parametrize("gamma", GAMMAS)
-@pytest.mark.parametrize("eps", EPSS)
-def test_reference_matches_textbook(gamma, eps):
-    x, y = make_inputs((3, 1, 7, 9), scale=2.0, tdtype=torch.float64, extremes=False)
-    ref = ops.reference_exp_stats(x, y, gamma, eps)
-    torch.testing.assert_close(ref, textbook_exp_stats(x, y, gamma, eps), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(ops.reference_stats(x, y), ref[:, :5], rtol=1e-12, atol=1e-12)
-    xs, ys = make_inputs(
-        (3, 1, 7, 9), scale=2.0, soft=True, tdtype=torch.float64, seed=3, extremes=False
-    )
-    torch.testing.assert_close(
-        ops.reference_stats(xs, ys), textbook_exp_stats(xs, ys, 0, 0)[:, :5], rtol=1e-10, atol=1e-12
-    )
+def loss_value_and_grad(kind, params, x, y, per_sample=False, save=None,
+                        activation="sigmoid", include_background=True):
+    """The loss op's value and logit gradient (upstream gradient 0.7) via ops.loss (save=None:
+    its own choice) or the raw op with the given save flag and the matching backward."""
+    x = x.detach().clone()
+    if save is None:
+        x.requires_grad_(True)
+        value = ops.loss(x, y, kind, params, per_sample, activation, include_background)
+        (value * 0.7).backward()
+        return value.detach(), x.grad
+    with below_autograd():  # above it the saved values belong to the autograd node
+        value, coef, saved = torch.ops.hytver.loss(x, y, kind, params, per_sample, save,
+                                                   activation, include_background)
+    grad = torch.tensor(0.7, dtype=value.dtype)
+    if save:
+        torch.ops.hytver.loss_backward_saved_(grad, coef, saved, x, y, kind, params, activation)
+        return value, saved
+    return value, torch.ops.hytver.loss_backward(grad, coef, x, y, kind, params, activation)
 
 
-def test_reference_gradient_through_clamp_is_zero_outside():
-    x = torch.tensor([[40.0, -40.0, 0.5]], dtype=torch.float64, requires_grad=True)
-    y = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
-    ops.reference_exp_stats(x, y, 2.0, 1e-7).sum().backward()
-    assert x.grad[0, 0] == 0 and x.grad[0, 1] == 0 and x.grad[0, 2] != 0
+def assert_loss_op_close(kind, params, x, y, per_sample, grel, activation="sigmoid", vrel=2e-5):
+    """ops.loss (float32 / half logits) against the float64 op on the same values."""
+    ref, gref = loss_value_and_grad(kind, params, x.double(), y, per_sample,
+                                    activation=activation)
+    out, g = loss_value_and_grad(kind, params, x, y, per_sample, activation=activation)
+    torch.testing.assert_close(out.double(), ref, rtol=vrel, atol=1e-7)
+    assert_grad_close(g, gref, grel)
+
+
+def make_labels(shape, classes, seed=0, device="cpu", dtype=torch.uint8):
+    """Logits (B, C, *spatial) (float64, scale 3, a few extremes) and a label map (B, 1, ...)."""
+    x, _ = make_inputs(shape, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    labels = torch.randint(0, classes, (shape[0], 1, *shape[2:]), generator=g)
+    return x.to(device), labels.to(dtype).to(device)
 
 
 # ------------------------------------------------------------------------------------------
-# fused vs reference on the CPU
+# the kernel table
 
 
 @requires_ext
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("tdtype", [torch.float64, torch.float32, torch.uint8, torch.bool])
-def test_stats_float64(shape, tdtype):
-    x, y = make_inputs(shape, tdtype=tdtype)
-    out, gx = value_and_grad(ops.stats, x, y)
-    ref, gref = value_and_grad(ops.reference_stats, x, y)
-    assert out.dtype == torch.float64 and out.shape == (shape[0], 5)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(gx, gref, rtol=1e-10, atol=1e-12)
+def test_kernel_table_matches_the_loss_classes():
+    """The C++ table of loss kinds (names, hyperparameter counts, sums, hard-label flag) is the
+    loss classes' metadata: the one place a loss declares what the kernels need."""
+    from hytver_dist.losses import LOSSES
+
+    table = ops.loss_kinds()
+    assert list(table) == list(LOSSES)
+    for name, cls in LOSSES.items():
+        assert cls.kind == name
+        want = ops.LossKind(len(cls.fused_param_names), 9 if cls.needs_hard_labels else 5,
+                            cls.needs_hard_labels)
+        assert table[name] == want, name
+        assert len(cls().fused_params()) == want.params
 
 
-@requires_ext
-@pytest.mark.parametrize("shape", SHAPES[:2])
-def test_stats_soft_labels_float64(shape):
-    x, y = make_inputs(shape, soft=True, tdtype=torch.float64, seed=5)
-    out, gx = value_and_grad(ops.stats, x, y)
-    ref, gref = value_and_grad(ops.reference_stats, x, y)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(gx, gref, rtol=1e-10, atol=1e-12)
-
-
-@requires_ext
-@pytest.mark.parametrize("gamma", GAMMAS)
-@pytest.mark.parametrize("eps", EPSS)
-@pytest.mark.parametrize("tdtype", [torch.float64, torch.uint8])
-def test_exp_stats_float64(gamma, eps, tdtype):
-    x, y = make_inputs((3, 1, 17, 9, 5), tdtype=tdtype, seed=7)
-    out, gx = value_and_grad(ops.exp_stats, x, y, gamma, eps)
-    ref, gref = value_and_grad(ops.reference_exp_stats, x, y, gamma, eps)
-    assert out.dtype == torch.float64 and out.shape == (3, 9)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(gx, gref, rtol=1e-10, atol=1e-12)
-
-
-@requires_ext
-@pytest.mark.parametrize(
-    "soft,tdtype",
-    [(False, torch.float32), (False, torch.uint8), (False, torch.bool), (True, torch.float32)],
-)  # soft labels need a float target
-def test_stats_float32(soft, tdtype):
-    x, y = make_inputs((3, 1, 17, 19, 23), soft=soft, tdtype=tdtype, seed=11)
-    x32 = x.float()
-    out, gx = value_and_grad(ops.stats, x32, y)
-    ref, gref = value_and_grad(ops.reference_stats, x32.double(), y)
-    assert out.dtype == torch.float32 and gx.dtype == torch.float32
-    assert_sums_close(out, ref, 2e-6)
-    assert_grad_close(gx, gref, 1e-5)
-    # the float32 reference (the fallback path) agrees too
-    assert_sums_close(ops.reference_stats(x32, y), ref, 2e-5)
-
-
-@requires_ext
-@pytest.mark.parametrize("gamma", GAMMAS)
-@pytest.mark.parametrize("eps", EPSS)
-def test_exp_stats_float32(gamma, eps):
-    x, y = make_inputs((3, 1, 17, 19, 23), tdtype=torch.uint8, seed=13)
-    x32 = x.float()
-    out, gx = value_and_grad(ops.exp_stats, x32, y, gamma, eps)
-    ref, gref = value_and_grad(ops.reference_exp_stats, x32.double(), y, gamma, eps)
-    assert out.dtype == torch.float32 and out.shape == (3, 9)
-    assert_sums_close(out, ref, 5e-6)
-    assert_grad_close(gx, gref, 2e-5)
+# ------------------------------------------------------------------------------------------
+# dtypes, extremes, layouts
 
 
 @requires_ext
 @pytest.mark.parametrize("xdtype,rel", [(torch.bfloat16, 2.0**-7), (torch.float16, 2.0**-10)])
 @pytest.mark.parametrize("tdtype", [torch.float32, torch.uint8])
-def test_low_precision_logits(xdtype, rel, tdtype):
-    x, y = make_inputs((2, 1, 13, 17, 11), tdtype=tdtype, seed=17)
+@pytest.mark.parametrize("kind", ["hytver", "dice_pp"])
+def test_low_precision_logits(xdtype, rel, tdtype, kind):
+    """Half logits: the loss in float32 from the rounded values, the gradient rounded once."""
+    x, y = make_inputs((3, 2, 17, 9, 5), tdtype=tdtype, seed=19)
     xl = x.to(xdtype)
-    out, gx = value_and_grad(ops.stats, xl, y)
-    ref, gref = value_and_grad(ops.reference_stats, xl.double(), y)
-    assert out.dtype == torch.float32 and gx.dtype == xdtype
-    assert_sums_close(out, ref, 2e-6)  # inputs are exact in float32: only the sums round
-    assert_grad_close(gx, gref, rel)  # the gradient is rounded to the logits' dtype
-    out, gx = value_and_grad(ops.exp_stats, xl, y, 2.0, 1e-7)
-    ref, gref = value_and_grad(ops.reference_exp_stats, xl.double(), y, 2.0, 1e-7)
-    assert_sums_close(out, ref, 5e-6)
-    assert_grad_close(gx, gref, rel)
+    out, gx = loss_value_and_grad(kind, KIND_PARAMS[kind], xl, y, save=False)
+    ref, gref = loss_value_and_grad(kind, KIND_PARAMS[kind], xl.double(), y, save=False)
+    assert gx.dtype == xdtype
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-7)
+    assert_grad_close(gx, gref, rel, floor=1e-3)
 
 
 @requires_ext
 @pytest.mark.parametrize("big", [100.0, 1000.0])
-def test_extreme_logits_are_exact(big):
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_extreme_logits_are_exact(big, activation):
+    """Saturated logits: finite values and gradients equal to the float64 op's."""
     vals = torch.tensor([big, -big, big / 2, -big / 2, 0.0, 30.0, -30.0])
-    x = vals.repeat(2, 3).reshape(2, 1, 21)
-    y = torch.tensor([1, 0] * 10 + [1], dtype=torch.uint8).repeat(2, 1).reshape(2, 1, 21)
-    y[1] = 1 - y[1]
-    for fn, args in [(ops.stats, ()), (ops.exp_stats, (2.0, 0.0)), (ops.exp_stats, (0.5, 1e-7))]:
-        ref_fn = ops.reference_stats if fn is ops.stats else ops.reference_exp_stats
-        out, gx = value_and_grad(fn, x, y, *args)
-        ref, gref = value_and_grad(ref_fn, x.double(), y, *args)
-        assert torch.isfinite(out).all() and torch.isfinite(gx).all()
-        assert_sums_close(out, ref, 2e-6)
+    x = vals.repeat(2, 6).reshape(2, 2, 21)
+    y = torch.tensor([1, 0] * 10 + [1], dtype=torch.uint8).repeat(2, 2).reshape(2, 2, 21)
+    y[:, 1] = 1 - y[:, 0]
+    if activation == "softmax":
+        y = y[:, 1:]  # the label map of the two classes
+    for kind in ("hytver", "focal", "dice_pp", "symmetric_unified_focal"):
+        out, gx = loss_value_and_grad(kind, KIND_PARAMS[kind], x, y, activation=activation)
+        ref, gref = loss_value_and_grad(kind, KIND_PARAMS[kind], x.double(), y,
+                                        activation=activation)
+        assert torch.isfinite(out).all() and torch.isfinite(gx).all(), kind
+        torch.testing.assert_close(out.double(), ref, rtol=2e-6, atol=1e-7)
         torch.testing.assert_close(gx.double(), gref, rtol=1e-5, atol=1e-7)
 
 
 @requires_ext
-def test_noncontiguous_and_target_shape():
-    x, y = make_inputs((3, 1, 9, 14), tdtype=torch.float32)
-    xt = x.transpose(2, 3)
-    yt = y.transpose(2, 3)
+def test_noncontiguous_inputs():
+    x, y = make_inputs((3, 2, 9, 14), tdtype=torch.float32)
+    xt, yt = x.transpose(2, 3), y.transpose(2, 3)
     assert not xt.is_contiguous()
-    torch.testing.assert_close(
-        ops.stats(xt, yt), ops.reference_stats(xt, yt), rtol=1e-10, atol=1e-12
-    )
-    # (B, *spatial) target for (B, 1, *spatial) logits: same numel per sample
-    torch.testing.assert_close(ops.stats(x, y[:, 0]), ops.stats(x, y), rtol=0, atol=0)
-    torch.testing.assert_close(torch.ops.hytver.stats(xt, yt), ops.stats(xt, yt), rtol=0, atol=0)
+    for kind in ("hytver", "dice_pp"):
+        got = loss_value_and_grad(kind, KIND_PARAMS[kind], xt, yt)
+        want = loss_value_and_grad(kind, KIND_PARAMS[kind], xt.contiguous(), yt.contiguous())
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    x, lab = make_labels((2, 3, 9, 14), 3)
+    got = loss_value_and_grad("dice", [1.0], x.transpose(2, 3), lab.transpose(2, 3),
+                              activation="softmax")
+    want = loss_value_and_grad("dice", [1.0], x.transpose(2, 3).contiguous(),
+                               lab.transpose(2, 3).contiguous(), activation="softmax")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 @requires_ext
-def test_empty_inputs():
-    x = torch.zeros(0, 1, 4)
-    assert torch.equal(ops.stats(x, torch.zeros(0, 1, 4)), torch.zeros(0, 5))
-    x = torch.zeros(2, 1, 0)
-    assert torch.equal(ops.exp_stats(x, torch.zeros(2, 1, 0), 2.0), torch.zeros(2, 9))
-    g = torch.ops.hytver.stats_backward(torch.ones(2, 5), x, torch.zeros(2, 1, 0))
-    assert g.shape == x.shape
+@pytest.mark.parametrize("kind", ["hytver", "dice_pp", "focal"])
+def test_gamma_two_matches_general_path(kind):
+    """The gamma == 2 kernels (powers as products) agree with the exp path (gamma just above
+    2), sigmoid and softmax."""
+    near = 2.0 * (1 + 1e-15)  # not == 2: the general exp path
+    params = {"hytver": ([0.7, 0.7, 0.5, 1.0], None), "dice_pp": ([2.0], [near]),
+              "focal": ([0.25, 2.0], [0.25, near])}[kind]
+    if params[1] is None:
+        return
+    x, y = make_inputs((2, 3, 11, 13), seed=43)
+    xl, lab = make_labels((2, 3, 11, 13), 3, seed=44)
+    for xi, yi, act in ((x.float(), y, "sigmoid"), (xl.float(), lab, "softmax")):
+        a = loss_value_and_grad(kind, params[0], xi, yi, save=False, activation=act)
+        b = loss_value_and_grad(kind, params[1], xi, yi, save=False, activation=act)
+        torch.testing.assert_close(a[0], b[0], rtol=2e-6, atol=1e-8)
+        assert_grad_close(a[1], b[1], 2e-5)
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,86 +235,57 @@ def test_every_cpu_isa_path():
     assert isas[0] == "base"
     x, y = make_inputs((2, 1, 40, 41, 19), tdtype=torch.uint8, seed=23)  # 31160 per sample
     x32 = x.float()
-    ref, gref = value_and_grad(ops.reference_stats, x32.double(), y)
-    eref, egref = value_and_grad(ops.reference_exp_stats, x32.double(), y, 2.0, 1e-7)
+    xs, lab = make_labels((2, 3, 17, 21, 19), 3, seed=24)
     for isa in isas:
         with ops.use_cpu_isa(isa):
             assert ops.cpu_isa() == isa
-            out, gx = value_and_grad(ops.stats, x32, y)
-            assert_sums_close(out, ref, 2e-6)
-            assert_grad_close(gx, gref, 1e-5)
-            out, gx = value_and_grad(ops.exp_stats, x32, y, 2.0, 1e-7)
-            assert_sums_close(out, eref, 5e-6)
-            assert_grad_close(gx, egref, 2e-5)
             # the loss op on this path, saving (CPU training) and plain: DSC++ from the saved
             # values without logs, HyTver from the saved values, a focal kind recomputing
             for kind in ("dice_pp", "hytver", "focal"):
                 assert_loss_op_close(kind, KIND_PARAMS[kind], x32, y, True, 2e-5)
-            xb = x.to(torch.bfloat16)
-            torch.testing.assert_close(
-                ops.stats(xb, y).double(), ops.reference_stats(xb.double(), y), rtol=2e-6, atol=1e-5
-            )
+                assert_loss_op_close(kind, KIND_PARAMS[kind], xs.float(), lab, False, 5e-5,
+                                     activation="softmax")
+            assert_loss_op_close("combo", KIND_PARAMS["combo"], x.to(torch.bfloat16), y, False,
+                                 2.0**-7)
 
 
 @requires_ext
 def test_cpu_isa_env_errors():
+    x, y = torch.zeros(1, 1, 3), torch.zeros(1, 1, 3)
     with ops.use_cpu_isa("sse9"):
         with pytest.raises(ValueError, match="HYTVER_CPU_ISA"):
-            ops.stats(torch.zeros(1, 3), torch.zeros(1, 3))
+            ops.loss(x, y, "dice", [1.0])
     for isa in ("avx2", "avx512"):
         if isa not in ops.supported_cpu_isas():
             with ops.use_cpu_isa(isa):
                 with pytest.raises(RuntimeError, match=isa):
-                    ops.stats(torch.zeros(1, 3), torch.zeros(1, 3))
+                    ops.loss(x, y, "dice", [1.0])
     with ops.use_cpu_isa("auto"):
         assert ops.cpu_isa() == ops.supported_cpu_isas()[-1]
-
-
-def loss_value_and_grad(kind, params, x, y, per_sample=False, save=None):
-    """The loss op's value and logit gradient (upstream gradient 0.7) via ops.loss (save=None:
-    its own choice) or the raw op with the given save flag and the matching backward."""
-    x = x.detach().clone()
-    if save is None:
-        x.requires_grad_(True)
-        value = ops.loss(x, y, kind, params, per_sample)
-        (value * 0.7).backward()
-        return value.detach(), x.grad
-    value, coef, saved = torch.ops.hytver.loss(x, y, kind, params, per_sample, save)
-    grad = torch.tensor(0.7, dtype=value.dtype)
-    if save:
-        torch.ops.hytver.loss_backward_saved_(grad, coef, saved, x, y, kind, params)
-        return value, saved
-    return value, torch.ops.hytver.loss_backward(grad, coef, x, y, kind, params)
-
-
-def assert_loss_op_close(kind, params, x, y, per_sample, grel):
-    """ops.loss (float32 / half logits) against the float64 op on the same values."""
-    ref, gref = loss_value_and_grad(kind, params, x.double(), y, per_sample)
-    out, g = loss_value_and_grad(kind, params, x, y, per_sample)
-    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=1e-7)
-    assert_grad_close(g, gref, grel)
 
 
 @requires_ext
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_bitwise_equal_for_1_and_2_threads(xdtype):
-    """Fixed chunks and a fixed reduction order: the sums, the losses and their gradients are
-    bitwise the same for 1 and 2 threads, C = 1 and C = 3."""
+    """Fixed chunks and a fixed reduction order: the losses and their gradients are bitwise the
+    same for 1 and 2 threads, sigmoid with C = 1 and C = 3, softmax with C = 3."""
     x, y = make_inputs((2, 1, 71, 67, 13), tdtype=torch.uint8, seed=29)  # 4 chunks per sample
     x = x.to(xdtype)
     x3, y3 = make_inputs((2, 3, 41, 37, 11), tdtype=torch.uint8, seed=30)
     x3 = x3.to(xdtype)
+    xs, lab = make_labels((2, 3, 41, 37, 23), 3, seed=31)  # 3 chunks per sample
+    xs = xs.to(xdtype)
     old = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            s, gs = value_and_grad(ops.stats, x, y)
-            e, ge = value_and_grad(ops.exp_stats, x, y, 2.5, 1e-7)
-            run = [s, gs, e, ge]
+            run = []
             for kind in ("hytver", "dice_pp", "asymmetric_unified_focal"):
                 for xi, yi in ((x, y), (x3, y3)):
                     run += loss_value_and_grad(kind, KIND_PARAMS[kind], xi, yi)
+                run += loss_value_and_grad(kind, KIND_PARAMS[kind], xs, lab,
+                                           activation="softmax")
             results.append(run)
     finally:
         torch.set_num_threads(old)
@@ -397,7 +328,7 @@ SAVING_CASES = [
     for xdtype in (torch.float32, torch.bfloat16, torch.float16)
     for tdtype in (torch.uint8, torch.bool, torch.float32)
     for kind in ("hytver", "dice", "dice_pp", "focal", "symmetric_unified_focal")
-    if kind not in ops.EXP_KINDS or xdtype == torch.float32  # the op refuses the others
+    if not ops.loss_kinds()[kind].hard or xdtype == torch.float32  # the op refuses the others
 ]
 
 
@@ -421,37 +352,66 @@ def test_loss_saving_variant_matches_plain_op(xdtype, tdtype, kind):
 
 
 @requires_ext
+@pytest.mark.parametrize("kind", ["hytver", "dice_ce", "weighted_ce", "logcosh_dice"])
+@pytest.mark.parametrize("target", ["labels", "one-hot"])
+def test_softmax_saving_variant_matches_plain_op(kind, target):
+    """Softmax training path (float32 logits, the kinds without per-voxel powers): the forward
+    keeps p_c, the backward (no exp) writes the gradient over it: the plain op's loss bit for bit,
+    its gradient to float32 rounding; a label map and one-hot targets."""
+    x, lab = make_labels((2, 4, 11, 9, 5), 4, seed=72)
+    y = lab if target == "labels" else torch.nn.functional.one_hot(
+        lab[:, 0].long(), 4).movedim(-1, 1).to(torch.uint8)
+    x = x.float()
+    params = KIND_PARAMS[kind]
+    value, grad = loss_value_and_grad(kind, params, x, y, save=True, activation="softmax")
+    want, want_grad = loss_value_and_grad(kind, params, x, y, save=False, activation="softmax")
+    assert torch.equal(value, want)
+    assert grad.dtype == torch.float32 and grad.shape == x.shape
+    assert_grad_close(grad, want_grad, 2e-5)
+    auto = loss_value_and_grad(kind, params, x, y, activation="softmax")  # ops.loss: saving
+    assert torch.equal(auto[0], want)
+    assert_grad_close(auto[1], want_grad, 2e-5)
+    with pytest.raises(ValueError, match="softmax saving variant takes float32 logits"):
+        torch.ops.hytver.loss(x, y, "dice_pp", [2.0], False, True, "softmax")
+
+
+@requires_ext
 def test_saving_path_survives_retain_graph():
     """The first backward turns the saved values into the gradient; a second backward of the
     same graph recomputes from the logits and gives the same gradient."""
     x, y = make_inputs((2, 1, 9, 7), seed=53)
     x = x.float().requires_grad_(True)
-    for kind in ("hytver", "dice_pp"):
-        loss = ops.loss(x, y, kind, KIND_PARAMS[kind])
-        (first,) = torch.autograd.grad(loss, x, retain_graph=True)
-        (second,) = torch.autograd.grad(loss, x)
+    x2 = torch.cat([x, -x], 1).detach().requires_grad_(True)
+    lab = (y > 0).to(torch.uint8)
+    for kind, xi, yi, act in (("hytver", x, y, "sigmoid"), ("dice_pp", x, y, "sigmoid"),
+                              ("hytver", x2, lab, "softmax")):
+        loss = ops.loss(xi, yi, kind, KIND_PARAMS[kind], activation=act)
+        (first,) = torch.autograd.grad(loss, xi, retain_graph=True)
+        (second,) = torch.autograd.grad(loss, xi)
         assert_grad_close(second, first, 1e-5)
         assert first.data_ptr() != second.data_ptr()
 
 
 @requires_ext
 def test_training_path_uses_saving_variant():
-    """ops.loss saves exactly when a CPU backward will follow and can use the saved values
-    (not for float64 logits; exponent kinds only DSC++ with gamma == 2 on float32 logits)."""
+    """ops.loss saves exactly when a CPU backward will follow (sigmoid; not for float64 logits,
+    exponent kinds only on float32 logits): the backward then writes into the saved values."""
     x, y = make_inputs((2, 1, 6, 5))
     x32 = x.float().requires_grad_(True)
     with torch.profiler.profile() as prof:
         ops.loss(x32, y, "hytver", KIND_PARAMS["hytver"]).backward()  # saving
         ops.loss(x32, y, "dice_pp", [2.0]).backward()  # saving
-        ops.loss(x32, y, "dice_pp", [2.5]).backward()  # gamma != 2: plain
-        ops.loss(x32, y, "focal", [0.25, 2.0]).backward()  # logs needed: plain
+        ops.loss(x32, y, "dice_pp", [2.5]).backward()  # saving, recomputes into them
+        ops.loss(x32.bfloat16(), y, "focal", [0.25, 2.0]).backward()  # bfloat16 exp: plain
         with torch.no_grad():
             ops.loss(x32, y, "hytver", KIND_PARAMS["hytver"])  # no backward: plain
         ops.loss(x.requires_grad_(True), y, "dice", [1.0]).backward()  # float64: plain
+        lab = (y > 0).to(torch.uint8)
+        ops.loss(torch.cat([x32, -x32], 1), lab, "dice", [1.0], activation="softmax").backward()
     names = [e.name for e in prof.events()]
-    assert names.count("hytver::loss") == 6
-    assert names.count("hytver::loss_backward_saved_") == 2
-    assert names.count("hytver::loss_backward") == 3
+    assert names.count("hytver::loss") >= 7  # (a call may show at two dispatch levels)
+    assert names.count("hytver::loss_backward_saved_") == 4  # the softmax dice too
+    assert names.count("hytver::loss_backward") == 2
 
 
 @requires_ext
@@ -477,32 +437,6 @@ def test_loss_op_nonfinite_logits_propagate():
 # errors
 
 
-@requires_ext
-def test_errors_name_the_problem():
-    x = torch.zeros(2, 1, 4, 4)
-    y = torch.zeros(2, 1, 4, 4)
-    for fn in (ops.stats, torch.ops.hytver.stats, ops.reference_stats):
-        with pytest.raises(ValueError, match="does not match logits shape"):
-            fn(x, torch.zeros(2, 1, 4, 5))
-        with pytest.raises(ValueError, match="does not match logits shape"):
-            fn(x, torch.zeros(1, 2, 4, 4))
-        with pytest.raises(ValueError, match="logits must be"):
-            fn(torch.zeros(2, 1, 4, 4, dtype=torch.int64), y)
-        with pytest.raises(ValueError, match="target must be"):
-            fn(x, torch.zeros(2, 1, 4, 4, dtype=torch.int32))
-        with pytest.raises(ValueError, match="batch dimension"):
-            fn(torch.tensor(1.0), torch.tensor(1.0))
-    for fn in (ops.exp_stats, torch.ops.hytver.exp_stats):
-        with pytest.raises(ValueError, match="gamma"):
-            fn(x, y, -1.0, 0.0)
-        with pytest.raises(ValueError, match="eps"):
-            fn(x, y, 1.0, 0.5)
-    with pytest.raises(ValueError, match="grad must have shape"):
-        torch.ops.hytver.stats_backward(torch.ones(2, 9), x, y)
-    with pytest.raises(ValueError, match="grad must have shape"):
-        torch.ops.hytver.exp_stats_backward(torch.ones(2, 5), x, y, 2.0, 0.0)
-
-
 def loss_op_error_cases(device):
     """(callable, error regex) for the loss ops' argument checks on ``device``."""
     x = torch.zeros(2, 3, 4, 4, device=device)
@@ -522,12 +456,53 @@ def loss_op_error_cases(device):
         (lambda: op.loss_backward(g, coef.float(), x, y, "dice", [1.0]), "coef must be"),
         (lambda: op.loss_backward(torch.ones(2, device=device), coef, x, y, "dice", [1.0]),
          "grad must be one floating-point value"),
+        (lambda: op.loss(x, y, "dice", [1.0], False, False, "relu"),
+         "activation must be 'sigmoid' or 'softmax'"),
+        (lambda: op.loss(x[:, :1], y[:, :1], "dice", [1.0], False, False, "softmax"),
+         "softmax needs C >= 2"),
+        (lambda: op.loss(x, y[:, :2], "dice", [1.0], False, False, "softmax"),
+         "fits neither a label map"),
+        (lambda: op.loss(x, y[:, :1], "dice", [1.0], False, False, "softmax"),
+         "label map must have an integer dtype"),
+        (lambda: op.loss(x, y.to(torch.int32), "dice", [1.0], False, False, "softmax"),
+         "one-hot / soft target .* must be float32, float64, uint8 or bool"),
+    ]
+
+
+def softmax_target_error_cases(device):
+    """(callable, error regex) for softmax targets with bad values on ``device``."""
+    x = torch.zeros(2, 3, 4, 4, device=device)
+    lab = torch.zeros(2, 1, 4, 4, dtype=torch.int64, device=device)
+    lab[1, 0, 2, 3] = 3
+    neg = torch.zeros_like(lab)
+    neg[0, 0, 0, 0] = -1
+    onehot = torch.zeros(2, 3, 4, 4, device=device)
+    onehot[:, 0] = 1
+    unnorm = onehot.clone()
+    unnorm[1, 1, 1, 1] = 0.5
+    soft = onehot.clone()
+    soft[1, :2, 1, 1] = 0.5
+    outside = onehot.clone()
+    outside[0, 2, 0, 0] = 2.0
+    op = torch.ops.hytver.loss
+    return [
+        (lambda: op(x, lab, "dice", [1.0], False, False, "softmax"),
+         r"labels must lie in \[0, C\)"),
+        (lambda: op(x, neg.to(torch.int32), "dice", [1.0], False, False, "softmax"),
+         r"labels must lie in \[0, C\)"),
+        (lambda: op(x, lab.to(torch.uint8), "dice_pp", [2.0], False, False, "softmax"),
+         r"labels must lie in \[0, C\)"),
+        (lambda: op(x, unnorm, "dice", [1.0], False, False, "softmax"), "must sum to 1"),
+        (lambda: op(x, outside, "hytver", KIND_PARAMS["hytver"], False, False, "softmax"),
+         r"must lie in \[0, 1\]"),
+        (lambda: op(x, soft, "focal", [0.25, 2.0], False, False, "softmax"),
+         "needs hard labels"),
     ]
 
 
 @requires_ext
 def test_loss_op_errors_name_the_problem():
-    for fn, match in loss_op_error_cases("cpu"):
+    for fn, match in loss_op_error_cases("cpu") + softmax_target_error_cases("cpu"):
         with pytest.raises(ValueError, match=match):
             fn()
     x = torch.zeros(2, 1, 4, 4)
@@ -550,7 +525,9 @@ def test_loss_op_errors_name_the_problem():
         torch.ops.hytver.loss(x.double(), y, "dice", [1.0], False, True)
     with pytest.raises(ValueError, match="saving variant takes float32 logits"):
         torch.ops.hytver.loss(x.bfloat16(), y, "dice_pp", [2.0], False, True)
-    _, coef, saved = torch.ops.hytver.loss(x, y, "dice", [1.0], False, True)
+    with below_autograd():
+        _, coef, saved = torch.ops.hytver.loss(x, y, "dice", [1.0], False, True)
+    assert torch.ops.hytver.loss(x, y, "dice", [1.0], False, True)[2].numel() == 0
     with pytest.raises(ValueError, match="saved must be the contiguous float32"):
         torch.ops.hytver.loss_backward_saved_(torch.tensor(1.0), coef, saved[:, :, :2], x, y,
                                               "dice", [1.0])
@@ -569,18 +546,20 @@ def opcheck_cases(device="cpu"):
     coef5 = torch.rand(6, 5, dtype=torch.float64, device=device)
     coef9 = torch.rand(6, 9, dtype=torch.float64, device=device)
     g32 = torch.tensor(0.7, device=device)
+    xs, lab = make_labels((2, 3, 5, 4), 3, device=device, seed=6)
+    onehot = torch.nn.functional.one_hot(lab[:, 0].long(), 3).movedim(-1, 1).float()
+    loss = torch.ops.hytver.loss.default
     return [
-        (torch.ops.hytver.stats.default, (x32, y)),
-        (torch.ops.hytver.stats.default, (x, yf)),
-        (torch.ops.hytver.stats.default, (x32.to(torch.bfloat16), yb)),
-        (torch.ops.hytver.stats_backward.default, (torch.rand(2, 5, device=device), x32, y)),
-        (torch.ops.hytver.exp_stats.default, (x32, y, 2.0, 1e-7)),
-        (torch.ops.hytver.exp_stats.default, (x, yb, 0.5, 0.0)),
-        (
-            torch.ops.hytver.exp_stats_backward.default,
-            (torch.rand(2, 9, device=device), x32, yf, 2.5, 1e-7),
-        ),
-        (torch.ops.hytver.loss.default, (x32, y, "hytver", KIND_PARAMS["hytver"], False)),
+        (loss, (x32, y, "hytver", KIND_PARAMS["hytver"], False)),
+        (loss, (x, yf, "tversky", KIND_PARAMS["tversky"], False)),
+        (loss, (x32.to(torch.bfloat16), yb, "focal", [0.25, 2.0])),
+        (loss, (xs.float(), lab, "hytver", KIND_PARAMS["hytver"], False, False, "softmax", False)),
+        (loss, (xs, lab.long(), "dice_pp", [2.0], True, False, "softmax")),
+        (loss, (xs.half(), onehot, "weighted_ce", [0.1, 0.9], False, False, "softmax")),
+        (loss, (xs, onehot.double(), "asymmetric_unified_focal",
+                KIND_PARAMS["asymmetric_unified_focal"], False, False, "softmax", False)),
+        (torch.ops.hytver.loss_backward.default,
+         (g32, coef5, xs.float(), lab, "hytver", KIND_PARAMS["hytver"], "softmax")),
         (torch.ops.hytver.loss.default, (x3, y3.float().double(), "dice", [1.0], True)),
         (torch.ops.hytver.loss.default, (x3.float(), y3.bool(), "dice_pp", [2.0])),
         (torch.ops.hytver.loss.default, (x3.half(), y3, "weighted_ce", [0.1, 0.9])),
@@ -598,8 +577,12 @@ def opcheck_saving_cases():
     x32 = x.float()
     xb = x32.to(torch.bfloat16)
     g = torch.tensor(0.7)
-    _, coef, saved = torch.ops.hytver.loss(xb, y, "combo", KIND_PARAMS["combo"], False, True)
-    _, ecoef, esaved = torch.ops.hytver.loss(x32, y, "focal", [0.25, 2.0], False, True)
+    _, lab = make_labels((2, 3, 5, 4), 3, seed=10)
+    with below_autograd():
+        _, coef, saved = torch.ops.hytver.loss(xb, y, "combo", KIND_PARAMS["combo"], False, True)
+        _, ecoef, esaved = torch.ops.hytver.loss(x32, y, "focal", [0.25, 2.0], False, True)
+        _, scoef, ssaved = torch.ops.hytver.loss(x32, lab, "hytver", KIND_PARAMS["hytver"], False,
+                                                 True, "softmax")
     bwd = torch.ops.hytver.loss_backward_saved_.default
     return [
         (torch.ops.hytver.loss.default, (x32, y, "hytver", KIND_PARAMS["hytver"], True, True)),
@@ -607,82 +590,57 @@ def opcheck_saving_cases():
         (torch.ops.hytver.loss.default, (x32, y.bool(), "dice_pp", [2.0], False, True)),
         (bwd, (g, coef, saved, xb, y, "combo", KIND_PARAMS["combo"])),
         (bwd, (g, ecoef, esaved, x32, y, "focal", [0.25, 2.0])),
+        (torch.ops.hytver.loss.default,
+         (x32, lab, "dice_ce", [1.0, 1.0, 1.0], False, True, "softmax")),
+        (bwd, (g, scoef, ssaved, x32, lab, "hytver", KIND_PARAMS["hytver"], "softmax")),
     ]
 
 
 @requires_ext
 def test_opcheck():
-    differentiable = (
-        torch.ops.hytver.stats.default,
-        torch.ops.hytver.exp_stats.default,
-        torch.ops.hytver.loss.default,
-    )
     for op, args in opcheck_cases() + opcheck_saving_cases():
         torch.library.opcheck(op, args)
-        if args[0].dtype.is_floating_point and op in differentiable:
+        if op is torch.ops.hytver.loss.default:
             a = (args[0].detach().clone().requires_grad_(True),) + args[1:]
             torch.library.opcheck(op, a)
-
-
-@requires_ext
-@pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_exp_stats_gamma_two_matches_general_path(xdtype, shape):
-    """gamma == 2 kernels (powers as products) agree with the exp path (gamma just above 2)."""
-    x, y = make_inputs(shape, seed=43)
-    x = x.to(xdtype)
-    g9 = weights(torch.zeros(shape[0], 9, dtype=torch.float32), seed=4) - 0.5
-    rel = 2e-5 if xdtype == torch.float32 else 2.0**-7
-    near = 2.0 * (1 + 1e-15)  # not == 2: the general exp path
-    for eps in (0.0, 1e-7):
-        assert_sums_close(torch.ops.hytver.exp_stats(x, y, 2.0, eps),
-                          torch.ops.hytver.exp_stats(x, y, near, eps), 2e-6)
-        assert_grad_close(torch.ops.hytver.exp_stats_backward(g9, x, y, 2.0, eps).float(),
-                          torch.ops.hytver.exp_stats_backward(g9, x, y, near, eps).float(), rel)
-
-
-@requires_ext
-@pytest.mark.parametrize("eps", EPSS)
-def test_gradcheck_float64(eps):
-    x, y = make_inputs((2, 1, 3, 5), scale=2.0, extremes=False, seed=31)
-    x[0, 0, 0, :2] = torch.tensor([25.0, -25.0], dtype=torch.float64)  # clamped when eps > 0
-    x.requires_grad_(True)
-    assert torch.autograd.gradcheck(ops.stats, (x, y))
-    for gamma in (0.0, 0.5, 2.5):
-        assert torch.autograd.gradcheck(
-            lambda t, gamma=gamma: ops.exp_stats(t, y, gamma, eps), (x,)
-        )
-    ys = torch.rand(2, 1, 3, 5, dtype=torch.float64)
-    assert torch.autograd.gradcheck(ops.stats, (x, ys))
 
 
 @requires_ext
 @pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
 def test_gradcheck_loss_op(kind):
     """gradcheck of the loss op (forward, its coefficients and the backward) in float64, C = 3,
-    global and per sample; soft labels for the non-exponent kinds."""
+    global and per sample; soft labels for the non-exponent kinds; softmax with a label map
+    (with and without the background) and with one-hot / soft targets."""
     x, y = make_inputs((2, 3, 3, 4), scale=2.0, extremes=False, seed=37)
-    if kind not in ops.EXP_KINDS:
-        y = torch.rand(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    hard = ops.loss_kinds()[kind].hard
+    g = torch.Generator().manual_seed(2)
+    if not hard:
+        y = torch.rand(y.shape, dtype=torch.float64, generator=g)
+    _, lab = make_labels((2, 3, 3, 4), 3, seed=38)
+    dense = torch.nn.functional.one_hot(lab[:, 0].long(), 3).movedim(-1, 1).double()
+    if not hard:
+        dense = torch.softmax(torch.randn(dense.shape, dtype=torch.float64, generator=g), 1)
     x.requires_grad_(True)
     for per_sample in (False, True):
         assert torch.autograd.gradcheck(
             lambda t, p=per_sample: ops.loss(t, y, kind, KIND_PARAMS[kind], p), (x,))
+        for target, bg in ((lab, True), (lab, False), (dense, True)):
+            assert torch.autograd.gradcheck(
+                lambda t, p=per_sample, tg=target, b=bg: ops.loss(
+                    t, tg, kind, KIND_PARAMS[kind], p, "softmax", b), (x,))
 
 
 def _compiled_loss(x, y):
-    s = ops.stats(x, y)
-    e = ops.exp_stats(x, y, 2.0, 1e-7)
-    tp, fp, fn = s[:, 0], s[:, 1], s[:, 2]
-    tversky = 1 - (tp + 1) / (tp + 0.7 * fn + 0.3 * fp + 1)
     fused = ops.loss(x, y, "hytver", KIND_PARAMS["hytver"]) + ops.loss(x, y, "dice_pp", [2.0])
-    return tversky.mean() + (s[:, 3:].sum() + e[:, 7:].sum()) / x.numel() + fused
+    labels = y[:, :1].to(torch.uint8)
+    softmax = ops.loss(x, labels, "dice_ce", [1.0, 1.0, 1.0], False, "softmax", False)
+    return fused + softmax + ops.loss(x, labels, "focal", [0.25, 2.0], True, "softmax")
 
 
 @requires_ext
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
-    x, y = make_inputs((2, 1, 9, 11, 7), tdtype=torch.uint8, seed=37)
+    x, y = make_inputs((2, 2, 9, 11, 7), tdtype=torch.uint8, seed=37)
     x = x.float()
     compiled = torch.compile(_compiled_loss, fullgraph=True)
     xe = x.clone().requires_grad_(True)
@@ -703,10 +661,10 @@ def test_import_without_extension():
         "from hytver_dist.losses import get_loss\n"
         "assert not ops.is_available() and not ops.supports('cpu')\n"
         "x = torch.randn(2, 1, 5, requires_grad=True); y = (torch.rand(2, 1, 5) > 0.5).float()\n"
-        "s = ops.stats(x, y); s.sum().backward()\n"
-        "torch.testing.assert_close(s, ops.reference_stats(x, y))\n"
-        "e = ops.exp_stats(x, y, 2.0, 1e-7); assert e.shape == (2, 9)\n"
+        "assert ops.loss_kinds() == {}\n"
         "get_loss('hytver')(x, y).backward()\n"
+        "x3 = torch.randn(2, 3, 5, requires_grad=True); lab = torch.randint(0, 3, (2, 1, 5))\n"
+        "get_loss('dice_ce', activation='softmax')(x3, lab).backward()\n"
         "print('ok')\n"
     )
     res = subprocess.run(
@@ -729,80 +687,40 @@ def test_cuda_kernels_are_built():
     assert ops.has_cuda(), "hytver_dist._C was built without its CUDA kernels (HYTVER_CUDA=1)"
 
 
-CUDA_DTYPES = [
-    (torch.float32, torch.float32, 2e-6, 1e-5),
-    (torch.float32, torch.uint8, 2e-6, 1e-5),
-    (torch.float32, torch.bool, 2e-6, 1e-5),
-    (torch.float64, torch.float64, 1e-10, 1e-10),
-    (torch.bfloat16, torch.uint8, 2e-6, 2.0**-7),
-    (torch.float16, torch.float32, 2e-6, 2.0**-10),
-]
-
-
-@cuda
-@requires_cuda
-@pytest.mark.parametrize("xdtype,tdtype,rel,grel", CUDA_DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 5, 7, 3), (3, 1, 17, 19, 23), (2, 1, 64, 64, 32)])
-@pytest.mark.parametrize("offset", [0, 1])
-def test_cuda_matches_reference(xdtype, tdtype, rel, grel, shape, offset):
-    if not ops.has_cuda():
-        pytest.skip("built without CUDA kernels")
-    x, y = make_inputs(shape, tdtype=tdtype, seed=41)
-    n = x.numel()
-    # offset > 0: unaligned storage, so the scalar (non-packed) path runs
-    xbuf = torch.zeros(n + offset, dtype=xdtype, device="cuda")
-    ybuf = torch.zeros(n + offset, dtype=tdtype, device="cuda")
-    xbuf[offset:] = x.reshape(-1).to(xdtype).cuda()
-    ybuf[offset:] = y.reshape(-1).cuda()
-    xc = xbuf[offset:].view(shape)
-    yc = ybuf[offset:].view(shape)
-    xr = xc.double().cpu()
-    yr = yc.cpu()
-    out, gx = value_and_grad(ops.stats, xc, yc)
-    ref, gref = value_and_grad(ops.reference_stats, xr, yr)
-    assert out.is_cuda and gx.dtype == xdtype
-    assert_sums_close(out, ref, rel)
-    assert_grad_close(gx, gref, grel)
-    for gamma, eps in ((0.0, 0.0), (2.0, 0.0), (0.5, 1e-7), (2.5, 1e-7)):
-        out, gx = value_and_grad(ops.exp_stats, xc, yc, gamma, eps)
-        ref, gref = value_and_grad(ops.reference_exp_stats, xr, yr, gamma, eps)
-        assert_sums_close(out, ref, max(rel, 5e-6) if xdtype != torch.float64 else rel)
-        assert_grad_close(gx, gref, max(grel, 2e-5) if xdtype != torch.float64 else grel)
-
-
 @cuda
 @requires_cuda
 def test_cuda_deterministic_and_matches_cpu():
-    if not ops.has_cuda():
-        pytest.skip("built without CUDA kernels")
-    x, y = make_inputs((2, 1, 96, 96, 64), tdtype=torch.uint8, seed=43)
-    xc, yc = x.float().cuda(), y.cuda()
-    a = ops.stats(xc, yc)
-    b = ops.stats(xc, yc)
-    assert torch.equal(a, b)
-    e1 = ops.exp_stats(xc, yc, 2.0, 1e-7)
-    e2 = ops.exp_stats(xc, yc, 2.0, 1e-7)
-    assert torch.equal(e1, e2)
-    assert_sums_close(a.cpu(), ops.stats(x.float(), y), 2e-6)
-    assert_sums_close(e1.cpu(), ops.exp_stats(x.float(), y, 2.0, 1e-7), 5e-6)
+    cuda_ready()
+    x, y = make_inputs((2, 3, 48, 48, 32), tdtype=torch.uint8, seed=43)
+    xs, lab = make_labels((2, 4, 48, 48, 32), 4, seed=44)
+    cases = [(x.float(), y, "sigmoid"), (xs.float(), lab, "softmax")]
+    for xi, yi, act in cases:
+        for kind in ("hytver", "dice_pp"):
+            a = loss_value_and_grad(kind, KIND_PARAMS[kind], xi.cuda(), yi.cuda(), save=False,
+                                    activation=act)
+            b = loss_value_and_grad(kind, KIND_PARAMS[kind], xi.cuda(), yi.cuda(), save=False,
+                                    activation=act)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+            ref = loss_value_and_grad(kind, KIND_PARAMS[kind], xi, yi, save=False,
+                                      activation=act)
+            torch.testing.assert_close(a[0].cpu(), ref[0], rtol=2e-6, atol=1e-7)
+            assert_grad_close(a[1], ref[1], 5e-5)
 
 
 @cuda
 @requires_cuda
 def test_cuda_opcheck_and_gradcheck():
-    if not ops.has_cuda():
-        pytest.skip("built without CUDA kernels")
+    cuda_ready()
     for op, args in opcheck_cases("cuda"):
         torch.library.opcheck(op, args)
-    x, y = make_inputs((2, 1, 3, 5), scale=2.0, extremes=False, device="cuda", seed=47)
-    x.requires_grad_(True)
-    assert torch.autograd.gradcheck(ops.stats, (x, y))
-    assert torch.autograd.gradcheck(lambda t: ops.exp_stats(t, y, 2.5, 1e-7), (x,))
     x3, y3 = make_inputs((2, 3, 3, 4), scale=2.0, extremes=False, device="cuda", seed=48)
+    _, lab = make_labels((2, 3, 3, 4), 3, device="cuda", seed=49)
     x3.requires_grad_(True)
     for kind in ("hytver", "weighted_ce", "dice_pp", "asymmetric_unified_focal"):
         assert torch.autograd.gradcheck(
             lambda t, k=kind: ops.loss(t, y3, k, KIND_PARAMS[k], True), (x3,))
+        assert torch.autograd.gradcheck(
+            lambda t, k=kind: ops.loss(t, lab, k, KIND_PARAMS[k], True, "softmax", False), (x3,))
 
 
 @cuda
@@ -829,11 +747,6 @@ def test_cuda_torch_compile(mode):
     assert math.isfinite(loss.item())
 
 
-def _cuda_ready():
-    if not ops.has_cuda():
-        pytest.fail("built without CUDA kernels (HYTVER_CUDA=1)")
-
-
 @cuda
 @requires_cuda
 @pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
@@ -844,7 +757,7 @@ def _cuda_ready():
 def test_cuda_loss_op_matches_cpu_float64(kind, channels, xdtype, tdtype):
     """The CUDA loss op (two launches, algebra on the device) against the CPU float64 op, whose
     values the spec oracles check; global and per sample; aligned and unaligned storage."""
-    _cuda_ready()
+    cuda_ready()
     x, y = make_inputs((2, channels, 17, 19, 23), tdtype=tdtype, seed=73)
     x = x.to(xdtype)
     rel = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 2.0**-7}[xdtype]
@@ -866,11 +779,9 @@ def test_cuda_loss_op_matches_cpu_float64(kind, channels, xdtype, tdtype):
 def test_cuda_loss_step_has_no_host_sync_and_few_launches(name):
     """A whole fused loss step on CUDA: no host synchronisation (sync debug mode "error"), two
     kernel launches forward and one backward, deterministic."""
-    from torch.profiler import ProfilerActivity, profile
-
     from hytver_dist.losses import get_loss
 
-    _cuda_ready()
+    cuda_ready()
     x, y = make_inputs((2, 3, 32, 32, 16), device="cuda", seed=79)
     x = x.float()
     loss = get_loss(name, backend="fused")
@@ -893,17 +804,9 @@ def test_cuda_loss_step_has_no_host_sync_and_few_launches(name):
     assert first[0].item() == second[0].item() and torch.equal(first[1], second[1])
 
     # The launches, counted by the profiler (its exit synchronises: outside the check above).
-    xg = x.clone().requires_grad_(True)
-    with profile(activities=[ProfilerActivity.CUDA]) as fwd:
-        value = loss(xg, y)
-    with profile(activities=[ProfilerActivity.CUDA]) as bwd:
-        value.backward(one)
-
-    def kernels(prof):
-        return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
-
-    assert len(kernels(fwd)) <= 2, kernels(fwd)
-    assert len(kernels(bwd)) == 1, kernels(bwd)
+    fwd, bwd = step_kernels(loss, x, y)
+    assert len(fwd) <= 2, fwd
+    assert len(bwd) == 1, bwd
 
 
 @cuda
@@ -914,21 +817,12 @@ def test_cuda_graph_captures_the_loss_step(name):
     give the eager values."""
     from hytver_dist.losses import get_loss
 
-    _cuda_ready()
+    cuda_ready()
     loss = get_loss(name, backend="fused")
     x, y = make_inputs((2, 2, 24, 24, 16), device="cuda", seed=83)
     static_x = x.float().clone().requires_grad_(True)
     static_y = y.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            torch.autograd.grad(loss(static_x, static_y), static_x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_value = loss(static_x, static_y)
-        (static_grad,) = torch.autograd.grad(static_value, static_x)
+    graph, static_value, static_grad = capture_loss_step(loss, static_x, static_y)
     for seed in (1, 2):
         x2, y2 = make_inputs((2, 2, 24, 24, 16), device="cuda", seed=seed)
         with torch.no_grad():
@@ -942,20 +836,14 @@ def test_cuda_graph_captures_the_loss_step(name):
         torch.testing.assert_close(static_grad, xe.grad)
 
 
-def _run_cuda_subprocess(code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter: a device-side assertion poisons the CUDA context, and
-    on some torch builds a C++ exception thrown from a CUDA op crashed the process."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
-
-
 @cuda
 @requires_cuda
 def test_cuda_loss_op_errors_name_the_problem_in_a_subprocess():
-    _cuda_ready()
+    cuda_ready()
     code = (
+        "import sys; sys.path.insert(0, 'tests')\n"
         "import pytest, torch\n"
-        "from tests.test_ops import loss_op_error_cases\n"
+        "from test_ops import loss_op_error_cases\n"
         "for fn, match in loss_op_error_cases('cuda'):\n"
         "    with pytest.raises(ValueError, match=match):\n"
         "        fn()\n"
@@ -964,29 +852,28 @@ def test_cuda_loss_op_errors_name_the_problem_in_a_subprocess():
         "    torch.ops.hytver.loss(x, x, 'dice', [1.0], False, True)\n"
         "print('errors ok')\n"
     )
-    res = _run_cuda_subprocess(code)
+    res = run_cuda_subprocess(code)
     assert res.returncode == 0 and "errors ok" in res.stdout, res.stdout + res.stderr
 
 
 @cuda
 @requires_cuda
-@pytest.mark.parametrize("kind,target", [("hytver", "2.0"), ("hytver", "float('nan')"),
-                                         ("dice_pp", "0.5")])
-def test_cuda_invalid_target_stops_on_the_device(kind, target):
+@pytest.mark.parametrize("kind,target,message", [
+    ("hytver", "2.0", "target values must lie in [0, 1]"),
+    ("hytver", "float('nan')", "target values must lie in [0, 1]"),
+    ("dice_pp", "0.5", "needs hard labels"),
+])
+def test_cuda_invalid_target_stops_on_the_device(kind, target, message):
     """The target check runs on the GPU (no host sync): an invalid value (for the exponent
-    kinds, a soft label) stops the kernel, and the next synchronisation raises."""
-    _cuda_ready()
+    kinds, a soft label) stops the kernel with a device-side assertion (cudaErrorAssert) whose
+    message names the problem; the next synchronisation raises."""
+    cuda_ready()
     code = (
         "import torch\n"
         "from hytver_dist import ops\n"
         "x = torch.zeros(2, 1, 64, device='cuda')\n"
         f"y = torch.zeros(2, 1, 64, device='cuda'); y[1, 0, 7] = {target}\n"
         "params = [0.7, 0.7, 0.5, 1.0] if %r == 'hytver' else [2.0]\n"
-        "value = ops.loss(x, y, %r, params)\n"
-        "print('launched', flush=True)\n"
-        "torch.cuda.synchronize()\n"
-        "print('no error')\n"
+        "value = ops.loss(x, y, %r, params)"
     ) % (kind, kind)
-    res = _run_cuda_subprocess(code)
-    assert "launched" in res.stdout and "no error" not in res.stdout, res.stdout + res.stderr
-    assert "target values must lie in [0, 1]" in res.stdout + res.stderr
+    assert_device_assert(code, message)

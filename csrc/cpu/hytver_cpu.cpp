@@ -1,4 +1,5 @@
-// CPU implementations of the hytver:: ops: input checks, ISA choice, chunked parallel loops.
+// CPU implementations of the hytver:: loss ops: input checks, ISA choice, chunked parallel
+// loops, the loss algebra on the host.
 // The arithmetic lives in csrc/kernels/hytver_cpu_kernels.h, compiled per ISA in isa_*.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -146,17 +147,6 @@ Prepared prepare(const at::Tensor& logits, const at::Tensor& target, const char*
   return p;
 }
 
-void check_hyper(double gamma, double eps, const char* op) {
-  TORCH_CHECK_VALUE(gamma >= 0.0 && gamma < 1e30, "hytver::", op,
-                    ": gamma must be finite and >= 0, got ", gamma);
-  TORCH_CHECK_VALUE(eps >= 0.0 && eps < 0.5, "hytver::", op, ": eps must be in [0, 0.5), got ",
-                    eps);
-}
-
-at::ScalarType sums_dtype(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Which kernel of the table: the saving forwards keep per-voxel values for the *_saved backwards.
 enum class Kind { kStats, kExp };
 
@@ -235,18 +225,6 @@ at::Tensor forward(const at::Tensor& logits, const at::Tensor& target, Kind kind
   return sums;
 }
 
-// The grad of the sums as a contiguous (B, K) double tensor, after checking it.
-at::Tensor prepare_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t B, int K,
-                        const char* op) {
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == B && grad.size(1) == K, "hytver::", op,
-                    ": grad must have shape (", B, ", ", K, "), got ", grad.sizes());
-  TORCH_CHECK_VALUE(grad.device() == logits.device(), "hytver::", op,
-                    ": grad and logits must be on the same device");
-  TORCH_CHECK_VALUE(at::isFloatingType(grad.scalar_type()), "hytver::", op,
-                    ": grad must be a floating-point tensor, got ", grad.scalar_type());
-  return grad.to(at::kDouble).contiguous();
-}
-
 // The logit gradient into a new tensor of the logits' type, recomputed from the logits. g: the
 // contiguous float64 (rows, K) gradient of the sums.
 at::Tensor backward(const at::Tensor& g, const at::Tensor& logits, const at::Tensor& target,
@@ -302,51 +280,174 @@ void backward_into_saved(const at::Tensor& g, const at::Tensor& saved, const at:
   at::parallel_for(0, p.total_chunks, p.grain, [&](int64_t c0, int64_t c1) { fn(args, c0, c1); });
 }
 
-at::Tensor stats_cpu(const at::Tensor& logits, const at::Tensor& target) {
-  return forward(logits, target, Kind::kStats, 0.0, 0.0, "stats").to(sums_dtype(logits));
-}
-
-at::Tensor stats_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
-                              const at::Tensor& target) {
-  const at::Tensor g = prepare_grad(grad, logits, logits.dim() > 0 ? logits.size(0) : 0,
-                                    cpu::kStatsK, "stats_backward");
-  return backward(g, logits, target, Kind::kStats, 0.0, 0.0, "stats_backward");
-}
-
-at::Tensor exp_stats_cpu(const at::Tensor& logits, const at::Tensor& target, double gamma,
-                         double eps) {
-  check_hyper(gamma, eps, "exp_stats");
-  return forward(logits, target, Kind::kExp, gamma, eps, "exp_stats").to(sums_dtype(logits));
-}
-
-at::Tensor exp_stats_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
-                                  const at::Tensor& target, double gamma, double eps) {
-  check_hyper(gamma, eps, "exp_stats_backward");
-  const at::Tensor g = prepare_grad(grad, logits, logits.dim() > 0 ? logits.size(0) : 0,
-                                    cpu::kExpK, "exp_stats_backward");
-  return backward(g, logits, target, Kind::kExp, gamma, eps, "exp_stats_backward");
-}
-
 // ---------------------------------------------------------------------------------------------
 // the loss ops: sums per (sample, channel) row, then the shared algebra on the host
 
 Kind kind_of(const algebra::Spec& s) { return algebra::is_exp(s.kind) ? Kind::kExp : Kind::kStats; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cpu(const at::Tensor& logits,
-                                                        const at::Tensor& target,
-                                                        c10::string_view kind,
-                                                        at::ArrayRef<double> params,
-                                                        bool per_sample, bool save) {
+// ---- softmax
+
+struct SoftPrepared {
+  at::Tensor x;  // float32 or float64 logits (half types upcast), contiguous
+  at::Tensor y;  // label map (uint8 / int64) or dense target, contiguous
+  cpu::Args args;
+  int64_t B = 0, C = 0;
+  int64_t total_chunks = 0;
+  int64_t grain = 1;
+};
+
+SoftPrepared prepare_softmax(const at::Tensor& logits, const at::Tensor& target,
+                             const algebra::Spec& spec, const char* op) {
+  TORCH_CHECK_VALUE(target.device() == logits.device(), "hytver::", op,
+                    ": logits and target must be on the same device, got ", logits.device(),
+                    " and ", target.device());
+  logits_code(logits, op);
+  SoftPrepared p;
+  p.B = logits.size(0);
+  p.C = logits.size(1);
+  const bool labels = softmax_labels(logits, target, op);
+  p.x = (logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat)).contiguous();
+  if (labels) {
+    p.y = (target.scalar_type() == at::kByte ? target : target.to(at::kLong)).contiguous();
+    p.args.yt = target.scalar_type() == at::kByte ? cpu::kU8 : cpu::kI64;
+  } else {
+    p.y = target.scalar_type() == at::kBool ? target.contiguous().view(at::kByte)
+                                            : target.contiguous();
+    p.args.yt = target_code(target, op);
+  }
+  p.args.xt = p.x.scalar_type() == at::kDouble ? cpu::kF64 : cpu::kF32;
+  p.args.labels = labels;
+  p.args.classes = p.C;
+  p.args.exp_sums = algebra::is_exp(spec.kind);
+  p.args.gamma = algebra::voxel_gamma(spec);
+  p.args.eps = algebra::clamp_eps(spec);
+  p.args.n = logits.numel() / (p.B * p.C);
+  p.args.chunks_per_sample = (p.args.n + cpu::kChunk - 1) / cpu::kChunk;
+  p.args.x = p.x.data_ptr();
+  p.args.y = p.y.data_ptr();
+  p.total_chunks = p.B * p.args.chunks_per_sample;
+  const int64_t chunk_len = p.args.n < cpu::kChunk ? p.args.n : cpu::kChunk;
+  const int64_t work = chunk_len * p.C;
+  p.grain = work > 0 ? (kMinTaskElements + work - 1) / work : 1;
+  return p;
+}
+
+// The ValueError of a target problem the softmax kernels flagged.
+void raise_softmax_target(int code, const at::Tensor& target, int64_t C, const char* op) {
+  if (code == cpu::kLabelRange) {
+    const auto range = at::aminmax(target.to(at::kLong));
+    TORCH_CHECK_VALUE(false, "hytver::", op, ": labels must lie in [0, C) = [0, ", C,
+                      "), found range [", std::get<0>(range).item<int64_t>(), ", ",
+                      std::get<1>(range).item<int64_t>(), "]");
+  }
+  TORCH_CHECK_VALUE(code != cpu::kOutside01, "hytver::", op,
+                    ": one-hot / soft target values must lie in [0, 1] (and not be NaN)");
+  TORCH_CHECK_VALUE(code != cpu::kNotHard, "hytver::", op,
+                    ": this loss needs hard labels (a label map, or one-hot in {0, 1}); found a "
+                    "soft target value strictly between 0 and 1");
+  TORCH_CHECK_VALUE(code != cpu::kNotNormalised, "hytver::", op,
+                    ": one-hot / soft target channels must sum to 1 at every voxel (within "
+                    "1e-4), found a voxel where they do not");
+}
+
+// The softmax saving variant: float32 logits, the kinds with the 5 sums.
+void check_softmax_saving(const at::Tensor& logits, const algebra::Spec& spec, const char* op) {
+  TORCH_CHECK_VALUE(logits.scalar_type() == at::kFloat && !algebra::is_exp(spec.kind), "hytver::",
+                    op, ": the softmax saving variant takes float32 logits and a loss without "
+                    "per-voxel powers, got ", logits.scalar_type(), " and '",
+                    algebra::kind_name(spec.kind), "' (use the plain op)");
+}
+
+// The float64 sums (B * C, K) of the softmax kernels; with `saved` the forward also writes p_c
+// (float32, the logits' shape) into a new tensor for softmax_backward_into_saved.
+at::Tensor softmax_forward(const at::Tensor& logits, const at::Tensor& target,
+                           const algebra::Spec& spec, const char* op,
+                           at::Tensor* saved = nullptr) {
+  SoftPrepared p = prepare_softmax(logits, target, spec, op);
+  if (saved != nullptr) {
+    check_softmax_saving(logits, spec, op);
+    *saved = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
+    p.args.saved = saved->data_ptr<float>();
+  }
+  const int K = algebra::sums_k(spec.kind);
+  const int64_t C = p.C;
+  std::vector<double> partials(static_cast<size_t>(p.total_chunks * C * K));
+  std::vector<double> invalid(static_cast<size_t>(p.total_chunks));
+  p.args.invalid = invalid.data();
+  const cpu::FwdFn fn = select_table()->softmax_fwd;
+  const cpu::Args& args = p.args;
+  double* part = partials.data();
+  at::parallel_for(0, p.total_chunks, p.grain,
+                   [&](int64_t c0, int64_t c1) { fn(args, c0, c1, part); });
+  int worst = 0;
+  for (double v : invalid) worst = v > worst ? static_cast<int>(v) : worst;
+  if (worst != 0) raise_softmax_target(worst, target, C, op);
+  at::Tensor sums = at::empty({p.B * C, K}, logits.options().dtype(at::kDouble));
+  double* s = sums.data_ptr<double>();
+  const int64_t cps = args.chunks_per_sample;
+  for (int64_t b = 0; b < p.B; ++b) {
+    for (int64_t k = 0; k < C * K; ++k) {
+      double acc = 0.0;  // chunks in order: the same for any number of threads
+      for (int64_t c = 0; c < cps; ++c) acc += part[(b * cps + c) * C * K + k];
+      s[b * C * K + k] = acc;
+    }
+  }
+  return sums;
+}
+
+at::Tensor softmax_backward(const at::Tensor& g, const at::Tensor& logits,
+                            const at::Tensor& target, const algebra::Spec& spec, const char* op) {
+  SoftPrepared p = prepare_softmax(logits, target, spec, op);
+  at::Tensor gx = at::empty(p.x.sizes(), p.x.options());
+  p.args.g = g.data_ptr<double>();
+  p.args.gx = gx.data_ptr();
+  const cpu::BwdFn fn = select_table()->softmax_bwd;
+  const cpu::Args& args = p.args;
+  at::parallel_for(0, p.total_chunks, p.grain, [&](int64_t c0, int64_t c1) { fn(args, c0, c1); });
+  return gx.scalar_type() == logits.scalar_type() ? gx : gx.to(logits.scalar_type());
+}
+
+// The softmax gradient written over the saving forward's p_c (no exp, no max).
+void softmax_backward_into_saved(const at::Tensor& g, const at::Tensor& saved,
+                                 const at::Tensor& logits, const at::Tensor& target,
+                                 const algebra::Spec& spec, const char* op) {
+  check_softmax_saving(logits, spec, op);
+  TORCH_CHECK_VALUE(saved.scalar_type() == at::kFloat && saved.sizes() == logits.sizes() &&
+                        saved.is_contiguous() && saved.device() == logits.device(),
+                    "hytver::", op, ": saved must be the contiguous float32 tensor of the logits' "
+                    "shape ", logits.sizes(), " from the saving forward, got ",
+                    saved.scalar_type(), " ", saved.sizes());
+  SoftPrepared p = prepare_softmax(logits, target, spec, op);
+  p.args.g = g.data_ptr<double>();
+  p.args.saved = saved.data_ptr<float>();
+  const cpu::BwdFn fn = select_table()->softmax_bwd_saved;
+  const cpu::Args& args = p.args;
+  at::parallel_for(0, p.total_chunks, p.grain, [&](int64_t c0, int64_t c1) { fn(args, c0, c1); });
+}
+
+// ---- the ops
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cpu(
+    const at::Tensor& logits, const at::Tensor& target, c10::string_view kind,
+    at::ArrayRef<double> params, bool per_sample, bool save, c10::string_view activation,
+    bool include_background) {
   const char* op = save ? "loss(save=True)" : "loss";
-  check_loss_inputs(logits, target, op);
-  const algebra::Spec spec = make_spec(logits, std::string(kind), params, per_sample, op);
+  const bool softmax = is_softmax(activation, op);
+  check_loss_inputs(logits, target, op, softmax);
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, per_sample, op,
+                                       softmax, include_background);
   const int64_t B = logits.size(0), C = logits.size(1);
   const int64_t rows = B * C;
   const int64_t n = logits.numel() / rows;
   at::Tensor saved;
-  const at::Tensor sums =
-      forward(logits, target, kind_of(spec), algebra::voxel_gamma(spec), algebra::clamp_eps(spec),
-              op, save ? &saved : nullptr, algebra::uses_logs(spec.kind), rows, true);
+  at::Tensor sums;
+  if (softmax) {
+    sums = softmax_forward(logits, target, spec, op, save ? &saved : nullptr);
+  } else {
+    sums = forward(logits, target, kind_of(spec), algebra::voxel_gamma(spec),
+                   algebra::clamp_eps(spec), op, save ? &saved : nullptr,
+                   algebra::uses_logs(spec.kind), rows, true);
+  }
   at::Tensor coef = at::empty_like(sums);
   const double value =
       algebra::loss_and_coef(spec, sums.data_ptr<double>(), B, C, n, coef.data_ptr<double>());
@@ -365,11 +466,14 @@ at::Tensor scaled_coef(const at::Tensor& grad, const at::Tensor& coef, const at:
 
 at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& coef,
                              const at::Tensor& logits, const at::Tensor& target,
-                             c10::string_view kind, at::ArrayRef<double> params) {
+                             c10::string_view kind, at::ArrayRef<double> params,
+                             c10::string_view activation) {
   const char* op = "loss_backward";
-  check_loss_inputs(logits, target, op);
-  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op);
+  const bool softmax = is_softmax(activation, op);
+  check_loss_inputs(logits, target, op, softmax);
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op, softmax);
   const at::Tensor g = scaled_coef(grad, coef, logits, algebra::sums_k(spec.kind), op);
+  if (softmax) return softmax_backward(g, logits, target, spec, op);
   return backward(g, logits, target, kind_of(spec), algebra::voxel_gamma(spec),
                   algebra::clamp_eps(spec), op, logits.size(0) * logits.size(1));
 }
@@ -377,11 +481,13 @@ at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& coef,
 void loss_backward_saved_cpu(const at::Tensor& grad, const at::Tensor& coef,
                              const at::Tensor& saved, const at::Tensor& logits,
                              const at::Tensor& target, c10::string_view kind,
-                             at::ArrayRef<double> params) {
+                             at::ArrayRef<double> params, c10::string_view activation) {
   const char* op = "loss_backward_saved_";
-  check_loss_inputs(logits, target, op);
-  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op);
+  const bool softmax = is_softmax(activation, op);
+  check_loss_inputs(logits, target, op, softmax);
+  const algebra::Spec spec = make_spec(logits, std::string(kind), params, false, op, softmax);
   const at::Tensor g = scaled_coef(grad, coef, logits, algebra::sums_k(spec.kind), op);
+  if (softmax) return softmax_backward_into_saved(g, saved, logits, target, spec, op);
   backward_into_saved(g, saved, logits, target, kind_of(spec), algebra::voxel_gamma(spec),
                       algebra::clamp_eps(spec), op, logits.size(0) * logits.size(1));
 }
@@ -396,10 +502,6 @@ TORCH_LIBRARY_FRAGMENT(hytver, m) {
 }
 
 TORCH_LIBRARY_IMPL(hytver, CPU, m) {
-  m.impl("stats", &hytver::stats_cpu);
-  m.impl("stats_backward", &hytver::stats_backward_cpu);
-  m.impl("exp_stats", &hytver::exp_stats_cpu);
-  m.impl("exp_stats_backward", &hytver::exp_stats_backward_cpu);
   m.impl("loss", &hytver::loss_cpu);
   m.impl("loss_backward", &hytver::loss_backward_cpu);
   m.impl("loss_backward_saved_", &hytver::loss_backward_saved_cpu);

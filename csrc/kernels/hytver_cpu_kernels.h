@@ -109,6 +109,7 @@ template <int YT> struct YTraits;
 template <> struct YTraits<kF32> { typedef float T; };
 template <> struct YTraits<kF64> { typedef double T; };
 template <> struct YTraits<kU8> { typedef uint8_t T; };
+template <> struct YTraits<kI64> { typedef int64_t T; };
 
 // ---------------------------------------------------------------------------------------------
 // math
@@ -162,6 +163,19 @@ inline void sig_pq(double x, double& p, double& q) {
   q = x >= 0.0 ? er : r;
 }
 
+// 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ... + s^12/13) for 0 <= s <= 1/3: log1p(e) with
+// s = e / (2 + e); the truncation (< 1.5e-8 relative) is below half a float32 ulp.
+inline float two_atanh(float s) {
+  const float z = s * s;
+  float poly = 1.0f / 13.0f;
+  poly = poly * z + 1.0f / 11.0f;
+  poly = poly * z + 1.0f / 9.0f;
+  poly = poly * z + 1.0f / 7.0f;
+  poly = poly * z + 1.0f / 5.0f;
+  poly = poly * z + 1.0f / 3.0f;
+  return (s + s) + (s + s) * (poly * z);
+}
+
 // p, q and sp = log1p(exp(-|x|)). One division serves 1/(1+e) and s = e/(2+e);
 // log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ... + s^12/13), s <= 1/3: the truncation
 // (< 1.5e-8 relative) is below half a float32 ulp; accurate in relative terms also for tiny e.
@@ -171,15 +185,7 @@ inline void sig_pq_sp(float x, float& p, float& q, float& sp) {
   const float d2 = 2.0f + e;
   const float w = 1.0f / (d1 * d2);
   const float r = d2 * w;
-  const float s = (e * d1) * w;
-  const float z = s * s;
-  float poly = 1.0f / 13.0f;
-  poly = poly * z + 1.0f / 11.0f;
-  poly = poly * z + 1.0f / 9.0f;
-  poly = poly * z + 1.0f / 7.0f;
-  poly = poly * z + 1.0f / 5.0f;
-  poly = poly * z + 1.0f / 3.0f;
-  sp = (s + s) + (s + s) * (poly * z);
+  sp = two_atanh((e * d1) * w);
   const float er = e * r;
   p = x >= 0.0f ? r : er;
   q = x >= 0.0f ? er : r;
@@ -258,6 +264,21 @@ inline void clamp_pq(C p, C q, C lo, C hi, bool& plo, bool& qlo, C& pt, C& qt) {
   qlo = q < lo;
   pt = plo ? lo : (qlo ? hi : p);
   qt = qlo ? lo : (plo ? hi : q);
+}
+
+// The exp sums of one (clamped) probability pt = 1 - qt, -log pt and pw (q~^g where y = 1,
+// p~^g where y = 0; hard labels): TP, FP, FN, C1, Eq, Ep, F1 into s0..s3, s5..s7.
+template <class C>
+inline void add_clamped(C y, C pt, C qt, C nlpt, C pw, C& s0, C& s1, C& s2, C& s3, C& s5, C& s6,
+                        C& s7) {
+  const C ny = C(1) - y;
+  s0 += y * pt;
+  s1 += ny * pt;
+  s2 += y * qt;
+  s3 += y * nlpt;
+  s5 += y * pw;
+  s6 += ny * pw;
+  s7 += y * pw * nlpt;
 }
 
 // Gradient element type: float32 when it overwrites the saved values, else the logits' type.
@@ -448,14 +469,8 @@ void exp_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
           } else {
             pw = hexp(-gam * (pos ? nlqt : nlpt));
           }
-          s0 += y * pt;
-          s1 += ny * pt;
-          s2 += y * qt;
-          s3 += y * nlpt;
+          add_clamped(y, pt, qt, nlpt, pw, s0, s1, s2, s3, s5, s6, s7);
           s4 += ny * nlqt;
-          s5 += y * pw;
-          s6 += ny * pw;
-          s7 += y * pw * nlpt;
           s8 += ny * pw * nlqt;
           if constexpr (SAVE) mb[i] = saved_m(x, p, q);
         }
@@ -555,6 +570,353 @@ void exp_bwd(const Args& a, int64_t c0, int64_t c1) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// softmax kernels (C classes per voxel)
+//
+// Per block of voxels, in passes over the classes (each inner loop runs over the block's
+// voxels, so it vectorises for any C): the maximum logit and its class a, S' = sum over c != a
+// of e_c (e_c = exp(x_c - max), e_a = 1, S = 1 + S'), then per class p_c = e_c / S,
+// q_c = 1 - p_c as (c == a ? S' : S - e_c) / S (no cancellation: S - e_c >= 1 for c != a),
+// -log p_c = log S - (x_c - max) with log S = log1p(S').
+
+inline float tiny_of(float) { return 1.17549435e-38f; }
+inline double tiny_of(double) { return 2.2250738585072014e-308; }
+
+// log(v) for float v >= FLT_MIN (Cephes logf polynomial, ~1 ulp), branch-free.
+inline float hlog(float v) {
+  const uint32_t u = f32_to_bits(v);
+  int32_t e = static_cast<int32_t>((u >> 23) & 0xFFu) - 126;
+  float m = f32_from_bits((u & 0x007FFFFFu) | 0x3F000000u);  // [0.5, 1)
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1 : e;
+  m = small ? (m + m) - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = static_cast<float>(e);
+  y = y + -2.12194440e-4f * fe;
+  y = y - 0.5f * z;
+  return (m + y) + 0.693359375f * fe;
+}
+inline double hlog(double v) { return __builtin_log(v); }
+
+// log1p(s) for s >= 0: the atanh series below 1 (as sig_pq_sp), log(1 + s) above.
+inline float hlog1p(float s) {
+  const float sc = s < 1.0f ? s : 1.0f;
+  return s < 1.0f ? two_atanh(sc / (2.0f + sc)) : hlog(1.0f + s);
+}
+inline double hlog1p(double s) { return __builtin_log1p(s); }
+
+// Exponentials kept per block: blocks of softmax voxels hold at most this many (voxel, class)
+// pairs, so that each exp(x_c - max) is computed once per pass over the data.
+constexpr int64_t kSoftBuf = 8 * kBlock;
+
+// The voxels per softmax block for C classes.
+inline int64_t soft_block(int64_t classes) {
+  const int64_t b = kSoftBuf / classes;
+  return b < 1 ? 1 : (b > kBlock ? kBlock : b);
+}
+
+// Sample, first voxel and length of chunk ch (softmax kernels: n voxels per sample).
+struct ChunkPos {
+  int64_t b, start, len;
+};
+inline ChunkPos chunk_pos(const Args& a, int64_t ch) {
+  const int64_t b = ch / a.chunks_per_sample;
+  const int64_t start = (ch - b * a.chunks_per_sample) * kChunk;
+  return {b, start, min64(kChunk, a.n - start)};
+}
+
+// The block's per-voxel softmax statistics (compute type C) and its exponentials
+// e[c * blk + i] = exp(x_c - max) (blk = soft_block(C)).
+template <class C> struct SoftStats {
+  C mx[kBlock];
+  int32_t am[kBlock];
+  C rest[kBlock];  // S' = S - 1
+  C inv[kBlock];   // 1 / S
+  C logs[kBlock];  // log S
+  C e[kSoftBuf];
+  C u[kSoftBuf];  // backward: u_c = p_c * dL/dp_c, same layout
+};
+
+// Max, argmax, S' and the derived per-voxel values of m voxels; x: channel 0 of the block,
+// channel c at x + c * n.
+template <class T, class C>
+inline void soft_stats(const T* x, int64_t n, int64_t classes, int64_t m, int64_t blk,
+                       SoftStats<C>& st) {
+  for (int64_t i = 0; i < m; ++i) {
+    st.mx[i] = static_cast<C>(x[i]);
+    st.am[i] = 0;
+    st.rest[i] = C(0);
+  }
+  for (int64_t c = 1; c < classes; ++c) {
+    const T* xc = x + c * n;
+    const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+      const C v = static_cast<C>(xc[i]);
+      const bool gt = v > st.mx[i];
+      st.mx[i] = gt ? v : st.mx[i];
+      st.am[i] = gt ? ci : st.am[i];
+    }
+  }
+  for (int64_t c = 0; c < classes; ++c) {
+    const T* xc = x + c * n;
+    C* ec = st.e + c * blk;
+    const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+      const C e = hexp(static_cast<C>(xc[i]) - st.mx[i]);
+      ec[i] = e;
+      st.rest[i] += st.am[i] == ci ? C(0) : e;
+    }
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < m; ++i) {
+    const C s = C(1) + st.rest[i];
+    st.inv[i] = C(1) / s;
+    st.logs[i] = hlog1p(st.rest[i]);
+  }
+}
+
+// Targets of a block: labels into lab (and the worst problem code), or the dense channels'
+// checks (values, hardness, sum over the channels).
+template <bool LABELS, bool HARD, class U>
+inline int soft_targets(const U* y, int64_t n, int64_t classes, int64_t m, int32_t* lab,
+                        float* ysum) {
+  int worst = kValid;
+  if constexpr (LABELS) {
+    int32_t bad = 0;
+    const int64_t cmax = classes;
+#pragma omp simd reduction(max : bad)
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t v = static_cast<int64_t>(y[i]);
+      const bool ok = v >= 0 && v < cmax;
+      lab[i] = ok ? static_cast<int32_t>(v) : -1;
+      bad = maxv(bad, ok ? int32_t(0) : int32_t(1));
+    }
+    if (bad) worst = kLabelRange;
+  } else {
+    for (int64_t i = 0; i < m; ++i) ysum[i] = 0.0f;
+    int32_t outside = 0, soft = 0;
+    for (int64_t c = 0; c < classes; ++c) {
+      const U* yc = y + c * n;
+#pragma omp simd reduction(max : outside, soft)
+      for (int64_t i = 0; i < m; ++i) {
+        const double v = static_cast<double>(yc[i]);
+        outside = maxv(outside, (v >= 0.0 && v <= 1.0) ? int32_t(0) : int32_t(1));
+        soft = maxv(soft, (v == 0.0 || v == 1.0) ? int32_t(0) : int32_t(1));
+        ysum[i] += static_cast<float>(v);
+      }
+    }
+    int32_t unnorm = 0;
+#pragma omp simd reduction(max : unnorm)
+    for (int64_t i = 0; i < m; ++i) {
+      const float d = ysum[i] - 1.0f;
+      unnorm = maxv(unnorm, (d <= 1e-4f && d >= -1e-4f) ? int32_t(0) : int32_t(1));
+    }
+    if (outside) worst = kOutside01;
+    else if (HARD && soft) worst = kNotHard;
+    else if (unnorm) worst = kNotNormalised;
+  }
+  return worst;
+}
+
+// Clamp constants of the exp sums (unified focal, DSC++) in the compute type.
+template <class C> struct SoftClamp {
+  C lo, hi, nlog_lo, nlog_hi, gamma;
+  bool square, clamp;
+  explicit SoftClamp(const Args& a) {
+    const double eps = a.eps > 0.0 ? a.eps : 0.0;
+    lo = static_cast<C>(eps);
+    hi = static_cast<C>(1.0 - eps);
+    nlog_lo = static_cast<C>(eps > 0.0 ? -__builtin_log(eps) : 0.0);
+    nlog_hi = static_cast<C>(-__builtin_log1p(-eps));
+    gamma = static_cast<C>(a.gamma);
+    square = a.gamma == 2.0;
+    clamp = eps > 0.0;
+  }
+};
+
+// SAVE (the 5 sums only): also write p_c (float32) to Args::saved, the logits' layout.
+template <int XT, int YT, bool LABELS, bool EXP, bool SAVE = false>
+void softmax_fwd(const Args& a, int64_t c0, int64_t c1, double* partials) {
+  static_assert(!(SAVE && EXP), "the softmax saving variant has the 5 sums only");
+  typedef typename XTraits<XT>::T T;
+  typedef typename XTraits<XT>::C C;
+  typedef typename YTraits<YT>::T U;
+  constexpr int K = EXP ? kExpK : kStatsK;
+  const T* xs = static_cast<const T*>(a.x);
+  const U* ys = static_cast<const U*>(a.y);
+  const int64_t classes = a.classes, n = a.n;
+  const SoftClamp<C> cl(a);
+  SoftStats<C> st;
+  const int64_t blk = soft_block(classes);
+  int32_t lab[kBlock];
+  float ysum[kBlock];
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const ChunkPos cp = chunk_pos(a, ch);
+    const int64_t b = cp.b, start = cp.start, len = cp.len;
+    double* out = partials + ch * classes * K;
+    for (int64_t k = 0; k < classes * K; ++k) out[k] = 0.0;
+    int worst = kValid;
+    for (int64_t k0 = 0; k0 < len; k0 += blk) {
+      const int64_t m = min64(blk, len - k0);
+      const T* xb = xs + b * classes * n + start + k0;
+      const U* yb = LABELS ? ys + b * n + start + k0 : ys + b * classes * n + start + k0;
+      worst = maxv(worst, soft_targets<LABELS, EXP>(yb, n, classes, m, lab, ysum));
+      soft_stats<T, C>(xb, n, classes, m, blk, st);
+      for (int64_t c = 0; c < classes; ++c) {
+        const T* xc = xb + c * n;
+        const C* ec = st.e + c * blk;
+        const U* yc = LABELS ? yb : yb + c * n;
+        float* sc = SAVE ? a.saved + (xb - xs) + c * n : nullptr;
+        const int32_t ci = static_cast<int32_t>(c);
+        C s0 = 0, s1 = 0, s2 = 0, s3 = 0, s5 = 0, s6 = 0, s7 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s5, s6, s7)
+        for (int64_t i = 0; i < m; ++i) {
+          const C d = static_cast<C>(xc[i]) - st.mx[i];
+          const C e = ec[i];
+          const bool top = st.am[i] == ci;
+          const C p = e * st.inv[i];
+          const C q = (top ? st.rest[i] : (C(1) + st.rest[i]) - e) * st.inv[i];
+          const C nlp = st.logs[i] - d;
+          const C y = LABELS ? (lab[i] == ci ? C(1) : C(0)) : static_cast<C>(yc[i]);
+          const C ny = C(1) - y;
+          if constexpr (!EXP) {
+            if constexpr (SAVE) sc[i] = static_cast<float>(p);
+            s0 += p * y;
+            s1 += p * ny;
+            s2 += q * y;
+            s3 += y * nlp;
+          } else {
+            const bool plo = p < cl.lo, qlo = q < cl.lo;
+            const C pt = plo ? cl.lo : (qlo ? cl.hi : p);
+            const C qt = qlo ? cl.lo : (plo ? cl.hi : q);
+            const C nlpt = plo ? cl.nlog_lo : (qlo ? cl.nlog_hi : nlp);
+            // q~^g where y = 1 (the label's class), p~^g elsewhere (hard labels).
+            C pw;
+            if (cl.square) {
+              const C base = y > C(0.5) ? qt : pt;
+              pw = base * base;
+            } else {
+              const C lq = hlog(maxv(qt, tiny_of(C(0))));
+              pw = hexp(cl.gamma * (y > C(0.5) ? lq : -nlpt));
+            }
+            add_clamped(y, pt, qt, nlpt, pw, s0, s1, s2, s3, s5, s6, s7);
+          }
+        }
+        double* o = out + c * K;
+        o[0] += s0;
+        o[1] += s1;
+        o[2] += s2;
+        o[3] += s3;
+        if constexpr (EXP) {
+          o[5] += s5;
+          o[6] += s6;
+          o[7] += s7;
+        }
+      }
+    }
+    if (a.invalid != nullptr) a.invalid[ch] = static_cast<double>(worst);
+  }
+}
+
+// The gradient of every channel: with u_c = p_c * dL/dp_c (the sums' coefficients, scaled),
+// dL/dx_j = u_j - p_j * sum_c u_c. Two passes over the block's classes: u_c into a block buffer
+// while summing U, then gx_c = u_c - p_c * U (the gradient is written once).
+template <int XT, int YT, bool LABELS, bool EXP>
+void softmax_bwd(const Args& a, int64_t c0, int64_t c1) {
+  typedef typename XTraits<XT>::T T;
+  typedef typename XTraits<XT>::C C;
+  typedef typename YTraits<YT>::T U;
+  constexpr int K = EXP ? kExpK : kStatsK;
+  const T* xs = static_cast<const T*>(a.x);
+  const U* ys = static_cast<const U*>(a.y);
+  T* gxs = static_cast<T*>(a.gx);
+  const int64_t classes = a.classes, n = a.n;
+  const SoftClamp<C> cl(a);
+  const C tiny = tiny_of(C(0));
+  SoftStats<C> st;
+  const int64_t blk = soft_block(classes);
+  int32_t lab[kBlock];
+  float ysum[kBlock];
+  C usum[kBlock];
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const ChunkPos cp = chunk_pos(a, ch);
+    const int64_t b = cp.b, start = cp.start, len = cp.len;
+    for (int64_t k0 = 0; k0 < len; k0 += blk) {
+      const int64_t m = min64(blk, len - k0);
+      const int64_t off = b * classes * n + start + k0;
+      const T* xb = xs + off;
+      T* gb = gxs + off;
+      const U* yb = LABELS ? ys + b * n + start + k0 : ys + off;
+      soft_targets<LABELS, false>(yb, n, classes, m, lab, ysum);
+      soft_stats<T, C>(xb, n, classes, m, blk, st);
+      for (int64_t i = 0; i < m; ++i) usum[i] = C(0);
+      for (int64_t c = 0; c < classes; ++c) {
+        const T* xc = xb + c * n;
+        const C* ec = st.e + c * blk;
+        C* uc = st.u + c * blk;
+        const U* yc = LABELS ? yb : yb + c * n;
+        const int32_t ci = static_cast<int32_t>(c);
+        const double* g = a.g + (b * classes + c) * K;
+        const C g0m2 = static_cast<C>(g[0] - g[2]), g1 = static_cast<C>(g[1]);
+        const C g3 = static_cast<C>(g[3]);
+        const C g5 = EXP ? static_cast<C>(g[5]) : C(0), g6 = EXP ? static_cast<C>(g[6]) : C(0);
+        const C g7 = EXP ? static_cast<C>(g[7]) : C(0);
+#pragma omp simd
+        for (int64_t i = 0; i < m; ++i) {
+          const C d = static_cast<C>(xc[i]) - st.mx[i];
+          const C e = ec[i];
+          const C p = e * st.inv[i];
+          const C y = LABELS ? (lab[i] == ci ? C(1) : C(0)) : static_cast<C>(yc[i]);
+          const C ny = C(1) - y;
+          C u = p * (y * g0m2 + ny * g1) - g3 * y;
+          if constexpr (EXP) {
+            const bool top = st.am[i] == ci;
+            const C q = (top ? st.rest[i] : (C(1) + st.rest[i]) - e) * st.inv[i];
+            const C nlp = st.logs[i] - d;
+            // y = 1: q^g and p * q^(g-1); y = 0: p^g (hard labels).
+            C qg, pq1, pg;
+            if (cl.square) {
+              qg = q * q;
+              pq1 = p * q;
+              pg = p * p;
+            } else {
+              const C lq = hlog(maxv(q, tiny));
+              qg = hexp(cl.gamma * lq);
+              pq1 = p * hexp((cl.gamma - C(1)) * lq);
+              pg = hexp(-cl.gamma * nlp);
+            }
+            u += y * (-(g5 * cl.gamma * pq1) - g7 * (cl.gamma * pq1 * nlp + qg)) +
+                 ny * (g6 * cl.gamma * pg);
+            // Outside [eps, 1 - eps] the clamp passes no gradient.
+            u = (cl.clamp && (p < cl.lo || q < cl.lo)) ? C(0) : u;
+          }
+          usum[i] += u;
+          uc[i] = u;
+        }
+      }
+      for (int64_t c = 0; c < classes; ++c) {  // the gradient, written once
+        const C* ec = st.e + c * blk;
+        const C* uc = st.u + c * blk;
+        T* gc = gb + c * n;
+#pragma omp simd
+        for (int64_t i = 0; i < m; ++i) gc[i] = static_cast<T>(uc[i] - ec[i] * st.inv[i] * usum[i]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // dtype dispatch
 
 // Kernels by variant: 0 stats, 1 exp_stats, 2 stats saving / from saved (float32, bfloat16
@@ -636,9 +998,106 @@ void entry_bwd(const Args& a, int64_t c0, int64_t c1) {
   if (f) f(a, c0, c1);
 }
 
+// The softmax backward from the saving forward's p_c (float32, the logits' layout) and the
+// target alone, for the kinds with the 5 sums: no exp, no max; the float32 gradient is written
+// over the saved values (U = sum_c u_c first, then each class's gradient).
+template <int YT, bool LABELS>
+void softmax_bwd_saved(const Args& a, int64_t c0, int64_t c1) {
+  typedef typename YTraits<YT>::T U;
+  const U* ys = static_cast<const U*>(a.y);
+  float* ps = a.saved;
+  const int64_t classes = a.classes, n = a.n;
+  int32_t lab[kBlock];
+  float ysum[kBlock];
+  float usum[kBlock];
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const ChunkPos cp = chunk_pos(a, ch);
+    const int64_t b = cp.b, start = cp.start, len = cp.len;
+    for (int64_t k0 = 0; k0 < len; k0 += kBlock) {
+      const int64_t m = min64(kBlock, len - k0);
+      const int64_t off = b * classes * n + start + k0;
+      float* pb = ps + off;
+      const U* yb = LABELS ? ys + b * n + start + k0 : ys + off;
+      soft_targets<LABELS, false>(yb, n, classes, m, lab, ysum);
+      for (int64_t i = 0; i < m; ++i) usum[i] = 0.0f;
+      for (int pass = 0; pass < 2; ++pass) {
+        for (int64_t c = 0; c < classes; ++c) {
+          float* pc = pb + c * n;
+          const U* yc = LABELS ? yb : yb + c * n;
+          const int32_t ci = static_cast<int32_t>(c);
+          const double* g = a.g + (b * classes + c) * kStatsK;
+          const float g0m2 = static_cast<float>(g[0] - g[2]), g1 = static_cast<float>(g[1]);
+          const float g3 = static_cast<float>(g[3]);
+#pragma omp simd
+          for (int64_t i = 0; i < m; ++i) {
+            const float p = pc[i];
+            const float y = LABELS ? (lab[i] == ci ? 1.0f : 0.0f) : static_cast<float>(yc[i]);
+            const float u = p * (y * g0m2 + (1.0f - y) * g1) - g3 * y;
+            if (pass == 0) {
+              usum[i] += u;
+            } else {
+              pc[i] = u - p * usum[i];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Softmax kernels: float32 / float64 logits (the glue upcasts half types), label maps (U8,
+// I64) or dense targets (F32, F64, U8).
+template <int XT, int YT, bool LABELS, bool EXP> struct Soft {
+  static void fwd(const Args& a, int64_t c0, int64_t c1, double* p) {
+    if constexpr (XT == kF32 && !EXP) {
+      if (a.saved != nullptr) return softmax_fwd<XT, YT, LABELS, EXP, true>(a, c0, c1, p);
+    }
+    softmax_fwd<XT, YT, LABELS, EXP>(a, c0, c1, p);
+  }
+  static void bwd(const Args& a, int64_t c0, int64_t c1) { softmax_bwd<XT, YT, LABELS, EXP>(a, c0, c1); }
+};
+// pick(Soft<...>()) for the kernel of these arguments (nullptr for an unknown combination).
+template <int XT, bool EXP, class Pick>
+auto soft_for_y(const Args& a, Pick pick) -> decltype(pick(Soft<XT, kU8, true, EXP>())) {
+  if (a.labels) {
+    if (a.yt == kU8) return pick(Soft<XT, kU8, true, EXP>());
+    if (a.yt == kI64) return pick(Soft<XT, kI64, true, EXP>());
+    return nullptr;
+  }
+  if (a.yt == kF32) return pick(Soft<XT, kF32, false, EXP>());
+  if (a.yt == kF64) return pick(Soft<XT, kF64, false, EXP>());
+  if (a.yt == kU8) return pick(Soft<XT, kU8, false, EXP>());
+  return nullptr;
+}
+template <class Pick>
+auto soft_for(const Args& a, Pick pick) -> decltype(soft_for_y<kF32, false>(a, pick)) {
+  if (a.xt == kF32) return a.exp_sums ? soft_for_y<kF32, true>(a, pick) : soft_for_y<kF32, false>(a, pick);
+  if (a.xt == kF64) return a.exp_sums ? soft_for_y<kF64, true>(a, pick) : soft_for_y<kF64, false>(a, pick);
+  return nullptr;
+}
+void softmax_fwd_entry(const Args& a, int64_t c0, int64_t c1, double* partials) {
+  const FwdFn f = soft_for(a, [](auto k) -> FwdFn { return &decltype(k)::fwd; });
+  if (f) f(a, c0, c1, partials);
+}
+void softmax_bwd_entry(const Args& a, int64_t c0, int64_t c1) {
+  const BwdFn f = soft_for(a, [](auto k) -> BwdFn { return &decltype(k)::bwd; });
+  if (f) f(a, c0, c1);
+}
+void softmax_bwd_saved_entry(const Args& a, int64_t c0, int64_t c1) {
+  if (a.labels) {
+    if (a.yt == kU8) softmax_bwd_saved<kU8, true>(a, c0, c1);
+    if (a.yt == kI64) softmax_bwd_saved<kI64, true>(a, c0, c1);
+    return;
+  }
+  if (a.yt == kF32) softmax_bwd_saved<kF32, false>(a, c0, c1);
+  if (a.yt == kF64) softmax_bwd_saved<kF64, false>(a, c0, c1);
+  if (a.yt == kU8) softmax_bwd_saved<kU8, false>(a, c0, c1);
+}
+
 const Table kTable = {HYTVER_ISA_NAME, &entry_fwd<0>, &entry_bwd<0>, &entry_fwd<1>,
                       &entry_bwd<1>,   &entry_fwd<2>, &entry_bwd<2>, &entry_fwd<3>,
-                      &entry_bwd<3>};
+                      &entry_bwd<3>,   &softmax_fwd_entry, &softmax_bwd_entry,
+                      &softmax_bwd_saved_entry};
 
 }  // namespace
 }  // namespace HYTVER_ISA_NS

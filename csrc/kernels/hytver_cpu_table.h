@@ -7,8 +7,17 @@
 namespace hytver {
 namespace cpu {
 
-// Element types the kernels read. Bool targets are passed as U8 (0/1 bytes).
-enum DType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3, kU8 = 4 };
+// Element types the kernels read. Bool targets are passed as U8 (0/1 bytes); I64: label maps.
+enum DType : int { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3, kU8 = 4, kI64 = 5 };
+
+// Target problems the forward kernels flag per chunk (Args::invalid), worst code wins.
+enum Invalid : int {
+  kValid = 0,
+  kOutside01 = 1,      // a value outside [0, 1] (or NaN)
+  kNotHard = 2,        // a value other than 0 and 1 where the loss needs hard labels
+  kLabelRange = 3,     // softmax: a label outside [0, C)
+  kNotNormalised = 4,  // softmax: one-hot / soft channels not summing to 1
+};
 
 // Number of sums per sample.
 constexpr int kStatsK = 5;
@@ -38,6 +47,13 @@ struct Args {
   // Forwards: when set, invalid[c] = 1 if chunk c has a target value outside [0, 1] (the exp
   // sums: other than 0 and 1), else 0.
   double* invalid = nullptr;
+  // Softmax kernels: logits (B, C, n) (float32 or float64), target a label map (B, n) of type
+  // yt (U8 or I64; labels = true) or dense (B, C, n) (F32, F64, U8); g and partials hold C * K
+  // doubles per sample / chunk (row b * C + c); exp_sums: the 9 exp sums (hard labels) with
+  // gamma and eps, else the 5 sums.
+  int64_t classes = 1;
+  bool labels = false;
+  bool exp_sums = false;
 };
 
 // Forward kernels process chunks [c0, c1) (chunk c = sample c / chunks_per_sample) and write K
@@ -59,6 +75,14 @@ struct Table {
   BwdFn stats_bwd_saved;
   FwdFn exp_fwd_save;
   BwdFn exp_bwd_saved;
+  // Softmax over the C channels of each voxel: the forward writes C * K partials per chunk, the
+  // backward the logits' gradient (float32 or float64) of every channel.
+  FwdFn softmax_fwd;
+  BwdFn softmax_bwd;
+  // Softmax training path (the 5-sum kinds, float32 logits): softmax_fwd also writes p_c to
+  // Args::saved when it is set; this backward reads it and the target (no exp) and writes the
+  // float32 gradient over it.
+  BwdFn softmax_bwd_saved;
 };
 
 // Defined in isa_base.cpp / isa_avx2.cpp / isa_avx512.cpp. The AVX ones return nullptr when the

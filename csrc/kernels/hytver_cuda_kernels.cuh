@@ -29,7 +29,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
-#include <stdio.h>
+#include <assert.h>
 
 #include "hytver_loss_algebra.h"
 
@@ -151,14 +151,50 @@ __host__ inline ExpParams<C> make_exp_params(double gamma, double eps) {
   return k;
 }
 
-// Target values the sums are defined for: [0, 1] for stats, {0, 1} for the exp sums.
+// Target problems, as bits of a flag word (stage 1 ORs them per block, the finalize kernel over
+// all blocks, and asserts on the device with the message of the first one set).
+enum Problem : int {
+  kOutside01 = 1,      // a value outside [0, 1] (or NaN)
+  kNotHard = 2,        // a value other than 0 and 1 where the loss needs hard labels
+  kLabelRange = 4,     // softmax: a label outside [0, C)
+  kNotNormalised = 8,  // softmax: one-hot / soft channels not summing to 1
+};
+
+// Problem bits of a sigmoid target value: [0, 1] for the 5 sums, {0, 1} for the exp sums.
 template <class C>
-__device__ __forceinline__ bool bad_target(C y, const C (&)[kStatsK]) {
-  return !(y >= C(0) && y <= C(1));
+__device__ __forceinline__ int bad_target(C y, const C (&)[kStatsK]) {
+  return (y >= C(0) && y <= C(1)) ? 0 : kOutside01;
 }
 template <class C>
-__device__ __forceinline__ bool bad_target(C y, const C (&)[kExpK]) {
-  return !(y == C(0) || y == C(1));
+__device__ __forceinline__ int bad_target(C y, const C (&)[kExpK]) {
+  if (!(y >= C(0) && y <= C(1))) return kOutside01;
+  return (y == C(0) || y == C(1)) ? 0 : kNotHard;
+}
+
+// OR of every thread's problem bits (all threads of the block must call it).
+__device__ __forceinline__ int block_or_bits(int bits) {
+  int out = 0;
+#pragma unroll
+  for (int bit = 1; bit <= kNotNormalised; bit <<= 1) {
+    out |= __syncthreads_or(bits & bit) ? bit : 0;
+  }
+  return out;
+}
+
+// Stops the kernel with a device-side assertion naming the target problem (cudaErrorAssert,
+// the message on stderr; torch reports it at the next synchronisation).
+__device__ __forceinline__ void assert_target(int bits) {
+  if (bits & kLabelRange)
+    __assert_fail("hytver::loss: labels must lie in [0, C)", __FILE__, __LINE__, __func__);
+  if (bits & kNotNormalised)
+    __assert_fail("hytver::loss: one-hot / soft target channels must sum to 1 at every voxel",
+                  __FILE__, __LINE__, __func__);
+  if (bits & kOutside01)
+    __assert_fail("hytver::loss: target values must lie in [0, 1] (and not be NaN)", __FILE__,
+                  __LINE__, __func__);
+  if (bits & kNotHard)
+    __assert_fail("hytver::loss: this loss needs hard labels (target values 0 or 1)", __FILE__,
+                  __LINE__, __func__);
 }
 
 template <class C>
@@ -171,6 +207,21 @@ __device__ __forceinline__ void accumulate(C x, C y, const ExpParams<C>&, C (&s)
   s[2] += q * y;
   s[3] += y * (sp + relu(-x));
   s[4] += ny * (sp + relu(x));
+}
+
+// The exp sums of one (clamped) class probability pt = 1 - qt with -log pt and pw (q~^g where
+// y = 1, p~^g where y = 0; hard labels): TP, FP, FN, C1, Eq, Ep, F1 (C0, F0 left to the caller).
+template <class C>
+__device__ __forceinline__ void accumulate_clamped(C y, C pt, C qt, C nlpt, C pw,
+                                                   C (&s)[kExpK]) {
+  const C ny = C(1) - y;
+  s[0] += y * pt;
+  s[1] += ny * pt;
+  s[2] += y * qt;
+  s[3] += y * nlpt;
+  s[5] += y * pw;
+  s[6] += ny * pw;
+  s[7] += y * pw * nlpt;
 }
 
 template <class C>
@@ -187,17 +238,10 @@ __device__ __forceinline__ void accumulate(C x, C y, const ExpParams<C>& k, C (&
   const C nlpt = plo ? k.nlog_lo : (qlo ? k.nlog_hi : nlp);
   const C nlqt = qlo ? k.nlog_lo : (plo ? k.nlog_hi : nlq);
   // Hard labels: qt^gamma matters only where y = 1, pt^gamma only where y = 0: one exp.
-  const C qg = dexp(-k.gamma * (y > C(0.5) ? nlqt : nlpt));
-  const C pg = qg;
-  s[0] += y * pt;
-  s[1] += ny * pt;
-  s[2] += y * qt;
-  s[3] += y * nlpt;
+  const C pw = dexp(-k.gamma * (y > C(0.5) ? nlqt : nlpt));
+  accumulate_clamped(y, pt, qt, nlpt, pw, s);
   s[4] += ny * nlqt;
-  s[5] += y * qg;
-  s[6] += ny * pg;
-  s[7] += y * qg * nlpt;
-  s[8] += ny * pg * nlqt;
+  s[8] += ny * pw * nlqt;
 }
 
 template <class C>
@@ -264,7 +308,7 @@ __device__ __forceinline__ void block_sum(A (&s)[K]) {
 // kernels
 
 // Stage 1: blockIdx.x = b * G + g (b: a row). partials[(b * G + g) * (K + 1) + k], k < K: the
-// block's sums; k = K: 1 if the block saw an invalid target value, else 0.
+// block's sums; k = K: the problem bits of the target values the block saw.
 template <int MODE, class T, class U, bool VEC>
 __global__ void __launch_bounds__(kThreads)
     forward_partial_kernel(const T* __restrict__ x, const U* __restrict__ y, int64_t n, int G,
@@ -280,7 +324,7 @@ __global__ void __launch_bounds__(kThreads)
   C s[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) s[k] = C(0);
-  bool bad = false;
+  int bad = 0;
   const int64_t stride = static_cast<int64_t>(G) * kThreads;
   if (VEC) {
     const int64_t npack = n / P;
@@ -292,81 +336,61 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int j = 0; j < P; ++j) {
         const C yj = static_cast<C>(yv.v[j]);
-        bad = bad || bad_target(yj, s);
+        bad |= bad_target(yj, s);
         accumulate(Num<T>::load(xv.v[j]), yj, prm, s);
       }
     }
   } else {
     for (int64_t i = g * kThreads + threadIdx.x; i < n; i += stride) {
       const C yi = static_cast<C>(yb[i]);
-      bad = bad || bad_target(yi, s);
+      bad |= bad_target(yi, s);
       accumulate(Num<T>::load(xb[i]), yi, prm, s);
     }
   }
-  const int block_bad = __syncthreads_or(bad ? 1 : 0);
+  const int block_bad = block_or_bits(bad);
   block_sum<K, kThreads>(s);
   if (threadIdx.x == 0) {
     C* out = partials + static_cast<int64_t>(blockIdx.x) * (K + 1);
 #pragma unroll
     for (int k = 0; k < K; ++k) out[k] = s[k];
-    out[K] = block_bad ? C(1) : C(0);
+    out[K] = static_cast<C>(block_bad);  // problem bits (small integers: exact)
   }
 }
 
-// Row `row`'s sums over its G partials in double, in a fixed order (valid in thread 0); `bad`
-// becomes 1 if a partial flags an invalid target.
-template <int K, class A>
-__device__ __forceinline__ void sum_partials(const A* __restrict__ partials, int64_t row, int G,
-                                             double (&s)[K], int& bad) {
-#pragma unroll
-  for (int k = 0; k < K; ++k) s[k] = 0.0;
-  for (int g = threadIdx.x; g < G; g += kFinalizeThreads) {
-    const A* p = partials + (row * G + g) * (K + 1);
-#pragma unroll
-    for (int k = 0; k < K; ++k) s[k] += static_cast<double>(p[k]);
-    bad = bad || p[K] != A(0);
-  }
-  block_sum<K, kFinalizeThreads>(s);
-}
-
-// Stage 2 of the sums ops: block b adds partials[(b * G + g) * (K + 1) + k] over g.
-template <int K, class A, class O>
-__global__ void __launch_bounds__(kFinalizeThreads)
-    finalize_kernel(const A* __restrict__ partials, int G, O* __restrict__ out) {
-  const int64_t b = blockIdx.x;
-  double s[K];
-  int bad = 0;  // the sums ops do not validate
-  sum_partials<K>(partials, b, G, s, bad);
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int k = 0; k < K; ++k) out[b * K + k] = static_cast<O>(s[k]);
-  }
-}
-
-// Stage 2 of the loss ops, one block: every row's sums (in double, fixed order) into `sums`,
-// then thread 0 evaluates the algebra: *loss and coef (rows x K). An invalid target stops here.
+// Stage 2 of the loss ops, one block of kFinalizeThreads: warp w adds the G partials of rows
+// w, w + warps, ... (lanes stride over the partials, then a fixed shuffle tree: deterministic),
+// so B * C in the hundreds costs a few rows per warp, not one row after another. Then thread 0
+// evaluates the algebra: *loss and coef (rows x K). An invalid target stops here with a
+// device-side assertion naming the problem.
 template <int K, class A, class O>
 __global__ void __launch_bounds__(kFinalizeThreads)
     loss_finalize_kernel(const A* __restrict__ partials, int G, int64_t B, int64_t C, int64_t n,
                          algebra::Spec spec, double* __restrict__ sums,
                          double* __restrict__ coef, O* __restrict__ loss) {
+  constexpr int kWarps = kFinalizeThreads / 32;
   const int64_t rows = B * C;
-  int bad = 0;
-  for (int64_t r = 0; r < rows; ++r) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  int bits = 0;
+  for (int64_t r = warp; r < rows; r += kWarps) {
     double s[K];
-    sum_partials<K>(partials, r, G, s, bad);
-    if (threadIdx.x == 0) {
 #pragma unroll
-      for (int k = 0; k < K; ++k) sums[r * K + k] = s[k];
+    for (int k = 0; k < K; ++k) s[k] = 0.0;
+    for (int g = lane; g < G; g += 32) {
+      const A* p = partials + (r * G + g) * (K + 1);
+#pragma unroll
+      for (int k = 0; k < K; ++k) s[k] += static_cast<double>(p[k]);
+      bits |= static_cast<int>(p[K]);
     }
-    __syncthreads();  // block_sum's shared memory is reused by the next row
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const double v = warp_sum(s[k]);
+      if (lane == 0) sums[r * K + k] = v;
+    }
   }
-  bad = __syncthreads_or(bad);
+  bits = block_or_bits(bits);  // also orders the sums' writes before thread 0 reads them
   if (threadIdx.x == 0) {
-    if (bad) {
-      printf("hytver::loss: target values must lie in [0, 1] (exponent losses: be 0 or 1)\n");
-      __trap();
-    }
+    if (bits != 0) assert_target(bits);
     *loss = static_cast<O>(algebra::loss_and_coef(spec, sums, B, C, n, coef));
   }
 }
@@ -461,21 +485,6 @@ cudaError_t launch_partials(const T* x, const U* y, int64_t B, int64_t n, double
   return cudaGetLastError();
 }
 
-// out: B * K sums in the compute type (float, or double for double logits).
-// Requires B >= 1, n >= 1 and B * blocks_per_sample <= 2^31 - 1.
-template <int MODE, class T, class U>
-cudaError_t launch_forward(const T* x, const U* y, int64_t B, int64_t n, double gamma, double eps,
-                           typename Num<T>::C* partials, typename Num<T>::C* out,
-                           cudaStream_t stream) {
-  typedef typename Num<T>::C C;
-  int G = 0;
-  cudaError_t err = launch_partials<MODE, T, U>(x, y, B, n, gamma, eps, partials, stream, &G);
-  if (err != cudaSuccess) return err;
-  finalize_kernel<ModeK<MODE>::K, C, C>
-      <<<static_cast<unsigned>(B), kFinalizeThreads, 0, stream>>>(partials, G, out);
-  return cudaGetLastError();
-}
-
 // grad: B * K values (GR: the compute type, or double with a device-side `scale`, one value of
 // the compute type that multiplies them; nullptr: 1); gx: B * n elements of T.
 template <int MODE, class T, class U, class GR = typename Num<T>::C>
@@ -522,6 +531,229 @@ cudaError_t launch_loss_backward(const T* x, const U* y, const double* coef,
                                  const algebra::Spec& spec, T* gx, cudaStream_t stream) {
   return launch_backward<MODE, T, U, double>(x, y, coef, rows, n, algebra::voxel_gamma(spec),
                                              algebra::clamp_eps(spec), gx, stream, grad_loss);
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax (C classes per voxel): logits (B, C, n); target a label map (B, n) of integers
+// (LABELS) or dense (B, C, n). Row r = b * C + c holds class c's sums (hytver_loss_algebra.h).
+// Per voxel: m = max_c x_c (class a), S' = sum_{c != a} exp(x_c - m), S = 1 + S',
+// p_c = exp(x_c - m) / S, q_c = (c == a ? S' : S - e_c) / S, -log p_c = log1p(S') - (x_c - m).
+
+template <class C> struct SoftVoxel {
+  C mx, rest, inv, logs;
+  int am;
+};
+
+template <class T, class C>
+__device__ __forceinline__ SoftVoxel<C> soft_voxel(const T* __restrict__ x, int64_t n, int classes,
+                                                   int64_t i) {
+  SoftVoxel<C> v;
+  v.mx = Num<T>::load(x[i]);
+  v.am = 0;
+  for (int c = 1; c < classes; ++c) {
+    const C xc = Num<T>::load(x[c * n + i]);
+    if (xc > v.mx) {
+      v.mx = xc;
+      v.am = c;
+    }
+  }
+  v.rest = C(0);
+  for (int c = 0; c < classes; ++c) {
+    if (c != v.am) v.rest += dexp(Num<T>::load(x[c * n + i]) - v.mx);
+  }
+  v.inv = C(1) / (C(1) + v.rest);
+  v.logs = log1p(v.rest);
+  return v;
+}
+
+// The target of class c at voxel i, and the problem bits of voxel i (checked once, c == 0).
+template <bool LABELS, bool HARD, class U, class C>
+__device__ __forceinline__ C soft_target(const U* __restrict__ y, int64_t n, int classes, int c,
+                                         int64_t i, int& bits) {
+  if (LABELS) {
+    const int64_t lab = static_cast<int64_t>(y[i]);
+    if (c == 0 && !(lab >= 0 && lab < classes)) bits |= kLabelRange;
+    return lab == c ? C(1) : C(0);
+  }
+  if (c == 0) {
+    C total = C(0);
+    for (int k = 0; k < classes; ++k) {
+      const C v = static_cast<C>(y[k * n + i]);
+      total += v;
+      if (!(v >= C(0) && v <= C(1))) bits |= kOutside01;
+      else if (HARD && !(v == C(0) || v == C(1))) bits |= kNotHard;
+    }
+    if (!(total - C(1) <= C(1e-4) && C(1) - total <= C(1e-4))) bits |= kNotNormalised;
+  }
+  return static_cast<C>(y[c * n + i]);
+}
+
+// Stage 1: blockIdx.x = b * G + g; for each class c (outer loop: any C, per-thread registers
+// for one class at a time) the block's K sums over its voxels of sample b go to
+// partials[((b * C + c) * G + g) * (K + 1) + k]; slot K: the problem bits.
+template <int MODE, class T, class U, bool LABELS>
+__global__ void __launch_bounds__(kThreads)
+    softmax_partial_kernel(const T* __restrict__ x, const U* __restrict__ y, int64_t n,
+                           int classes, int G, ExpParams<typename Num<T>::C> prm,
+                           typename Num<T>::C* __restrict__ partials) {
+  typedef typename Num<T>::C C;
+  constexpr int K = ModeK<MODE>::K;
+  constexpr bool EXP = MODE == kExp;
+  const int64_t b = blockIdx.x / G;
+  const int64_t g = blockIdx.x - b * G;
+  const T* xb = x + b * classes * n;
+  const U* yb = LABELS ? y + b * n : y + b * classes * n;
+  const int64_t stride = static_cast<int64_t>(G) * kThreads;
+  int bad = 0;
+  for (int c = 0; c < classes; ++c) {
+    C s[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) s[k] = C(0);
+    for (int64_t i = g * kThreads + threadIdx.x; i < n; i += stride) {
+      const SoftVoxel<C> v = soft_voxel<T, C>(xb, n, classes, i);
+      const C yc = soft_target<LABELS, EXP, U, C>(yb, n, classes, c, i, bad);
+      const C d = Num<T>::load(xb[c * n + i]) - v.mx;
+      const C e = dexp(d);
+      const C p = e * v.inv;
+      const C q = (c == v.am ? v.rest : (C(1) + v.rest) - e) * v.inv;
+      const C nlp = v.logs - d;
+      if constexpr (!EXP) {
+        const C ny = C(1) - yc;
+        s[0] += p * yc;
+        s[1] += p * ny;
+        s[2] += q * yc;
+        s[3] += yc * nlp;
+      } else {
+        const bool plo = p < prm.lo, qlo = q < prm.lo;
+        const C pt = plo ? prm.lo : (qlo ? prm.hi : p);
+        const C qt = qlo ? prm.lo : (plo ? prm.hi : q);
+        const C nlpt = plo ? prm.nlog_lo : (qlo ? prm.nlog_hi : nlp);
+        // hard labels: q~^g for the label's class, p~^g for the others
+        const C lq = log(qt > C(0) ? qt : C(1e-38));
+        accumulate_clamped(yc, pt, qt, nlpt, dexp(prm.gamma * (yc > C(0.5) ? lq : -nlpt)), s);
+      }
+    }
+    block_sum<K, kThreads>(s);
+    if (threadIdx.x == 0) {
+      C* out = partials + ((b * classes + c) * G + g) * (K + 1);
+#pragma unroll
+      for (int k = 0; k < K; ++k) out[k] = s[k];
+    }
+    __syncthreads();  // block_sum's shared memory is reused by the next class
+  }
+  const int block_bad = block_or_bits(bad);
+  if (threadIdx.x == 0) {
+    for (int c = 0; c < classes; ++c)
+      partials[((b * classes + c) * G + g) * (K + 1) + K] = static_cast<C>(block_bad);
+  }
+}
+
+// The class-c gradient term u_c = p_c * dL/dp_c from the row's (scaled) coefficients gr.
+template <int MODE, class C>
+__device__ __forceinline__ C soft_u(C p, C q, C nlp, C yc, const ExpParams<C>& prm,
+                                    const C* gr) {
+  const C ny = C(1) - yc;
+  C u = p * (yc * (gr[0] - gr[2]) + ny * gr[1]) - gr[3] * yc;
+  if constexpr (MODE == kExp) {
+    const C tiny = C(1e-38);
+    const C lq = log(q > tiny ? q : tiny);
+    const C qg = dexp(prm.gamma * lq);
+    const C pq1 = p * dexp((prm.gamma - C(1)) * lq);
+    const C pg = dexp(-prm.gamma * nlp);
+    u += yc * (-(gr[5] * prm.gamma * pq1) - gr[7] * (prm.gamma * pq1 * nlp + qg)) +
+         ny * (gr[6] * prm.gamma * pg);
+    u = (p < prm.lo || q < prm.lo) ? C(0) : u;  // the clamp passes no gradient outside
+  }
+  return u;
+}
+
+// Backward, one elementwise launch (grid of B * G blocks over the voxels): per voxel, every
+// class's gradient dL/dx_j = u_j - p_j * sum_c u_c (the softmax Jacobian couples the channels).
+template <int MODE, class T, class U, bool LABELS>
+__global__ void __launch_bounds__(kThreads)
+    softmax_backward_kernel(const T* __restrict__ x, const U* __restrict__ y,
+                            const double* __restrict__ coef,
+                            const typename Num<T>::C* __restrict__ scale, int64_t n, int classes,
+                            int G, ExpParams<typename Num<T>::C> prm, T* __restrict__ gx) {
+  typedef typename Num<T>::C C;
+  constexpr int K = ModeK<MODE>::K;
+  const int64_t b = blockIdx.x / G;
+  const int64_t g = blockIdx.x - b * G;
+  const T* xb = x + b * classes * n;
+  const U* yb = LABELS ? y + b * n : y + b * classes * n;
+  T* ob = gx + b * classes * n;
+  const double sc = static_cast<double>(*scale);
+  const int64_t stride = static_cast<int64_t>(G) * kThreads;
+  for (int64_t i = g * kThreads + threadIdx.x; i < n; i += stride) {
+    const SoftVoxel<C> v = soft_voxel<T, C>(xb, n, classes, i);
+    int unused = 0;
+    C usum = C(0);
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int c = 0; c < classes; ++c) {
+        C gr[K];
+        const double* row = coef + (b * classes + c) * K;
+#pragma unroll
+        for (int k = 0; k < K; ++k) gr[k] = static_cast<C>(row[k] * sc);
+        const C yc = soft_target<LABELS, false, U, C>(yb, n, classes, c, i, unused);
+        const C d = Num<T>::load(xb[c * n + i]) - v.mx;
+        const C e = dexp(d);
+        const C p = e * v.inv;
+        const C q = (c == v.am ? v.rest : (C(1) + v.rest) - e) * v.inv;
+        const C u = soft_u<MODE>(p, q, v.logs - d, yc, prm, gr);
+        if (pass == 0) {
+          usum += u;
+        } else {
+          ob[c * n + i] = Num<T>::store(u - p * usum);
+        }
+      }
+    }
+  }
+}
+
+// The exp sums' exponent and clamp of a loss kind in the compute type.
+template <class A>
+inline ExpParams<A> spec_exp_params(const algebra::Spec& spec) {
+  return make_exp_params<A>(algebra::voxel_gamma(spec), algebra::clamp_eps(spec));
+}
+
+template <int MODE, class T, class U>
+inline int64_t softmax_workspace(int64_t B, int64_t C, int64_t n) {
+  return B * C * blocks_per_sample<T>(B, n) * (ModeK<MODE>::K + 1);
+}
+
+// The softmax loss op's forward: stage 1 over B samples of n voxels and C classes, then the
+// shared finalize (rows = B * C). partials: softmax_workspace elements; sums, coef: B * C * K
+// doubles; loss: one value of the compute type. Two launches, no host synchronisation.
+template <int MODE, class T, class U, bool LABELS>
+cudaError_t launch_softmax_loss_forward(const T* x, const U* y, int64_t B, int64_t C, int64_t n,
+                                        const algebra::Spec& spec, typename Num<T>::C* partials,
+                                        double* sums, double* coef, typename Num<T>::C* loss,
+                                        cudaStream_t stream) {
+  typedef typename Num<T>::C A;
+  const int G = blocks_per_sample<T>(B, n);
+  const ExpParams<A> prm = spec_exp_params<A>(spec);
+  softmax_partial_kernel<MODE, T, U, LABELS>
+      <<<static_cast<unsigned>(B * G), kThreads, 0, stream>>>(x, y, n, static_cast<int>(C), G,
+                                                               prm, partials);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  loss_finalize_kernel<ModeK<MODE>::K, A, A>
+      <<<1, kFinalizeThreads, 0, stream>>>(partials, G, B, C, n, spec, sums, coef, loss);
+  return cudaGetLastError();
+}
+
+// The softmax backward: gx (B, C, n) = grad_loss * dL/dx, one launch.
+template <int MODE, class T, class U, bool LABELS>
+cudaError_t launch_softmax_loss_backward(const T* x, const U* y, const double* coef,
+                                         const typename Num<T>::C* grad_loss, int64_t B,
+                                         int64_t C, int64_t n, const algebra::Spec& spec, T* gx,
+                                         cudaStream_t stream) {
+  const int G = blocks_per_sample<T>(B, n);
+  softmax_backward_kernel<MODE, T, U, LABELS>
+      <<<static_cast<unsigned>(B * G), kThreads, 0, stream>>>(
+          x, y, coef, grad_loss, n, static_cast<int>(C), G,
+          spec_exp_params<typename Num<T>::C>(spec), gx);
+  return cudaGetLastError();
 }
 
 }  // namespace cuda

@@ -35,6 +35,24 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)
 
 
+def _plain_pair(logits: torch.Tensor, target: torch.Tensor,
+                hint: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors as plain torch.Tensor, after the checks every activation shares: tensors,
+    floating-point logits ``(B, C, *spatial)`` with a spatial axis, not empty."""
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise ValueError("logits and target must be torch.Tensor objects, got "
+                         f"{type(logits).__name__} and {type(target).__name__}")
+    logits, target = _plain(logits), _plain(target)
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if logits.dim() < 3:
+        raise ValueError("logits must have shape (B, C, *spatial) with at least one spatial "
+                         f"dimension, got {tuple(logits.shape)}" + (f" {hint}" if hint else ""))
+    if logits.numel() == 0:
+        raise ValueError(f"logits is empty (shape {tuple(logits.shape)})")
+    return logits, target
+
+
 def prepare_inputs(logits: torch.Tensor, target: torch.Tensor,
                    check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate ``(logits, target)`` and return them as plain ``(B, C, *spatial)`` tensors.
@@ -44,18 +62,8 @@ def prepare_inputs(logits: torch.Tensor, target: torch.Tensor,
     gives the reference path its working dtypes. ``check_values``: also
     :func:`check_target_values` (the fused op checks the values itself, in its own pass).
     """
-    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise ValueError("logits and target must be torch.Tensor objects, got "
-                         f"{type(logits).__name__} and {type(target).__name__}")
-    logits, target = _plain(logits), _plain(target)
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.dim() < 3:
-        raise ValueError("logits must have shape (B, C, *spatial) with at least one spatial "
-                         f"dimension, got {tuple(logits.shape)} (for a 2-channel softmax head, "
-                         "pass z1 - z0)")
-    if logits.numel() == 0:
-        raise ValueError(f"logits is empty (shape {tuple(logits.shape)})")
+    logits, target = _plain_pair(logits, target, "(for a 2-channel softmax head, use "
+                                 "activation='softmax' or pass z1 - z0)")
     if target.is_complex():
         raise ValueError(f"target must be real, got dtype {target.dtype}")
     if target.dim() == logits.dim() - 1 and logits.shape[1] == 1:
@@ -106,3 +114,90 @@ def is_hard(target: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():
         return False
     return bool(((target == 0) | (target == 1)).all())
+
+
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
+def check_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def prepare_softmax_inputs(logits: torch.Tensor, target: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Validate softmax inputs: ``(logits, target, is_label_map)`` as plain tensors.
+
+    logits ``(B, C, *spatial)`` float with C >= 2; target a label map (integer dtype,
+    ``(B, 1, *spatial)`` or ``(B, *spatial)``, returned as ``(B, 1, *spatial)``) or one-hot /
+    soft ``(B, C, *spatial)`` (float, uint8 or bool). Values are not checked here (see
+    :func:`check_softmax_target_values`).
+    """
+    logits, target = _plain_pair(logits, target)
+    if logits.shape[1] < 2:
+        raise ValueError(f"activation='softmax' needs C >= 2 channels, got logits of shape "
+                         f"{tuple(logits.shape)} (use activation='sigmoid' for one channel)")
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
+    b, spatial = logits.shape[0], tuple(logits.shape[2:])
+    if target.shape == logits.shape:
+        if target.is_complex() or not (target.is_floating_point() or target.dtype in (
+                torch.uint8, torch.bool)):
+            raise ValueError("a one-hot / soft target (B, C, *spatial) must be float, uint8 or "
+                             f"bool, got {target.dtype}")
+        return logits, target, False
+    if target.dim() == logits.dim() - 1 and tuple(target.shape) == (b, *spatial):
+        target = target.unsqueeze(1)
+    if tuple(target.shape) != (b, 1, *spatial):
+        raise ValueError(f"target shape {tuple(target.shape)} fits neither a label map "
+                         f"(B, 1, *spatial) / (B, *spatial) nor a one-hot target (B, C, *spatial) "
+                         f"for logits of shape {tuple(logits.shape)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"a label map must have an integer dtype, got {target.dtype} (pass "
+                         "one-hot / soft targets as (B, C, *spatial))")
+    return logits, target, True
+
+
+def check_softmax_target_values(target: torch.Tensor, labels: bool, classes: int,
+                                hard: bool) -> None:
+    """Softmax targets: labels in [0, C); one-hot / soft values in [0, 1] summing to 1 over the
+    channels (float: within 1e-4), and in {0, 1} when ``hard``. ValueError naming the problem
+    for CPU tensors (not while torch.compile traces); a device-side assertion elsewhere."""
+    if target.device.type != "cpu":
+        if labels:
+            ok = ((target >= 0) & (target < classes)).all()
+            torch._assert_async(ok, f"labels must lie in [0, {classes})")
+        else:
+            t = target.float()
+            torch._assert_async(((t >= 0) & (t <= 1)).all(), "target values must lie in [0, 1]")
+            torch._assert_async(((t.sum(1) - 1).abs() <= 1e-4).all(),
+                                "target channels must sum to 1 at every voxel")
+        return
+    if torch.compiler.is_compiling():
+        return
+    target = target.detach()
+    if labels:
+        low, high = torch.stack(torch.aminmax(target.long())).tolist()
+        if low < 0 or high >= classes:
+            raise ValueError(f"labels must lie in [0, C) = [0, {classes}), found range "
+                             f"[{low}, {high}]")
+        return
+    t = target.double()
+    low, high = torch.stack(torch.aminmax(t)).tolist()
+    if not (low >= 0 and high <= 1):
+        raise ValueError("one-hot / soft target values must lie in [0, 1] (and not be NaN), "
+                         f"found range [{low}, {high}]")
+    if hard and not bool(((t == 0) | (t == 1)).all()):
+        raise ValueError("this loss needs hard labels (a label map, or one-hot in {0, 1}); "
+                         "found a soft target value strictly between 0 and 1")
+    worst = float((t.sum(1) - 1).abs().max())
+    if worst > 1e-4:
+        raise ValueError("one-hot / soft target channels must sum to 1 at every voxel (within "
+                         f"1e-4), found a voxel off by {worst:.3g}")
+
+
+def one_hot(target: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """A label map ``(B, 1, *spatial)`` as one-hot ``(B, C, *spatial)`` in ``dtype`` (the
+    reference path only; the fused op reads the labels directly)."""
+    return torch.nn.functional.one_hot(target[:, 0].long(), classes).movedim(-1, 1).to(dtype)

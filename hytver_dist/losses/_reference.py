@@ -62,3 +62,42 @@ def focal_power(base: torch.Tensor, exponent: float) -> torch.Tensor:
     """base**exponent with base kept off 0: where base is exactly 0 (a perfect prediction at
     saturated logits) the power's infinite derivative would turn the gradient into NaN."""
     return base.clamp_min(torch.finfo(base.dtype).tiny).pow(exponent)
+
+
+# ---- softmax (C classes): x logits and y a one-hot / soft target, both (B, C, *spatial)
+
+
+def class_weights(like: torch.Tensor, w_bg: float, w_fg: float) -> torch.Tensor:
+    """(1, C, 1, ...) weights: w_bg for class 0, w_fg for classes 1..C-1."""
+    w = torch.full((like.shape[1],), float(w_fg), dtype=like.dtype, device=like.device)
+    w[0] = w_bg
+    return w.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+
+def included(t: torch.Tensor, include_background: bool) -> torch.Tensor:
+    """The included classes of per-class terms ``(G, C)``: all, or 1..C-1."""
+    return t if include_background else t[:, 1:]
+
+
+def softmax_region_sums(p: torch.Tensor, y: torch.Tensor, per_sample: bool,
+                        include_background: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TP, FP, FN of each included class per group, from class probabilities p."""
+    sums = (spatial_sum(p * y), spatial_sum(p * (1 - y)), spatial_sum((1 - p) * y))
+    return tuple(included(group(t, per_sample), include_background) for t in sums)
+
+
+def categorical(x: torch.Tensor, y: torch.Tensor, w_bg: float, w_fg: float,
+                modulation: torch.Tensor | None = None) -> torch.Tensor:
+    """mean over B*voxels of sum_c w_c * y_c * [modulation_c *] (-log p_c), log-softmax."""
+    term = class_weights(x, w_bg, w_fg) * y * -torch.log_softmax(x, 1)
+    if modulation is not None:
+        term = term * modulation
+    return term.sum(1).mean()
+
+
+def softmax_dice_loss(x: torch.Tensor, y: torch.Tensor, smooth: float, per_sample: bool,
+                      include_background: bool) -> torch.Tensor:
+    """Mean over groups and included classes of 1 - Dice."""
+    sums = softmax_region_sums(torch.softmax(x, 1), y, per_sample, include_background)
+    return (1 - dice_coefficient(*sums, smooth)).mean()

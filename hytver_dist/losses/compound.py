@@ -7,7 +7,16 @@ import torch
 
 from ._base import SigmoidLoss
 from ._inputs import check_range
-from ._reference import bce, dice_loss, mce, region_sums, tversky_index
+from ._reference import (
+    bce,
+    categorical,
+    dice_loss,
+    mce,
+    region_sums,
+    softmax_dice_loss,
+    softmax_region_sums,
+    tversky_index,
+)
 from .cross_entropy import FocalLoss
 
 
@@ -21,10 +30,12 @@ class DiceCELoss(SigmoidLoss):
     """
 
     kind = "dice_ce"
+    fused_param_names = ("lambda_dice", "lambda_ce", "smooth")
 
     def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1.0,
-                 per_sample: bool = False, backend: str = "auto") -> None:
-        super().__init__(backend)
+                 per_sample: bool = False, backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.lambda_dice = check_range("lambda_dice", lambda_dice, 0.0)
         self.lambda_ce = check_range("lambda_ce", lambda_ce, 0.0)
         self.smooth = check_range("smooth", smooth, 0.0)
@@ -33,6 +44,10 @@ class DiceCELoss(SigmoidLoss):
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (self.lambda_dice * dice_loss(x, y, self.smooth, self.per_sample)
                 + self.lambda_ce * bce(x, y))
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dice = softmax_dice_loss(x, y, self.smooth, self.per_sample, self.include_background)
+        return self.lambda_dice * dice + self.lambda_ce * categorical(x, y, 1.0, 1.0)
 
 
 class FocalDiceLoss(SigmoidLoss):
@@ -44,15 +59,17 @@ class FocalDiceLoss(SigmoidLoss):
     """
 
     kind = "focal_dice"
+    fused_param_names = ("lambda_dice", "lambda_focal", "alpha", "gamma", "smooth")
     needs_hard_labels = True
 
     def __init__(self, lambda_dice: float = 1.0, lambda_focal: float = 1.0,
                  alpha: float | None = 0.25, gamma: float = 2.0, smooth: float = 1.0,
-                 per_sample: bool = False, backend: str = "auto") -> None:
-        super().__init__(backend)
+                 per_sample: bool = False, backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.lambda_dice = check_range("lambda_dice", lambda_dice, 0.0)
         self.lambda_focal = check_range("lambda_focal", lambda_focal, 0.0)
-        self.focal = FocalLoss(alpha, gamma, backend)
+        self.focal = FocalLoss(alpha, gamma, backend, activation, include_background)
         self.smooth = check_range("smooth", smooth, 0.0)
         self.per_sample = bool(per_sample)
 
@@ -65,6 +82,10 @@ class FocalDiceLoss(SigmoidLoss):
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (self.lambda_dice * dice_loss(x, y, self.smooth, self.per_sample)
                 + self.lambda_focal * self.focal._reference(x, y))
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dice = softmax_dice_loss(x, y, self.smooth, self.per_sample, self.include_background)
+        return self.lambda_dice * dice + self.lambda_focal * self.focal._reference_softmax(x, y)
 
 
 class ComboLoss(SigmoidLoss):
@@ -79,10 +100,12 @@ class ComboLoss(SigmoidLoss):
     """
 
     kind = "combo"
+    fused_param_names = ("beta", "gamma", "smooth")
 
     def __init__(self, beta: float = 0.5, gamma: float = 0.5, smooth: float = 1.0,
-                 per_sample: bool = False, backend: str = "auto") -> None:
-        super().__init__(backend)
+                 per_sample: bool = False, backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.beta = check_range("beta", beta, 0.0, 1.0)
         self.gamma = check_range("gamma", gamma, 0.0, 1.0)
         self.smooth = check_range("smooth", smooth, 0.0)
@@ -91,6 +114,11 @@ class ComboLoss(SigmoidLoss):
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (self.gamma * mce(x, y, self.beta)
                 + (1 - self.gamma) * dice_loss(x, y, self.smooth, self.per_sample))
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dice = softmax_dice_loss(x, y, self.smooth, self.per_sample, self.include_background)
+        return (self.gamma * categorical(x, y, 1 - self.beta, self.beta)
+                + (1 - self.gamma) * dice)
 
 
 class HyTverLoss(SigmoidLoss):
@@ -106,10 +134,12 @@ class HyTverLoss(SigmoidLoss):
     """
 
     kind = "hytver"
+    fused_param_names = ("alpha", "beta", "gamma", "smooth")
 
     def __init__(self, alpha: float = 0.7, beta: float = 0.7, gamma: float = 0.5,
-                 smooth: float = 1.0, per_sample: bool = False, backend: str = "auto") -> None:
-        super().__init__(backend)
+                 smooth: float = 1.0, per_sample: bool = False, backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.alpha = check_range("alpha", alpha, 0.0, 1.0)
         self.beta = check_range("beta", beta, 0.0, 1.0)
         self.gamma = check_range("gamma", gamma, 0.0, 1.0)
@@ -120,3 +150,10 @@ class HyTverLoss(SigmoidLoss):
         tp, fp, fn = region_sums(x, y, self.per_sample)
         tversky = (1 - tversky_index(tp, fp, fn, self.alpha, self.smooth)).mean()
         return self.gamma * mce(x, y, self.beta) + (1 - self.gamma) * tversky
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tp, fp, fn = softmax_region_sums(torch.softmax(x, 1), y, self.per_sample,
+                                         self.include_background)
+        tversky = (1 - tversky_index(tp, fp, fn, self.alpha, self.smooth)).mean()
+        return (self.gamma * categorical(x, y, 1 - self.beta, self.beta)
+                + (1 - self.gamma) * tversky)

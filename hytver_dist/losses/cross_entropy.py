@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ._base import SigmoidLoss
 from ._inputs import check_range
-from ._reference import bce
+from ._reference import bce, categorical, class_weights
 
 
 class CELoss(SigmoidLoss):
@@ -21,11 +21,15 @@ class CELoss(SigmoidLoss):
 
     kind = "ce"
 
-    def __init__(self, backend: str = "auto") -> None:
-        super().__init__(backend)
+    def __init__(self, backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
 
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return bce(x, y)
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return categorical(x, y, 1.0, 1.0)
 
 
 class WeightedCELoss(SigmoidLoss):
@@ -39,9 +43,11 @@ class WeightedCELoss(SigmoidLoss):
     """
 
     kind = "weighted_ce"
+    fused_param_names = ("w_bg", "w_fg")
 
-    def __init__(self, w_bg: float = 0.1, w_fg: float = 0.9, backend: str = "auto") -> None:
-        super().__init__(backend)
+    def __init__(self, w_bg: float = 0.1, w_fg: float = 0.9, backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.w_bg = check_range("w_bg", w_bg, 0.0)
         self.w_fg = check_range("w_fg", w_fg, 0.0)
         if self.w_bg == 0 and self.w_fg == 0:
@@ -53,6 +59,10 @@ class WeightedCELoss(SigmoidLoss):
         weight = self.w_fg * y + self.w_bg * (1 - y)
         dims = (0, *range(2, x.dim()))  # all but the channel axis
         return (weighted.sum(dims) / weight.sum(dims)).mean()
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        w = class_weights(x, self.w_bg, self.w_fg) * y
+        return (w * -torch.log_softmax(x, 1)).sum() / w.sum()
 
 
 class FocalLoss(SigmoidLoss):
@@ -67,11 +77,13 @@ class FocalLoss(SigmoidLoss):
     """
 
     kind = "focal"
+    fused_param_names = ("alpha", "gamma")  # alpha None is passed as -1
     needs_hard_labels = True
 
     def __init__(self, alpha: float | None = 0.25, gamma: float = 2.0,
-                 backend: str = "auto") -> None:
-        super().__init__(backend)
+                 backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.alpha = None if alpha is None else check_range("alpha", alpha, 0.0, 1.0)
         self.gamma = check_range("gamma", gamma, 0.0)
 
@@ -84,3 +96,8 @@ class FocalLoss(SigmoidLoss):
         if self.alpha is not None:
             loss = (self.alpha * y + (1 - self.alpha) * (1 - y)) * loss
         return loss.mean()
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        w_bg, w_fg = (1.0, 1.0) if self.alpha is None else (1 - self.alpha, self.alpha)
+        q = -torch.expm1(torch.log_softmax(x, 1))  # 1 - p_c
+        return categorical(x, y, w_bg, w_fg, q.pow(self.gamma))

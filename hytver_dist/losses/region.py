@@ -11,7 +11,15 @@ import torch
 
 from ._base import SigmoidLoss
 from ._inputs import check_range
-from ._reference import dice_coefficient, dice_loss, focal_power, region_sums, tversky_index
+from ._reference import (
+    dice_coefficient,
+    dice_loss,
+    focal_power,
+    region_sums,
+    softmax_dice_loss,
+    softmax_region_sums,
+    tversky_index,
+)
 
 
 class DiceLoss(SigmoidLoss):
@@ -25,15 +33,20 @@ class DiceLoss(SigmoidLoss):
     """
 
     kind = "dice"
+    fused_param_names = ("smooth",)
 
     def __init__(self, smooth: float = 1.0, per_sample: bool = False,
-                 backend: str = "auto") -> None:
-        super().__init__(backend)
+                 backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.smooth = check_range("smooth", smooth, 0.0)
         self.per_sample = bool(per_sample)
 
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return dice_loss(x, y, self.smooth, self.per_sample)
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return softmax_dice_loss(x, y, self.smooth, self.per_sample, self.include_background)
 
 
 class TverskyLoss(SigmoidLoss):
@@ -47,16 +60,23 @@ class TverskyLoss(SigmoidLoss):
     """
 
     kind = "tversky"
+    fused_param_names = ("alpha", "smooth")
 
     def __init__(self, alpha: float = 0.7, smooth: float = 1.0, per_sample: bool = False,
-                 backend: str = "auto") -> None:
-        super().__init__(backend)
+                 backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.alpha = check_range("alpha", alpha, 0.0, 1.0)
         self.smooth = check_range("smooth", smooth, 0.0)
         self.per_sample = bool(per_sample)
 
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         tp, fp, fn = region_sums(x, y, self.per_sample)
+        return (1 - tversky_index(tp, fp, fn, self.alpha, self.smooth)).mean()
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tp, fp, fn = softmax_region_sums(torch.softmax(x, 1), y, self.per_sample,
+                                         self.include_background)
         return (1 - tversky_index(tp, fp, fn, self.alpha, self.smooth)).mean()
 
 
@@ -70,10 +90,12 @@ class FocalTverskyLoss(SigmoidLoss):
     """
 
     kind = "focal_tversky"
+    fused_param_names = ("alpha", "gamma", "smooth")
 
     def __init__(self, alpha: float = 0.7, gamma: float = 0.75, smooth: float = 1.0,
-                 per_sample: bool = False, backend: str = "auto") -> None:
-        super().__init__(backend)
+                 per_sample: bool = False, backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.alpha = check_range("alpha", alpha, 0.0, 1.0)
         self.gamma = check_range("gamma", gamma, 0.0, low_open=True)
         self.smooth = check_range("smooth", smooth, 0.0)
@@ -81,6 +103,12 @@ class FocalTverskyLoss(SigmoidLoss):
 
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         tp, fp, fn = region_sums(x, y, self.per_sample)
+        return focal_power(1 - tversky_index(tp, fp, fn, self.alpha, self.smooth),
+                           self.gamma).mean()
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tp, fp, fn = softmax_region_sums(torch.softmax(x, 1), y, self.per_sample,
+                                         self.include_background)
         return focal_power(1 - tversky_index(tp, fp, fn, self.alpha, self.smooth),
                            self.gamma).mean()
 
@@ -98,3 +126,8 @@ class LogCoshDiceLoss(DiceLoss):
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         dice = dice_coefficient(*region_sums(x, y, self.per_sample), self.smooth)
         return torch.log(torch.cosh(1 - dice)).mean()
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sums = softmax_region_sums(torch.softmax(x, 1), y, self.per_sample,
+                                   self.include_background)
+        return torch.log(torch.cosh(1 - dice_coefficient(*sums, self.smooth))).mean()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ._base import SigmoidLoss
+from ._base import SegmentationLoss
 from .compound import ComboLoss, DiceCELoss, FocalDiceLoss, HyTverLoss
 from .cross_entropy import CELoss, FocalLoss, WeightedCELoss
 from .region import DiceLoss, FocalTverskyLoss, LogCoshDiceLoss, TverskyLoss
 from .unified_focal import AsymmetricUnifiedFocalLoss, DicePPLoss, SymmetricUnifiedFocalLoss
 
-LOSSES: dict[str, type[SigmoidLoss]] = {
+LOSSES: dict[str, type[SegmentationLoss]] = {
     "dice": DiceLoss,
     "tversky": TverskyLoss,
     "focal_tversky": FocalTverskyLoss,
@@ -26,16 +26,18 @@ LOSSES: dict[str, type[SigmoidLoss]] = {
 }
 
 
-def get_loss(name: str, **kwargs) -> SigmoidLoss:
+def get_loss(name: str, **kwargs) -> SegmentationLoss:
     """Build the loss registered as ``name`` with keyword hyperparameters.
 
-    ``get_loss("hytver", alpha=0.7, beta=0.7, gamma=0.5, backend="auto")``. Unknown names or
-    keywords raise ValueError listing the valid ones; out-of-range values raise ValueError.
+    ``get_loss("hytver", alpha=0.7, beta=0.7, gamma=0.5, backend="auto")``; every loss also
+    takes ``activation="sigmoid" | "softmax"`` and ``include_background`` (softmax only).
+    Unknown names or keywords raise ValueError listing the valid ones; out-of-range values
+    raise ValueError.
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
     cls = LOSSES[name]
-    valid = cls.hyperparameters()
+    valid = (*cls.hyperparameters(), *cls.INPUT_OPTIONS)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for loss {name!r}; "

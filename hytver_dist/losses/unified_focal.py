@@ -13,7 +13,7 @@ import torch
 
 from ._base import SigmoidLoss
 from ._inputs import check_range
-from ._reference import focal_power, spatial_sum
+from ._reference import focal_power, included, spatial_sum
 
 EPS = 1e-7
 
@@ -37,11 +37,13 @@ def modified_tversky(tp: torch.Tensor, fn: torch.Tensor, fp: torch.Tensor,
 
 
 class _UnifiedFocal(SigmoidLoss):
+    fused_param_names = ("weight", "delta", "gamma")
     needs_hard_labels = True
 
     def __init__(self, weight: float = 0.5, delta: float = 0.6, gamma: float = 0.5,
-                 backend: str = "auto") -> None:
-        super().__init__(backend)
+                 backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.weight = check_range("weight", weight, 0.0, 1.0)
         self.delta = check_range("delta", delta, 0.0, 1.0)
         self.gamma = check_range("gamma", gamma, 0.0, 1.0)
@@ -66,6 +68,27 @@ class _UnifiedFocal(SigmoidLoss):
         focal = (ce_bg + ce_fg).mean()
         return self.weight * self._region(mti_fg, mti_bg) + (1 - self.weight) * focal
 
+    def _region_softmax(self, t: torch.Tensor) -> torch.Tensor:
+        """The region term from t = 1 - mTI of every (sample, class), (B, C)."""
+        raise NotImplementedError
+
+    def _modulated(self, classes: int) -> list[bool]:
+        """Which classes' CE terms carry the factor (1 - p_c)^gamma."""
+        raise NotImplementedError
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(x, 1).clamp(EPS, 1 - EPS)
+        tp, fn, fp = spatial_sum(y * p), spatial_sum(y * (1 - p)), spatial_sum((1 - y) * p)
+        region = self._region_softmax(1 - modified_tversky(tp, fn, fp, self.delta))
+        mod = torch.tensor(self._modulated(x.shape[1]), device=x.device)
+        mod = mod.reshape(1, -1, *([1] * (x.dim() - 2)))
+        modulation = torch.where(mod, (1 - p).pow(self.gamma), 1.0)
+        # -log of the clamped probability (the reference code's form)
+        nlp = -torch.log(p)
+        focal = ((1 - self.delta) * y[:, :1] * modulation[:, :1] * nlp[:, :1]).sum(1) + (
+            self.delta * y[:, 1:] * modulation[:, 1:] * nlp[:, 1:]).sum(1)
+        return self.weight * region + (1 - self.weight) * focal.mean()
+
 
 class SymmetricUnifiedFocalLoss(_UnifiedFocal):
     """Symmetric unified focal loss: ``L = weight*L_sFT + (1-weight)*L_sF``.
@@ -84,6 +107,12 @@ class SymmetricUnifiedFocalLoss(_UnifiedFocal):
 
     def _fg_modulation(self, q: torch.Tensor) -> torch.Tensor | float:
         return q.pow(self.gamma)
+
+    def _region_softmax(self, t: torch.Tensor) -> torch.Tensor:
+        return focal_power(included(t, self.include_background), 1 - self.gamma).mean()
+
+    def _modulated(self, classes: int) -> list[bool]:
+        return [True] * classes
 
 
 class AsymmetricUnifiedFocalLoss(_UnifiedFocal):
@@ -105,6 +134,13 @@ class AsymmetricUnifiedFocalLoss(_UnifiedFocal):
     def _fg_modulation(self, q: torch.Tensor) -> torch.Tensor | float:
         return 1.0
 
+    def _region_softmax(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.cat([t[:, :1], focal_power(t[:, 1:], 1 - self.gamma)], 1)
+        return included(t, self.include_background).mean()
+
+    def _modulated(self, classes: int) -> list[bool]:
+        return [True] + [False] * (classes - 1)
+
 
 class DicePPLoss(SigmoidLoss):
     """DSC++ loss: per sample b and class c in {bg, fg}, ``tp = sum y_c*p_c``,
@@ -119,10 +155,12 @@ class DicePPLoss(SigmoidLoss):
     """
 
     kind = "dice_pp"
+    fused_param_names = ("gamma",)
     needs_hard_labels = True
 
-    def __init__(self, gamma: float = 2.0, backend: str = "auto") -> None:
-        super().__init__(backend)
+    def __init__(self, gamma: float = 2.0, backend: str = "auto",
+                 activation: str = "sigmoid", include_background: bool = True) -> None:
+        super().__init__(backend, activation, include_background)
         self.gamma = check_range("gamma", gamma, 0.0, low_open=True)
 
     def _reference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -136,3 +174,11 @@ class DicePPLoss(SigmoidLoss):
 
         # Background: its FN term is the foreground's FP term and vice versa.
         return 1 - torch.cat([dscpp(tp_bg, fp, fn), dscpp(tp_fg, fn, fp)]).mean()
+
+    def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(x, 1).clamp(EPS, 1 - EPS)
+        tp = spatial_sum(y * p)
+        fn = spatial_sum(_safe_pow(y * (1 - p), self.gamma))
+        fp = spatial_sum(_safe_pow((1 - y) * p, self.gamma))
+        dsc = (2 * tp + EPS) / (2 * tp + fn + fp + EPS)
+        return (1 - included(dsc, self.include_background)).mean()
