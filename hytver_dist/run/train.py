@@ -144,7 +144,9 @@ def build_loss(spec: RunSpec, dataset: DatasetInfo) -> nn.Module:
 
     kwargs: dict[str, Any] = {"backend": spec.training.backend, **spec.loss_params}
     act = loss_activation(spec.training, dataset)
-    accepted = LOSSES[spec.loss].hyperparameters() if spec.loss in LOSSES else ()
+    cls = LOSSES.get(spec.loss)
+    # The input form (activation, include_background) is apart from the formula's keywords.
+    accepted = (*cls.hyperparameters(), *getattr(cls, "INPUT_OPTIONS", ())) if cls else ()
     if spec.training.loss_activation == "auto" and "activation" not in accepted:
         act = "sigmoid"  # a loss with only a sigmoid form: one 0/1 channel per class
     if act == "softmax":
