@@ -197,8 +197,13 @@ def test_targets_and_model_follow_the_dataset(tmp_path):
         target = loss_target(mask, data.dataset, getattr(loss, "activation", "sigmoid"))
         if regions:  # any = {1, 2}, second = {2}
             assert target[0, :, :, 0, 0].tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
-        else:
-            assert target.shape[1] in (1, 3)  # a label map (softmax) or one-hot (sigmoid)
+        else:  # classes: softmax by default, the label map itself as the target
+            assert loss.activation == "softmax"
+            assert target.dtype == torch.long and target.flatten().tolist() == [0, 1, 2, 2]
+            sig = build_loss(RunSpec.from_config(RunConfig.load(config(
+                root, training={"loss_activation": "sigmoid"})), "dice", 0), data.dataset)
+            onehot = loss_target(mask, data.dataset, sig.activation)
+            assert onehot[0, :, :, 0, 0].tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]
     with pytest.raises(ValueError, match="softmax needs mutually exclusive classes"):
         build_loss(RunSpec.from_config(RunConfig.load(config(
             root, training={"loss_activation": "softmax"})), "dice", 0), data.dataset)
