@@ -1,11 +1,5 @@
-"""One training run: a V-Net trained with one loss and one seed, validated on held-out cases.
-
-``python -m hytver_dist.train --config sweeps/default.yaml --loss hytver --seed 0`` trains on
-the config's data (its ``data``, ``model`` and ``training`` sections, see ``docs/sweeps.md``;
-``--set training.iterations=50`` overrides any key), writes ``checkpoint.pt`` (resumable,
-every ``checkpoint_every`` iterations), ``metrics.csv`` and ``best_model.pt`` (chosen on the
-validation cases, never the test cases) into the run directory; ``--resume`` continues from
-the checkpoint.
+"""One training run: a V-Net trained with one loss and one seed, validated on held-out cases
+(the command line is :mod:`hytver_dist.run.train_cli`).
 
 :func:`train_loop` is a plain function of (run spec, data, device), used as is by each Ray Train
 worker of a sweep: under an initialised ``torch.distributed`` process group it trains with
