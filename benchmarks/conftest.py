@@ -225,6 +225,13 @@ def device_bandwidth(name: str, override_gbps: float = 0.0) -> float | None:
     return DEVICE_BANDWIDTH[max(hits, key=len)] if hits else None
 
 
+def ratio_line(title: str, case: BenchCase, ms: dict, ratios: dict) -> str:
+    """The one-line summary of a round-robin ratio run: every step's time, then the ratios."""
+    return (f"{title}, {case.id}, full steps round-robin, min of {case.rounds} rounds: "
+            + ", ".join(f"{n} {p} {v:.3f} ms" for (n, p), v in ms.items()) + "; "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+
+
 def kernel_report(step, moved: int, step_ms: float, peak_gbps: float) -> tuple[dict, str]:
     """Kernel time of the CUDA ``step`` (:func:`kernel_seconds`) next to its step time, with the
     bandwidth ``moved`` bytes per step make and its fraction of the device's bandwidth

@@ -29,6 +29,7 @@ from conftest import (
     finish_ratios,
     kernel_report,
     make_batch,
+    ratio_line,
     run_bench,
     sync,
 )
@@ -188,10 +189,7 @@ def test_target_ratios(benchmark, bench_case, request):
     info = {"min_ms": {f"{n} {p}": v for (n, p), v in ms.items()}, "ratios": ratios,
             "rounds": bench_case.rounds, "fused_hytver_us": fused * 1e3,
             "step_bytes_per_second": moved / (fused / 1e3)}
-    line = (f"target ratios, {bench_case.id}, full steps round-robin, min of "
-            f"{bench_case.rounds} rounds: "
-            + ", ".join(f"{n} {p} {v:.3f} ms" for (n, p), v in ms.items()) + "; "
-            + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    line = ratio_line("target ratios", bench_case, ms, ratios)
     if bench_case.device == "cuda":
         extra, text = kernel_report(steps[("hytver", "fused")], moved, fused,
                                     request.config.getoption("--bench-peak-gbps"))

@@ -27,6 +27,7 @@ from conftest import (
     BenchCase,
     finish_ratios,
     kernel_report,
+    ratio_line,
     run_bench,
     sync,
 )
@@ -147,10 +148,7 @@ def test_softmax_target_ratios(benchmark, soft_case, request):
     }
     info = {"min_ms": {f"{n} {p}": v for (n, p), v in ms.items()}, "ratios": ratios,
             "rounds": soft_case.rounds}
-    line = (f"softmax target ratios, {soft_case.id}, full steps round-robin, min of "
-            f"{soft_case.rounds} rounds: "
-            + ", ".join(f"{n} {p} {v:.3f} ms" for (n, p), v in ms.items()) + "; "
-            + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    line = ratio_line("softmax target ratios", soft_case, ms, ratios)
     if soft_case.device == "cuda":
         moved = bytes_per_voxel(soft_case.shape[1]) * soft_case.numel // soft_case.shape[1]
         extra, text = kernel_report(steps[("hytver", "fused")], moved, fused,
