@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from config_helpers import base
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hytver_dist.run import config as config_module
 from hytver_dist.run.config import (
@@ -54,8 +54,6 @@ def test_defaults_and_conversions():
     assert cfg.training.patch_size == (16, 16, 16)
     assert cfg.data.preprocessing.target_spacing == (0.75, 0.75, 0.75)
     assert cfg.data.split.n_test == 4 and cfg.data.synthetic is not None
-    assert cfg.data.synthetic.grid_shape(None) == (43, 52, 42)  # tiny: 4 mm voxels
-    assert cfg.data.synthetic.grid_shape((2.0, 2.0, 2.0)) == (86, 104, 84)
     assert cfg.results_dir == "results/x/results"
     assert cfg.search.losses == loss_names()
     s3 = load_config({"name": "x", "storage": {"path": "s3://b/p/"}})
@@ -99,8 +97,12 @@ def test_synthetic_grid_comes_from_the_generator():
     from hytver_dist.data import synth
 
     for size, mm in synth.SIZES.items():
-        cfg = load_config({"name": "x", "data": {"synthetic": {"size": size}}})
-        assert cfg.data.synthetic.grid_shape(None) == tuple(b // mm for b in synth.BOX_MM)
+        shape = tuple(b // mm for b in synth.BOX_MM)
+        too_big = (shape[0] // 16 + 1) * 16  # the first patch edge that does not fit
+        with pytest.raises(ConfigError, match=re.escape(f"exceeds the synthetic grid {shape}")):
+            load_config({"name": "x", "data": {"synthetic": {"size": size}},
+                         "training": {"patch_size": too_big}})
+    assert synth.grid_shape("tiny", (2.0, 2.0, 2.0)) == (86, 104, 84)  # resampled to 2 mm
 
 
 # ----------------------------------------------------------------------------- errors
@@ -360,7 +362,8 @@ def test_json_schema_describes_every_section():
     defs = schema["$defs"]
     assert defs["TrainingConfig"]["additionalProperties"] is False
     assert defs["TrainingConfig"]["properties"]["iterations"]["minimum"] == 1
-    assert "multiples" in defs["TrainingConfig"]["properties"]["patch_size"]["description"]
+    assert defs["TrainingConfig"]["properties"]["patch_size"]["prefixItems"][0]["type"] == \
+        "integer"
     assert defs["SearchConfig"]["properties"]["losses"]["anyOf"][0]["const"] == "all"
     spec = defs["SearchConfig"]["properties"]["hyperparameters"]["additionalProperties"]
     spec = spec["additionalProperties"]["oneOf"]  # per loss, per hyperparameter
@@ -369,6 +372,22 @@ def test_json_schema_describes_every_section():
     assert set(defs["Uniform"]["properties"]) == {"uniform"}
     assert defs["Uniform"]["additionalProperties"] is False
     json.dumps(schema)  # plain JSON
+
+
+def test_every_key_is_documented():
+    """docs/sweeps.md is where the keys are explained (the schema carries types and bounds)."""
+    doc = (ROOT / "docs" / "sweeps.md").read_text()
+
+    def keys(model, prefix=""):
+        for name, field in model.model_fields.items():
+            yield prefix + name
+            for kind in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    yield from keys(kind, f"{prefix}{name}.")
+
+    missing = [k for k in keys(SweepConfig) if not any(
+        form.format(k.rsplit(".", 1)[-1]) in doc for form in ("`{}`", ".{}`", "`{}."))]
+    assert not missing
 
 
 def test_print_schema_cli():

@@ -48,7 +48,7 @@ def test_default_is_small_local_one_trial_per_loss_with_four_seeds():
     assert all(trial_spec(t).params == {} for t in trials)
     # CPU-sized: tiny synthetic data and model, 1 CPU worker per trial; the paper's protocol
     # in small: a pretraining stage, then 250 fine-tuning iterations; >= 10 test cases.
-    assert cfg.data.is_synthetic and cfg.data.synthetic.n_cases == 26
+    assert cfg.data.path is None and cfg.data.synthetic.n_cases == 26
     assert cfg.data.split.n_test == 14  # 11 with new lesions, 3 without (stratified)
     assert cfg.pretrain is not None and cfg.model.init_checkpoint is None
     assert cfg.model.n_filters == 4 and cfg.training.patch_size == (32, 32, 32)

@@ -27,8 +27,7 @@ from test_sweep_ray import cache_dir, cluster, ray_env, sweep_dict  # noqa: F401
 
 from hytver_dist.run.config import ConfigError
 from hytver_dist.sweep import run_sweep
-from hytver_dist.sweep.config import SweepConfig
-from hytver_dist.sweep.tracking_config import MlflowConfig, TrackingConfig
+from hytver_dist.sweep.config import MlflowConfig, SweepConfig, TrackingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

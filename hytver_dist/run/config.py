@@ -1,8 +1,6 @@
-"""The run configuration: what one training run reads from an experiment file (``data``,
-``model``, ``pretrain``, ``training``, ``storage``), validated once where the file is read, and
-the loading that the sweep's configuration (:mod:`hytver_dist.sweep.config`) shares: file and
-name resolution, ``--set`` overrides, and errors as ``<file>: <key path>: <problem>`` with the
-nearest valid key or loss. Validated objects are frozen. ``docs/sweeps.md`` lists the keys.
+"""The run configuration (``data``, ``model``, ``pretrain``, ``training``, ``storage``), validated
+once where the file is read, and the loading that the sweep's configuration shares. Errors read
+``<file>: <key path>: <problem>``; validated objects are frozen. ``docs/sweeps.md`` lists the keys.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import Self
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class ConfigError(ValueError):
@@ -124,11 +121,12 @@ def _patch_edge(v: int) -> int:
 Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
 PositiveNumber = Annotated[Number, Field(gt=0)]
 Fraction = Annotated[Number, Field(ge=0.0, lt=1.0)]
+Count = Annotated[StrictInt, Field(ge=1)]
 Spacing = Annotated[tuple[PositiveNumber, PositiveNumber, PositiveNumber], BeforeValidator(_triple)]
 PatchEdge = Annotated[StrictInt, AfterValidator(_patch_edge)]
-Triple = Annotated[tuple[PatchEdge, PatchEdge, PatchEdge], BeforeValidator(_triple)]
 Value = Annotated[bool | int | float | str | None, BeforeValidator(_value)]
 LossName = Annotated[str, AfterValidator(_known_loss)]
+Text = Annotated[str, Field(min_length=1)]
 
 
 class Section(BaseModel):
@@ -144,96 +142,68 @@ class Section(BaseModel):
 
 
 class SyntheticConfig(Section):
-    """Generated MSSEG-2-like cases (``hytver_dist.synth``); only when ``data.path`` is null."""
-
     n_cases: StrictInt = Field(12, ge=3)
     seed: StrictInt = 0
-    size: Literal["tiny", "small", "full"] = Field("tiny", description="voxels of 4, 2 or 1 mm")
-    n_negative: StrictInt | None = Field(None, ge=0, description="cases without new lesions; "
-                                         "null = each case with probability 11/40")
-    classes: StrictInt = Field(3, ge=2, description="data.format nnunet: classes including "
-                               "background (nested lesion labels)")
-    regions: StrictBool = Field(False, description="data.format nnunet: three nested regions "
-                                "(one sigmoid each) instead of classes")
+    size: Literal["tiny", "small", "full"] = "tiny"
+    n_negative: StrictInt | None = Field(None, ge=0)
+    classes: StrictInt = Field(3, ge=2)
+    regions: StrictBool = False
 
-    @field_validator("n_negative")
-    @classmethod
-    def _negatives_fit(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is not None and (n := info.data.get("n_cases")) is not None and v > n:
-            raise problem(f"must be in [0, n_cases={n}] or null; got {v}")
-        return v
-
-    def grid_shape(self, target_spacing: Sequence[float] | None) -> tuple[int, int, int]:
-        """Voxels per axis of a generated case on the training grid."""
-        from ..data.synth import grid_shape
-
-        return grid_shape(self.size, target_spacing)
+    @model_validator(mode="after")
+    def _negatives_fit(self) -> Self:
+        if self.n_negative is not None and self.n_negative > self.n_cases:
+            raise problem(f"must be in [0, n_cases={self.n_cases}] or null; got "
+                          f"{self.n_negative}", ".n_negative")
+        return self
 
 
 class PreprocessingConfig(Section):
-    target_spacing: Spacing | None = Field(None, description="mm per axis; null = native grid")
+    target_spacing: Spacing | None = None
 
 
 class SplitConfig(Section):
-    preset: Literal["random", "coactseg", "file"] = Field(
-        "random", description="coactseg: CoactSeg's 32 training / 8 test IDs (needs "
-        "data.path); file: the case lists of split.file")
-    file: str | None = Field(None, min_length=1, description="preset file: a JSON {train, val, "
-                             "test} of case IDs (val optional), or nnU-Net's splits_final.json "
-                             "with split.fold (its val cases are the test cases here)")
-    fold: StrictInt | None = Field(None, ge=0, description="preset file with a list of folds: "
-                                   "the fold used")
-    n_test: StrictInt | None = Field(None, ge=1, validate_default=True,
-                                     description="random: default 4; coactseg, file: null")
-    n_val: StrictInt = Field(2, ge=1, description="validation cases, out of the training ones")
+    preset: Literal["random", "coactseg", "file"] = "random"
+    file: Text | None = None
+    fold: StrictInt | None = Field(None, ge=0)
+    n_test: Count | None = Field(None, validate_default=True)  # random: 4
+    n_val: Count = 2
     seed: StrictInt = 0
 
-    @field_validator("n_test", "n_val")
+    @field_validator("n_test")
     @classmethod
-    def _preset_rules(cls, v: int | None, info: ValidationInfo) -> int | None:
-        preset = info.data.get("preset")
-        if preset == "file":
-            if info.field_name == "n_test" and v is not None:
-                raise problem("must be null with preset 'file' (the file lists the test cases)")
-            return v
-        if preset != "coactseg":
+    def _n_test(cls, v: int | None, info: ValidationInfo) -> int | None:
+        preset = info.data.get("preset", "random")
+        if preset == "random":
             return 4 if v is None else v
-        if info.field_name == "n_test" and v is not None:
-            raise problem("must be null with preset 'coactseg' (it fixes 8 test cases)")
-        if info.field_name == "n_val" and v >= 32:  # type: ignore[operator]
-            raise problem(f"must be < 32 (CoactSeg's training cases); got {v}")
+        if v is not None:
+            raise problem(f"must be null with preset {preset!r} (" + (
+                "it fixes 8 test cases)" if preset == "coactseg" else "the file lists the test "
+                "cases)"))
         return v
 
     @model_validator(mode="after")
-    def _file_rules(self) -> Self:
+    def _preset_rules(self) -> Self:
         if (self.preset == "file") != (self.file is not None):
             raise problem("set split.file exactly when preset is 'file'", ".file")
         if self.fold is not None and self.preset != "file":
             raise problem("only with preset 'file'", ".fold")
+        if self.preset == "coactseg" and self.n_val >= 32:
+            raise problem(f"must be < 32 (CoactSeg's training cases); got {self.n_val}", ".n_val")
         return self
 
 
 class DataConfig(Section):
-    path: str | None = Field(None, description="MSSEG-2 training folder or nnU-Net v2 raw "
-                             "dataset folder; null = synthetic data")
-    format: Literal["auto", "msseg2", "nnunet"] = Field(
-        "auto", description="auto: nnunet when the folder holds a dataset.json, else msseg2 "
-        "(synthetic: msseg2)")
+    path: str | None = None
+    format: Literal["auto", "msseg2", "nnunet"] = "auto"
     synthetic: SyntheticConfig | None = Field(None, validate_default=True)
-    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig, validate_default=True)
-
-    @property
-    def is_synthetic(self) -> bool:
-        return self.path is None
+    preprocessing: PreprocessingConfig = PreprocessingConfig()
+    split: SplitConfig = SplitConfig()
 
     def resolved_format(self, path: str | Path | None = None) -> str:
         """msseg2 or nnunet for the folder ``path`` (default data.path)."""
-        if self.format != "auto":
-            return self.format
         path = path if path is not None else self.path
-        if path is None:
-            return "msseg2"
+        if self.format != "auto" or path is None:
+            return "msseg2" if self.format == "auto" else self.format
         return "nnunet" if (Path(path) / "dataset.json").is_file() else "msseg2"
 
     @field_validator("synthetic")
@@ -246,31 +216,26 @@ class DataConfig(Section):
             raise problem("set only when data.path is null (synthetic data)")
         return v or (SyntheticConfig() if info.data["path"] is None else None)
 
-    @field_validator("split")
-    @classmethod
-    def _fits_synthetic(cls, split: SplitConfig, info: ValidationInfo) -> SplitConfig:
-        if (syn := info.data.get("synthetic")) is None or info.data.get("path") is not None:
-            return split
-        if split.preset == "coactseg":
-            raise problem("'coactseg' selects MSSEG-2 case IDs and needs data.path; synthetic "
-                          "data uses 'random'", ".preset")
-        if split.preset == "file":
-            raise problem("'file' lists case IDs of a dataset and needs data.path; synthetic "
-                          "data uses 'random'", ".preset")
-        if (held := (split.n_test or 0) + split.n_val) >= syn.n_cases:
+    @model_validator(mode="after")
+    def _split_fits(self) -> Self:
+        if (syn := self.synthetic) is None:
+            return self
+        if self.split.preset != "random":
+            raise problem(f"{self.split.preset!r} " + (
+                "selects MSSEG-2 case IDs" if self.split.preset == "coactseg" else
+                "lists case IDs of a dataset") + " and needs data.path; synthetic data uses "
+                "'random'", ".split.preset")
+        if (held := (self.split.n_test or 0) + self.split.n_val) >= syn.n_cases:
             raise problem(f"n_test + n_val = {held} leaves no training case out of "
-                          f"synthetic.n_cases = {syn.n_cases}")
-        return split
+                          f"synthetic.n_cases = {syn.n_cases}", ".split")
+        return self
 
 
 class ModelConfig(Section):
-    """The V-Net (``hytver_dist.model.VNet``)."""
-
-    n_filters: StrictInt = Field(4, ge=1, description="channels of the first level")
+    n_filters: Count = 4
     activation: Literal["leaky_relu", "relu"] = "leaky_relu"
     dropout: Fraction = 0.0
-    init_checkpoint: str | None = Field(None, min_length=1, description="initial weights: a "
-                                        "V-Net state dict file (also CoactSeg's layout)")
+    init_checkpoint: Text | None = None
 
     def vnet_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`hytver_dist.model.VNet`."""
@@ -285,23 +250,19 @@ def _schedule(cfg: Any) -> Any:
 
 
 class TrainingConfig(Section):
-    iterations: StrictInt = Field(20, ge=1, description="optimizer steps")
-    batch_size: StrictInt = Field(2, ge=1, description="patches per step and worker")
-    patch_size: Triple = Field((32, 32, 32), description="an int (cube) or 3 ints, multiples "
-                               "of the V-Net's down-sampling factor (16)")
+    iterations: Count = 20
+    batch_size: Count = 2
+    patch_size: Annotated[tuple[PatchEdge, PatchEdge, PatchEdge],
+                          BeforeValidator(_triple)] = (32, 32, 32)
     lr: PositiveNumber = 1e-3
     optimizer: Literal["adam"] = "adam"
-    eval_every: StrictInt = Field(10, ge=1, description="iterations between validations")
-    checkpoint_every: StrictInt = Field(10, ge=1, description="a multiple of eval_every")
-    val_patch_overlap: Fraction = Field(0.25, description="sliding-window overlap in [0, 1)")
+    eval_every: Count = 10
+    checkpoint_every: Count = 10
+    val_patch_overlap: Fraction = 0.25
     amp: StrictBool = False
     backend: Literal["auto", "fused", "reference"] = "auto"
-    loss_activation: Literal["auto", "sigmoid", "softmax"] = Field(
-        "auto", description="how the losses read the outputs: auto = softmax for datasets of "
-        "classes (where the loss has it), sigmoid for regions and MSSEG-2")
-    include_background: StrictBool | None = Field(
-        None, description="softmax losses: whether the background class counts; null = the "
-        "loss's default")
+    loss_activation: Literal["auto", "sigmoid", "softmax"] = "auto"
+    include_background: StrictBool | None = None
 
     @property
     def n_evaluations(self) -> int:
@@ -309,8 +270,7 @@ class TrainingConfig(Section):
 
     @model_validator(mode="after")
     def _checkpoints_at_reports(self) -> Self:
-        _schedule(self)
-        if self.checkpoint_every % self.eval_every:  # a checkpoint rides on a report
+        if _schedule(self).checkpoint_every % self.eval_every:  # a checkpoint rides on a report
             raise problem(f"must be a multiple of eval_every ({self.eval_every}); got "
                           f"{self.checkpoint_every}", ".checkpoint_every")
         return self
@@ -321,11 +281,11 @@ class PretrainConfig(Section):
     (validation) weights with a fresh optimizer. Batch and patch size come from ``training``."""
 
     loss: LossName = "dice_ce"
-    hyperparameters: dict[str, Value] = Field(default_factory=dict)
-    iterations: StrictInt = Field(240, ge=1)
+    hyperparameters: dict[str, Value] = {}
+    iterations: Count = 240
     lr: PositiveNumber = 3e-3
     seed: StrictInt = 0
-    eval_every: StrictInt = Field(40, ge=1)
+    eval_every: Count = 40
 
     @model_validator(mode="after")
     def _loss_accepts(self) -> Self:
@@ -336,10 +296,8 @@ class PretrainConfig(Section):
 
 
 class StorageConfig(Section):
-    path: str = Field("results", min_length=1, description="local directory, shared mount or "
-                      "s3://bucket/prefix")
-    results_dir: str | None = Field(None, description="a sweep's per-trial case CSVs; null = "
-                                    "<path>/<name>/results")
+    path: Text = "results"
+    results_dir: str | None = None
 
 
 class RunConfig(Section):
@@ -348,13 +306,12 @@ class RunConfig(Section):
 
     SWEEP_SECTIONS: ClassVar[tuple[str, ...]] = ("search", "resources", "report", "tracking")
 
-    name: str = Field(pattern=NAME_PATTERN, description="names Ray's run directories; keep it "
-                      "stable (resume finds runs by it)")
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig | None = None
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
+    training: TrainingConfig = TrainingConfig()
+    storage: StorageConfig = StorageConfig()
 
     _source: str = PrivateAttr("<dict>")
 
@@ -375,8 +332,10 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_section(self) -> Self:
         if (syn := self.data.synthetic) is not None:
+            from ..data.synth import grid_shape
+
             spacing = self.data.preprocessing.target_spacing
-            shape = syn.grid_shape(spacing)
+            shape = grid_shape(syn.size, spacing)
             for i, (p, s) in enumerate(zip(self.training.patch_size, shape, strict=True)):
                 if p > s:
                     raise problem(f"{p} exceeds the synthetic grid {shape} (size {syn.size!r} "
@@ -402,10 +361,9 @@ class RunConfig(Section):
         if overrides:
             source = f"{source} with --set {' '.join(overrides)}"
             data = apply_overrides(data, overrides)
-        data = {k: v for k, v in data.items()
-                if k in cls.model_fields or k not in RunConfig.SWEEP_SECTIONS}
         try:
-            cfg = cls.model_validate(data)
+            cfg = cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields
+                                      or k not in RunConfig.SWEEP_SECTIONS})
         except ValidationError as exc:
             lines = (_error_line(source, err, cls) for err in exc.errors())
             raise ConfigError("\n".join(dict.fromkeys(lines))) from None
@@ -421,7 +379,13 @@ def _error_line(source: str, err: Mapping[str, Any], root: type[BaseModel]) -> s
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
     path = (path + ctx.get("at", "")).lstrip(".") or "<top level>"
     if kind == "extra_forbidden":
-        text = suggest(str(loc[-1]), _keys_at(root, loc[:-1]), "key")
+        model: Any = root  # the section that holds the unknown key
+        for part in loc[:-1]:
+            hint = getattr(model, "model_fields", {}).get(part)
+            model = next((k for k in (hint and (hint.annotation, *getattr(
+                hint.annotation, "__args__", ()))) or () if isinstance(k, type)
+                and issubclass(k, BaseModel)), None)
+        text = suggest(str(loc[-1]), list(getattr(model, "model_fields", ())), "key")
     elif kind == "value_error":  # a ValueError of a validator: its own message
         text = str(ctx["error"])
     else:  # pydantic's message, with the value (this project's own messages show it already)
@@ -429,27 +393,12 @@ def _error_line(source: str, err: Mapping[str, Any], root: type[BaseModel]) -> s
     return f"{source}: {path}: {text}"
 
 
-def _keys_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> list[str]:
-    """The keys of the section at ``loc`` below ``model`` (for "did you mean")."""
-    for part in loc:
-        field = model.model_fields.get(part) if model and isinstance(part, str) else None
-        kinds = (field.annotation, *getattr(field.annotation, "__args__", ())) if field else ()
-        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)),
-                     None)
-    return list(model.model_fields) if model else []
-
-
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A file path, or the bare name of a shipped sweep (``default`` -> ``sweeps/default.yaml``)."""
-    p = Path(name_or_path)
-    if p.exists() or p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
-        return p
-    return SWEEPS_DIR / f"{p}.yaml"
-
-
 def read_config_file(path_or_name: str | Path) -> tuple[str, Any]:
-    """(source label, parsed YAML) of a config file or shipped sweep name."""
-    path = resolve_config_path(path_or_name)
+    """(source label, parsed YAML) of a config file, or of a shipped sweep given by its bare
+    name (``default`` -> ``sweeps/default.yaml``)."""
+    path = Path(path_or_name)
+    if not (path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1):
+        path = SWEEPS_DIR / f"{path}.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
@@ -458,29 +407,26 @@ def read_config_file(path_or_name: str | Path) -> tuple[str, Any]:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """``data`` with ``KEY.PATH=VALUE`` items applied (values parsed as YAML), as the
     command-line ``--set`` does. Missing sections are created; validation comes after."""
     out = copy.deepcopy(dict(data))
     for item in overrides:
         key, sep, raw = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. "
-                              "training.iterations=50")
+        *parents, leaf = key.strip().split(".")
+        if not sep or not all((*parents, leaf)):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.iterations=50")
+        node = out
+        for i, part in enumerate(parents):
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node := node[part], dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parents[:i + 1])} is not a "
+                                  f"section; got {node!r}")
         try:
-            value = yaml.safe_load(raw)
+            node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: invalid YAML value: {exc}") from None
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            if (child := node.get(part)) is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a "
-                                  f"section; got {child!r}")
-            node = child
-        node[parts[-1]] = value
     return out
 
 

@@ -53,7 +53,7 @@ def pretrain_key(cfg: RunConfig, data: PreparedData) -> str:
     what = {
         "data": _data_key(cfg),
         # Synthetic data is fully described by its settings; a real dataset by its folder.
-        "source": "synthetic" if cfg.data.is_synthetic else str(data.root),
+        "source": "synthetic" if cfg.data.path is None else str(data.root),
         "split": data.split.as_dict(),
         # Channels in and out follow the dataset (MSSEG-2: the V-Net's defaults, not listed).
         "model": model_kwargs(cfg.model, data.dataset),

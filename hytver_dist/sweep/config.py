@@ -6,6 +6,7 @@ plus the search space, the scheduler, Ray's resources, the report and tracking, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -27,18 +28,19 @@ from pydantic import (
 from typing_extensions import Self
 
 from ..run.config import (
+    Count,
     LossName,
     Number,
     PositiveNumber,
     RunConfig,
     Section,
+    Text,
     Value,
     check_names,
     check_values,
     loss_names,
     problem,
 )
-from .tracking_config import TrackingConfig
 
 
 def _unique(what: str) -> AfterValidator:
@@ -130,18 +132,12 @@ ParamSpec = Annotated[
 
 
 class SchedulerConfig(Section):
-    type: Literal["none", "asha"] = Field("none", description="asha stops trials early")
-    max_t: StrictInt | None = Field(None, ge=1, description="null = number of evaluations")
-    grace_period: StrictInt = Field(1, ge=1)
+    type: Literal["none", "asha"] = "none"
+    max_t: Count | None = None  # null = number of evaluations
+    grace_period: Count = 1
     reduction_factor: Annotated[Number, Field(gt=1)] = 3.0
-    brackets: StrictInt = Field(1, ge=1)
+    brackets: Count = 1
     time_attr: str = "training_iteration"
-
-    @model_validator(mode="after")
-    def _horizon(self) -> Self:
-        if self.max_t is not None and self.max_t < self.grace_period:
-            raise problem(f"{self.max_t} < grace_period ({self.grace_period})", ".max_t")
-        return self
 
 
 class SearchConfig(Section):
@@ -149,16 +145,14 @@ class SearchConfig(Section):
         _all_losses, json_schema_input_type=Literal["all"] | list[str])] = Field(
         default_factory=loss_names)
     seeds: Annotated[tuple[StrictInt, ...], Field(min_length=1), _unique("seed")] = (0, 1)
-    seeds_per_trial: StrictInt = Field(1, ge=1, description="seeds one trial trains one after "
-                                       "another (scheduler none, search_alg random)")
+    seeds_per_trial: Count = 1
     hyperparameters: Annotated[dict[LossName, Annotated[dict[str, ParamSpec], _none_is_empty]],
                                _none_is_empty] = Field(default_factory=dict)
-    num_samples: StrictInt = Field(1, ge=1, description="random search: draws per grid point "
-                                   "of a loss with a distribution; optuna: trials")
+    num_samples: Count = 1
     sample_seed: StrictInt = 0
-    metric: str = Field("val_dice", min_length=1)
+    metric: Text = "val_dice"
     mode: Literal["max", "min"] = "max"
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig = SchedulerConfig()
     search_alg: Literal["random", "optuna"] = "random"
 
     @property
@@ -203,18 +197,15 @@ class SearchConfig(Section):
 
 
 class ResourcesConfig(Section):
-    num_workers: StrictInt = Field(1, ge=1, description="Train workers (DDP ranks) per trial")
+    num_workers: Count = 1
     use_gpu: StrictBool = False
     cpus_per_worker: PositiveNumber = 1.0
-    gpus_per_worker: PositiveNumber = Field(1.0, description="a fraction in (0, 1] or a whole "
-                                            "number")
-    driver_resource: str = Field("TRAIN_DRIVER", min_length=1, description="custom resource "
-                                 "each trial driver takes one of, with 0 CPU")
-    max_concurrent_trials: StrictInt | None = Field(None, ge=1, description="null = derived "
-                                                    "from the cluster's resources")
-    max_failures: StrictInt = Field(2, ge=-1, description="worker-group restarts")
+    gpus_per_worker: PositiveNumber = 1.0
+    driver_resource: Text = "TRAIN_DRIVER"
+    max_concurrent_trials: Count | None = None
+    max_failures: StrictInt = Field(2, ge=-1)
     controller_failure_limit: StrictInt = Field(3, ge=-1)
-    trial_max_failures: StrictInt = Field(0, ge=-1, description="trial driver restarts")
+    trial_max_failures: StrictInt = Field(0, ge=-1)
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -226,19 +217,43 @@ class ResourcesConfig(Section):
 
 class ReportConfig(Section):
     enabled: StrictBool = True
-    out_dir: str | None = Field(None, description="null = <results_dir>/report")
-    reference_loss: LossName = Field("hytver", description="the loss the tests compare with")
+    out_dir: str | None = None
+    reference_loss: LossName = "hytver"
     confidence: Annotated[Number, Field(gt=0.0, lt=1.0)] = 0.95
+
+
+def _uri(v: str) -> str:  # a URI names its store by its scheme
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", v):
+        raise problem("expected a URI (http://host:5000, sqlite:////path/mlflow.db, "
+                      f"postgresql://..., file:///path); got {v!r}")
+    return v
+
+
+def _tag_value(v: Any) -> Any:  # MLflow tags are text: YAML's ``round: 2`` is written "2"
+    return (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(
+        v, (bool, int, float)) else v
+
+
+class MlflowConfig(Section):
+    enabled: StrictBool = False
+    tracking_uri: Annotated[Text, AfterValidator(_uri)] | None = None
+    experiment_name: Text | None = None
+    tags: dict[str, Annotated[str, BeforeValidator(_tag_value)]] = {}
+
+
+class TrackingConfig(Section):
+    mlflow: MlflowConfig = MlflowConfig()
+    tensorboard: StrictBool = True
 
 
 class SweepConfig(RunConfig):
     """A sweep file: the run settings (:class:`RunConfig`'s keys, at the top level as in the
     file) plus the search, the Ray resources, the report and tracking."""
 
-    search: SearchConfig = Field(default_factory=SearchConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)  # losses: the registry, on use
+    resources: ResourcesConfig = ResourcesConfig()
+    report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def run(self) -> RunConfig:
@@ -261,6 +276,9 @@ class SweepConfig(RunConfig):
     @model_validator(mode="after")
     def _grace_fits(self) -> Self:
         sch = self.search.scheduler
+        if sch.max_t is not None and sch.max_t < sch.grace_period:
+            raise problem(f"{sch.max_t} < grace_period ({sch.grace_period})",
+                          ".search.scheduler.max_t")
         if sch.type == "asha" and sch.grace_period > self.scheduler_max_t:
             raise problem(f"{sch.grace_period} exceeds max_t ({self.scheduler_max_t} = number "
                           "of evaluations)", ".search.scheduler.grace_period")
