@@ -99,6 +99,9 @@ def test_cli_train_then_evaluate(tmp_path, cache, data, capsys):
     with pytest.raises(SystemExit, match="--resume"):  # never overwrite a run silently
         train_cli.main(argv)
     assert train_cli.main([*argv, "--resume"]) == 0  # finished run: nothing left to do
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(SystemExit, match=rf"^error: --data: {missing}: data root not found"):
+        evaluate.main(["--run", str(run), "--data", str(missing)])
 
     assert evaluate.main(["--run", str(run), "--cache", str(cache), "--part", "all"]) == 0
     out = run / "eval-all"
@@ -126,6 +129,16 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, cache):
     with pytest.raises(SystemExit, match="no checkpoint"):
         train_cli.main(["--config", str(cfg_path), "--out", str(tmp_path / "r"), "--resume",
                     "--cache", str(cache)])
+
+
+def test_missing_data_folder_is_a_clean_error(tmp_path, cache):
+    cfg_path = tmp_path / "unit.yaml"
+    cfg_path.write_text(yaml.safe_dump(CONFIG))
+    missing, out = tmp_path / "no-such-folder", tmp_path / "r"
+    with pytest.raises(SystemExit, match=rf"^error: --data: {missing}: data root not found"):
+        train_cli.main(["--config", str(cfg_path), "--out", str(out), "--data", str(missing),
+                        "--cache", str(cache)])
+    assert not out.exists()  # no empty run directory left behind
 
 
 def test_cli_set_overrides_reach_the_run(tmp_path, cache):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..data import PreprocessedCase, load_case, save_mask, to_original_grid
+from ..data import DataError, PreprocessedCase, load_case, save_mask, to_original_grid
 from ..metrics import surface
 from ..model import CheckpointError, build_model, load_checkpoint
 from .config import ConfigError, ModelConfig, RunConfig, TrainingConfig, add_override_argument
@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         model, payload = load_trained(args.run / "best_model.pt", args.device)
     except CheckpointError as exc:
         raise SystemExit(f"error: {exc}") from None
-    data = prepare_data(cfg.data, data_dir=args.data, cache_dir=args.cache)
+    try:
+        data = prepare_data(cfg.data, data_dir=args.data, cache_dir=args.cache)
+    except DataError as exc:
+        raise SystemExit(f"error: {'--data' if args.data else 'data.path'}: {exc}") from None
     if data.split.as_dict() != run["split"]:
         raise SystemExit(f"the split of {args.run} differs from the data's split now; "
                          "evaluate with the data the run was trained on")

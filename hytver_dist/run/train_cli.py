@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..data import DataError
 from ..files import normalize
 from ..losses import get_loss
 from ..model import CheckpointError, load_checkpoint, save_atomic
@@ -95,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     get_loss(spec.loss, **spec.loss_params)  # fail now on a bad name or hyperparameter
     out = Path(args.out or Path(cfg.storage.path) / cfg.name / "train" /
                f"{spec.loss}-seed{spec.seed}")
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.csv"
     resume = None
     if args.resume:
@@ -117,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     elif ckpt_path.exists():
         raise SystemExit(f"{out} already holds a run: pass --resume or another --out")
 
-    data = prepare_data(cfg.data, data_dir=args.data, cache_dir=args.cache)
+    try:
+        data = prepare_data(cfg.data, data_dir=args.data, cache_dir=args.cache)
+    except DataError as exc:
+        raise SystemExit(f"error: {'--data' if args.data else 'data.path'}: {exc}") from None
+    out.mkdir(parents=True, exist_ok=True)
     print(f"data: {data.root} (train {len(data.split.train)}, val {len(data.split.val)}, "
           f"test {len(data.split.test)} cases)")
     (out / "run.json").write_text(json.dumps({"spec": spec.to_dict(), "config": cfg.to_dict(),
