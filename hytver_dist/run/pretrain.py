@@ -1,10 +1,7 @@
-"""The initial model of a sweep or a training run: a pretraining stage made once, or a given
-checkpoint (``model.init_checkpoint``, loaded by
-:func:`hytver_dist.model.checkpoint.load_pretrained`).
-
-The stage's weights are stored under ``<storage>/pretrain/<key>/model.pt``, ``key`` a hash of
-everything that determines them, and reused by any later run with the same key. Details:
-docs/sweeps.md (``pretrain`` and ``model.init_checkpoint``).
+"""The initial model of a sweep or a training run: a pretraining stage made once (stored under
+``<storage>/pretrain/<key>/model.pt``, ``key`` a hash of everything that determines it, and
+reused by any run with the same key), or a given checkpoint (``model.init_checkpoint``).
+Details: docs/sweeps.md (``pretrain`` and ``model.init_checkpoint``).
 """
 
 from __future__ import annotations
