@@ -1,42 +1,9 @@
 """The fused loss op (``torch.ops.hytver.loss``): its Python API and fake kernels.
 
-The C++/CUDA extension ``hytver_dist._C`` registers these custom operators (schemas in
-``csrc/ops.cpp``)::
-
-    hytver::loss(Tensor logits, Tensor target, str kind, float[] params, bool per_sample=False,
-                 bool save=False, str activation="sigmoid", bool include_background=True)
-                 -> (Tensor loss, Tensor coef, Tensor saved)
-    hytver::loss_backward(Tensor grad, Tensor coef, Tensor logits, Tensor target, str kind,
-                          float[] params, str activation="sigmoid") -> Tensor
-    hytver::loss_backward_saved_(Tensor grad, Tensor coef, Tensor(a!) saved, Tensor logits,
-                                 Tensor target, str kind, float[] params,
-                                 str activation="sigmoid") -> ()                     # CPU only
-    hytver::loss_kinds() -> (str[] names, int[] param_counts, int[] sums, int[] hard)
-
-``loss`` is a whole loss of the registry (``kind`` = its name, ``params`` = its hyperparameters
-in the order the loss class lists them, ``fused_param_names``) on logits ``(B, C, *spatial)``,
-in one call per direction: the forward reduces the per-(sample, channel) sums and evaluates the
-loss and its gradient w.r.t. the sums (``coef``, float64 ``(B*C, K)``) on the device (on a GPU:
-two kernel launches, no host synchronisation); the backward is one elementwise pass.
-
-* ``activation="sigmoid"``: C independent binary problems, a target of the logits' shape with
-  values in [0, 1] (the exponent losses: 0 or 1).
-* ``activation="softmax"``: C >= 2 classes; the target is a label map (integer,
-  ``(B, 1, *spatial)``, read directly: no one-hot tensor is made) or one-hot / soft
-  ``(B, C, *spatial)``; ``include_background`` says whether class 0 enters the region terms.
-
-Invalid targets are found by the kernels' own pass (CPU: ``ValueError`` naming the problem; GPU:
-a device-side assertion). ``save=True`` (CPU) also returns one float32 per logit (sigmoid:
-m = x >= 0 ? -q : p; softmax, the kinds without per-voxel powers: p_c), from which
-``loss_backward_saved_`` gets the gradient without exp, writing it over the saved values (so a
-training step allocates no gradient buffer).
-
-The autograd formula is registered in C++ (``csrc/autograd.cpp``, the Autograd key); this
-module adds the fake (meta) kernels that ``torch.compile(fullgraph=True)`` and
-``torch.library.opcheck`` need, and :func:`loss`, which picks the variant. It imports cleanly
-without the extension (``is_available()`` is then False and the losses use their references).
-Gradients flow to the logits only. Logits: float32, float64, bfloat16 or float16 (softmax
-computes half types in float32). Non-finite logits give NaN, as the references do.
+The C++/CUDA extension ``hytver_dist._C`` registers the operators and their autograd; this
+module adds the fake (meta) kernels that ``torch.compile`` and ``opcheck`` need, and
+:func:`loss`, which picks the variant. It imports without the extension (``is_available()`` is
+then False). Schemas, inputs and outputs: docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -208,8 +175,8 @@ def loss(logits: torch.Tensor, target: torch.Tensor, kind: str, params: list[flo
          include_background: bool = True) -> torch.Tensor:
     """The loss ``kind`` (a registry name) with hyperparameters ``params`` (in the order of the
     loss class's ``fused_param_names``) on logits ``(B, C, *spatial)``, as one fused op per
-    direction (0-dim; float64 for float64 logits, else float32). Targets: see the module
-    docstring. The op checks shapes, dtypes and target values itself. Differentiable w.r.t.
+    direction (0-dim; float64 for float64 logits, else float32). Targets: see docs/kernels.md.
+    The op checks shapes, dtypes and target values itself. Differentiable w.r.t.
     ``logits``; on the CPU in eager training (sigmoid) it uses the saving variant.
     """
     params = [float(v) for v in params]

@@ -1,14 +1,7 @@
 """Datasets in the nnU-Net v2 raw layout: ``dataset.json``, ``imagesTr/<case>_<XXXX><ending>``
-(one file per input channel) and ``labelsTr/<case><ending>`` (an integer label map).
-
-``labels`` in ``dataset.json`` are either mutually exclusive classes (``{"background": 0,
-"edema": 1, ...}``, trained with a softmax over the classes) or regions, lists of label values
-(BraTS's ``{"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3}``, with
-``regions_class_order``, trained with one sigmoid per region). Every problem is a
-:class:`DataError` naming the case's file, or ``dataset.json`` and the key. Normalisation
-follows nnU-Net's convention: z-score per case and channel, except channels named ``CT``, which
-are clipped to the training set's foreground 0.5-99.5 percentiles and z-scored with that
-set's foreground mean and standard deviation. docs/datasets.md describes the layout.
+(one file per input channel) and ``labelsTr/<case><ending>`` (an integer label map), with
+classes or regions. Every problem is a :class:`DataError` naming the case's file, or
+``dataset.json`` and the key. Layout, labels and normalisation: docs/datasets.md.
 """
 
 from __future__ import annotations

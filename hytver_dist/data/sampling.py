@@ -1,15 +1,5 @@
-"""Training patches as in HyTver/CoactSeg ``WeightCrop``, plus flip/rot90 augmentation.
-
-A case with new lesions gives a patch centred on a uniformly drawn lesion voxel (any of them,
-including the last, unlike CoactSeg's ``randint(0, n-1)``), shifted by U{-shift..shift} per
-axis; a case without gives a uniformly placed patch. Patches overhanging the volume are
-padded with the case's minimum intensity (air), the same value for both time points so the
-difference channel is 0 there. Channels: [baseline, follow-up, follow-up - baseline].
-
-Cases of other datasets (:class:`.nnunet_prep.PreprocessedVolume`) give their own channels,
-padded per channel with its minimum, and a label-map patch; a foreground-centred patch there
-first draws one of the case's labels uniformly, then one of its voxels, so a small class is
-sampled as often as a large one (nnU-Net's rule).
+"""Training patches as in HyTver/CoactSeg ``WeightCrop`` (lesion-centred), plus flip/rot90
+augmentation; nnU-Net cases draw a label first, then a voxel of it. Rules: docs/model.md.
 """
 
 from __future__ import annotations

@@ -2,24 +2,8 @@
 ``--format nnunet``) the nnU-Net v2 raw layout with nested multi-class or region labels.
 
     python -m hytver_dist.synth --out DIR --cases N --seed S [--size tiny|small|full]
-    python -m hytver_dist.synth --out DIR --format nnunet [--classes 3 | --regions]
 
-Anatomy: the MNI152 2009a GM/WM probability maps and brain template that nilearn ships inside
-its package (read with nibabel straight from the installed files, nothing imported from nilearn
-and nothing downloaded); ``anatomy="procedural"`` builds an ellipsoidal brain instead when
-nilearn is absent. The brain gets a per-subject random affine (+-5 % scale, +-5 deg), CSF,
-skull and scalp shells (MSSEG-2 is not skull-stripped), FLAIR-like tissue intensities, old
-lesions in both scans, new lesions only in the follow-up (the only ones in the mask), a
-smooth multiplicative bias field and Rician noise per time point, and a slight rigid
-misregistration of the baseline.
-
-Sizes are isotropic voxel sizes on a head box of 172 x 208 x 168 mm: ``tiny`` 4 mm
-(43 x 52 x 42, for tests), ``small`` 2 mm (default), ``full`` 1 mm. Lesion volumes are drawn
-in voxels of the output grid (new: log-normal, median 30, sigma_log 1; old: median 60), so
-every size has lesions of a few voxels, as MSSEG-2 has on its ~1 mm grid (physically, tiny
-and small lesions are therefore larger than real ones).
-
-Everything is deterministic per (seed, case index); case i does not depend on N.
+Deterministic per (seed, case index). Anatomy, sizes and lesions: docs/datasets.md.
 """
 
 from __future__ import annotations

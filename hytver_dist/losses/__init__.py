@@ -1,20 +1,8 @@
-"""The losses of the HyTver study on sigmoid or softmax logits, as specified in docs/losses.md.
+"""The losses of the HyTver study on sigmoid or softmax logits.
 
 ``get_loss(name, **hyperparameters)`` or the classes directly; ``LOSSES`` maps names to classes.
 Every loss takes ``backend="auto" | "fused" | "reference"`` and has a ``reference(logits,
-target)`` method (plain PyTorch, voxel by voxel).
-
-Inputs: logits ``(B, C, *spatial)`` with C >= 1, each channel an independent binary problem,
-and a target of the same shape (for C == 1 also ``(B, *spatial)``). The loss of C channels is
-the mean over channels of the single-channel loss of that channel, with the same
-hyperparameters: region terms are computed per channel (over the batch, or per sample with
-``per_sample=True``), voxel-mean terms are means over all B*C*voxels. C == 1 is the binary
-case.
-
-``activation="softmax"`` (every loss) treats the C >= 2 channels as mutually exclusive classes:
-the target is a label map (integer, ``(B, 1, *spatial)``) or one-hot / soft ``(B, C,
-*spatial)``, region terms are per class and averaged over the included classes
-(``include_background``), voxel terms are categorical (class 0 the background).
+target)`` method (plain PyTorch). Inputs, channels, classes and formulas: docs/losses.md.
 """
 
 from ._base import SegmentationLoss, SigmoidLoss

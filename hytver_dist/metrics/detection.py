@@ -1,28 +1,8 @@
 """Lesion-wise detection (MSSEG-2 / Anima ``animaSegPerfAnalyzer`` rules), false-positive lesions.
 
-Algorithm (Anima ``SegPerfCAnalyzer::getOverlapTab``/``getTruePositiveLesions``/
-``falsePositiveRatioTester`` with the challenge's thresholds):
-
-1. Lesions = connected components, 6-connectivity by default (ITK's default; 26 reproduces
-   CoactSeg's ``skimage.measure.label``). Components with fewer than
-   ``floor(min_volume_mm3 / (s0·s1·s2)) + 1`` voxels (i.e. volume <= 3 mm³) are dropped from
-   both masks and count as background.
-2. Overlap table H[i, j] = voxels with reference lesion i and predicted lesion j (0 = background).
-3. Reference lesion i is detected iff (a) Σ_{j≥1} H[i,j] / Σ_j H[i,j] > α (0.1), and (b) walking
-   the predicted lesions by decreasing overlap H[i,j], none has H[0,j] / Σ_i H[i,j] > β (0.7:
-   mostly outside any reference lesion) before the accumulated share Σ H[i,j] / Σ_{j≥1} H[i,j]
-   reaches γ (0.65). As in Anima the walk also stops after as many steps as the table has rows
-   (lesions + 1); ties keep the lower label first (Anima's sort order is unspecified).
-4. TP_gt = detected reference lesions; TP_pred = the same test on the transposed table.
-   SensL = TP_gt / N_gt, PPVL = TP_pred / N_pred, F1 = 2·SensL·PPVL / (SensL + PPVL).
-
-Empty policy (Anima returns NaN in every degenerate case; we keep only the undefined ones NaN):
-
-* N_gt > 0, N_pred = 0: sensitivity 0, PPV NaN, F1 0 (every lesion missed must score 0).
-* N_gt = 0: sensitivity NaN, PPV 0 if N_pred > 0 else NaN, F1 NaN: detection F1 is undefined
-  without reference lesions; such cases are scored by :func:`false_positive_lesions` (MSSEG-2's
-  nFP/VFP).
-* N_gt > 0, N_pred > 0, SensL = PPVL = 0: F1 0 (as CoactSeg; Anima 0/0 = NaN).
+Lesions are connected components of more than 3 mm³; F1, sensitivity and PPV follow Anima's
+overlap-table test with the challenge's thresholds. The algorithm and the empty-case policy:
+docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -86,7 +66,7 @@ def label_lesions(
 
 
 def _count_detected(table: np.ndarray, alpha: float, beta: float, gamma: float) -> int:
-    """Rows (reference lesions, row 0 = background) detected per Anima's test; see module doc."""
+    """Rows (reference lesions, row 0 = background) detected per Anima's test (docs/metrics.md)."""
     n_rows = table.shape[0]
     col_size = table.sum(axis=0)  # size of each tested lesion
     detected = 0
@@ -121,7 +101,7 @@ def lesion_f1(
     beta: float = BETA,
     gamma: float = GAMMA,
 ) -> LesionF1:
-    """Lesion-wise detection F1 with MSSEG-2/Anima rules (algorithm and NaN policy: module doc).
+    """Lesion-wise detection F1 with MSSEG-2/Anima rules (algorithm, NaN policy: docs/metrics.md).
 
     ``min_size_voxels`` overrides the size rule derived from ``min_volume_mm3`` and ``spacing``
     (CoactSeg-compatible: ``connectivity=26, min_size_voxels=11``).

@@ -1,19 +1,7 @@
-"""Voxel-wise overlap metrics on binary 3-D masks (P = prediction, G = ground truth).
+"""Voxel-wise overlap metrics on binary 3-D masks: Dice, Jaccard, precision, recall.
 
-Empty-mask policy (a ratio whose denominator is 0 is undefined, never a fake 0 or 1):
-
-============  ===========================  ==========  ==========  ==========
-metric        formula                      P=0, G>0    P>0, G=0    both empty
-============  ===========================  ==========  ==========  ==========
-dice          2|P∩G| / (|P| + |G|)          0.0         0.0         NaN
-jaccard       |P∩G| / |P∪G|                 0.0         0.0         NaN
-precision     |P∩G| / |P|                   NaN         0.0         NaN
-recall        |P∩G| / |G|                   0.0         NaN         NaN
-============  ===========================  ==========  ==========  ==========
-
-NaN marks "not defined for this case": aggregate with ``nanmean`` and report empty-GT cases
-separately (false-positive lesion count and volume), as MSSEG-2 did. medpy 0.5 agrees on every
-cell except both-empty Jaccard, where it returns 1.0 (we keep NaN, consistent with Dice).
+A ratio whose denominator is 0 is NaN (undefined), never a fake 0 or 1. Formulas and the
+empty-mask table: docs/metrics.md.
 """
 
 from __future__ import annotations

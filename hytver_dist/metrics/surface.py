@@ -1,35 +1,8 @@
-"""Surface distances in mm between binary 3-D masks (P = prediction, G = ground truth).
+"""Surface distances in mm between binary 3-D masks: HD, HD95, ASD, ASSD (medpy's conventions,
+which CoactSeg and so the paper's Table I used).
 
-Conventions (medpy's, which CoactSeg and so the paper's Table I used):
-
-* surface ∂X = X XOR erosion(X) with a ``connectivity``-connected structure (1 = faces, the
-  default, = MONAI and Anima "SurfaceDistance"; 3 = seg-metrics); voxels on the array border
-  count as surface (erosion treats outside as background).
-* directed distances D(A→B) = {d(a, ∂B) : a ∈ ∂A}, d = exact Euclidean distance between voxel
-  centres in mm, via ``scipy.ndimage.distance_transform_edt(~∂B, sampling=spacing)``.
-* ``hd``   = max(max D(P→G), max D(G→P)).
-* ``hd95`` = 95th percentile (numpy linear interpolation) of the POOLED set D(P→G) ∪ D(G→P)
-  (medpy ``hd95``); ``pooled=False`` gives max of the two directed 95th percentiles (MONAI
-  ``compute_hausdorff_distance(percentile=95)``), typically a few % larger.
-* ``asd``  = mean D(P→G), DIRECTED prediction → ground truth (medpy ``asd(result, reference)``,
-  MONAI ``symmetric=False``, CoactSeg/HyTver "ASD").
-* ``assd`` = mean of the pooled set D(P→G) ∪ D(G→P) (medpy 0.5 ``assd``, MONAI
-  ``symmetric=True``), not the mean of the two directed means.
-
-``spacing`` is the voxel size in mm in the arrays' axis order; pass ``(1, 1, 1)`` for the
-paper's voxel units. There is deliberately no default: medpy's ``voxelspacing=None`` silently
-yields voxels.
-
-Empty-mask policy, ``empty=``:
-
-* ``"nan"`` (default): NaN whenever P or G is empty (no surface, distance undefined).
-* ``"diagonal"``: if exactly one mask is empty return the grid diagonal
-  ‖shape · spacing‖ (an upper bound of any in-grid distance: a worst-case penalty for
-  aggregates that need a number); if both are empty return 0.0 (nothing is wrong).
-* ``"raise"``: ``ValueError``.
-
-Libraries differ here (medpy raises, MONAI returns inf/NaN, seg-metrics a fake-perfect 0): a
-missed lesion load must never score 0.
+``spacing`` (mm per array axis) is required; ``empty=`` chooses NaN, the grid diagonal or an
+error for empty masks. Definitions and the empty-mask policy: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -108,7 +81,7 @@ def hd(
     pred: object, gt: object, spacing: Sequence[float], *, connectivity: int = 1,
     empty: EmptyPolicy = "nan",
 ) -> float:
-    """Hausdorff distance (mm) = max(max D(P→G), max D(G→P)); empty policy per module doc."""
+    """Hausdorff distance (mm) = max(max D(P→G), max D(G→P)); empty policy: docs/metrics.md."""
     d = surface_distances(pred, gt, spacing, connectivity)
     v = _empty_value(pred, gt, spacing, empty, d)
     return v if v is not None else float(max(d.pred_to_gt.max(), d.gt_to_pred.max()))
@@ -121,7 +94,7 @@ def hd95(
     """95th-percentile Hausdorff distance (mm).
 
     ``pooled=True``: percentile of D(P→G) ∪ D(G→P) (medpy, the paper's "HD");
-    ``pooled=False``: max of the two directed percentiles (MONAI). Empty policy per module doc.
+    ``pooled=False``: max of the two directed percentiles (MONAI). Empty policy: docs/metrics.md.
     """
     d = surface_distances(pred, gt, spacing, connectivity)
     v = _empty_value(pred, gt, spacing, empty, d)

@@ -1,25 +1,7 @@
 """The V-Net of HyTver: CoactSeg's non-residual encoder-decoder with one new-lesion logit out.
 
-Layout (per level: number of 3x3x3 conv + norm + activation layers, channels for ``n_filters=f``)::
-
-    encoder  block_one 1 (3 -> f) | block_two 2 (2f) | block_three 3 (4f) | block_four 3 (8f)
-             | block_five 3 (16f), Dropout3d; levels joined by 2x2x2 stride-2 convs (+ norm + act)
-    decoder  2x2x2 stride-2 transposed convs (+ norm + act), ADDITIVE skips (x_up + x_enc), then
-             block_six 3 (8f) | block_seven 3 (4f) | block_eight 2 (2f) | head at full resolution
-
-Module names follow CoactSeg's ``code/networks/VNet.py`` (``encoder.block_one.conv.0.weight``...)
-so that its checkpoints map onto this model key by key (see :mod:`hytver_dist.model.checkpoint`).
-
-Heads:
-
-* ``"single"`` (default): ``block_nine`` (one conv block, f) -> Dropout3d -> ``out_conv`` (1x1x1).
-* ``"coactseg"``: CoactSeg's new-lesion branch: ``block_nine_1/2/3`` (one conv block each, with
-  Dropout3d) and ``block_c2f(cat(x92 - x91, x91, x93))`` (3f -> f) -> ``out_conv_3``. CoactSeg's
-  all-lesion outputs ``out_conv_1/2`` are left out: unused parameters break DDP's default
-  ``find_unused_parameters=False``.
-
-With ``n_filters=16``, ``head="coactseg"`` and ``out_channels=2`` plus ``out_conv_1/2``, the
-parameter count equals CoactSeg's 9,484,502 (checked in the tests).
+Module names follow CoactSeg's ``code/networks/VNet.py`` so that its checkpoints map onto this
+model key by key (:mod:`hytver_dist.model.checkpoint`). Layout and heads: docs/model.md.
 """
 
 from __future__ import annotations
@@ -180,7 +162,7 @@ class VNet(nn.Module):
             ``"none"`` (shifts the ``conv.<i>`` indices, so CoactSeg keys no longer match).
         dropout: ``Dropout3d`` probability after the bottleneck and before the output conv;
             0 disables it; CoactSeg trains with 0.5 (``has_dropout=True``).
-        head: ``"single"`` or ``"coactseg"`` (see the module docstring).
+        head: ``"single"`` or ``"coactseg"`` (docs/model.md).
 
     Inputs must be 5-D with every spatial size a multiple of 16 (four stride-2 levels). With
     batch norm, training on batch 1 needs more than one bottleneck voxel (e.g. >= 32 on an axis).

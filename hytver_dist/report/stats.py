@@ -1,10 +1,6 @@
 """Small-sample statistics of the report: a two-level percentile bootstrap over seeds and cases,
-and the distance penalty for empty predictions.
-
-Why a bootstrap: with 3-5 seeds a Student-t interval over per-seed means has 2-4 degrees of
-freedom, ignores the variation between cases, and its symmetric bounds leave the metric's range
-(Dice below 0 or above 1). Resampling seeds and cases and taking percentiles of the resampled
-mean keeps every bound inside the range of the observed values, so inside the metric's range.
+and the distance penalty for empty predictions. Why a bootstrap, and how the report uses both:
+docs/report.md (Statistics).
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
 """Segment new scans with a trained V-Net: one NIfTI mask per case on the scan's own grid, and a
-CSV of predicted lesion counts and volumes.
+CSV of predicted lesion counts and volumes, through the code of ``hytver_dist.evaluate``.
 
 ``python -m hytver_dist.predict --model runs/hytver-s0 --scans new_patients --out masks``
-
-``--model`` is a run directory of ``hytver_dist.train`` (``best_model.pt`` + ``run.json``) or a
-checkpoint file (``best_model.pt``, ``checkpoint.pt``); the preprocessing
-(``data.preprocessing``) and the sliding window (``training.patch_size``,
-``training.val_patch_overlap``) come from the ``run.json`` beside it, or from ``--config`` when
-there is none. ``--scans`` holds one folder per case in the MSSEG-2 layout
-(``flair_time01_on_middle_space.nii.gz``, ``flair_time02_on_middle_space.nii.gz``; a
-``ground_truth.nii.gz`` there is ignored), or is an nnU-Net ``imagesTs`` folder
-(``<case>_0000.nii.gz`` baseline, ``<case>_0001.nii.gz`` follow-up). Each case goes through the
-code of ``hytver_dist.evaluate`` (preprocessing, sliding window, threshold 0.5, back to the
-input grid). A model trained on an nnU-Net dataset (docs/datasets.md) takes an ``imagesTs``
-folder of its own channels and writes label maps (:mod:`.predict_nnunet`).
+(MSSEG-2 case folders or an nnU-Net ``imagesTs`` folder). Inputs, steps and outputs:
+docs/inference.md; flags: docs/cli.md.
 """
 
 from __future__ import annotations

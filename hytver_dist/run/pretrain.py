@@ -1,14 +1,7 @@
-"""The initial model of a sweep or a training run: a pretraining stage made once, or a given
-checkpoint.
-
-A config's ``pretrain`` section trains one model (its loss, hyperparameters, iterations, lr and
-seed; batch and patch size from ``training``) on the training cases, keeping the weights with
-the best validation Dice. The result is stored under ``<storage>/pretrain/<key>/model.pt``,
-where ``key`` hashes everything that determines it: the data (source, synthetic settings,
-preprocessing), the split's case IDs, the model and the pretrain section. A resumed sweep, a
-later sweep or ``python -m hytver_dist.train`` with the same key reuses the file instead of
-training again. ``model.init_checkpoint`` names such a file directly (any V-Net state dict, also
-CoactSeg's layout, loaded by :func:`hytver_dist.model.checkpoint.load_pretrained`).
+"""The initial model of a sweep or a training run: a pretraining stage made once (stored under
+``<storage>/pretrain/<key>/model.pt``, ``key`` a hash of everything that determines it, and
+reused by any run with the same key), or a given checkpoint (``model.init_checkpoint``).
+Details: docs/sweeps.md (``pretrain`` and ``model.init_checkpoint``).
 """
 
 from __future__ import annotations

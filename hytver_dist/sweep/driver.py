@@ -1,30 +1,9 @@
 """The study as a Ray Tune sweep: one trial per (loss, hyperparameters, seed), each a Ray Train
 ``TorchTrainer`` run (data-parallel workers, checkpoints, restarts), then the report.
 
-``python -m hytver_dist.sweep [--config sweeps/NAME.yaml] [--address auto] [--storage PATH_OR_URI]
-[--resume] [--data DIR] [--set KEY=VALUE ...] [--print-schema]``. With no ``--address`` it
-joins a running cluster when there is one (``ray up`` then this command on the head) and
-otherwise starts an embedded local Ray. With no data it generates the config's synthetic
-dataset once into the cache and reuses it.
-
-Per trial (Ray Train inside Ray Tune, as in
-https://docs.ray.io/en/latest/train/user-guides/hyperparameter-optimization.html): the trial
-function holds only the custom driver resource (``TRAIN_DRIVER``, no CPU), so trial drivers can
-never starve their own worker groups; it builds a ``TorchTrainer`` named ``train-<trial id>``
-(a stable name is what lets a restarted or resumed trial find its checkpoints), whose workers run
-:func:`hytver_dist.run.train.train_loop`, report validation metrics with a checkpoint every
-``checkpoint_every`` iterations, and finally evaluate the best model on the test cases. Rank 0
-writes the per-case rows to ``cases.csv`` in the trial's Train run directory on the storage
-(:mod:`hytver_dist.sweep.trial_files`); the driver copies them to
-``<results_dir>/trials/<trial>/cases.csv`` (plus ``status.json``), which ``hytver_dist.report``
-turns into tables and plots.
-
-Before the trials, a config's ``pretrain`` section is trained once as a Ray Train run with the
-trials' resources and stored in the storage under a hash of what determines it
-(:mod:`hytver_dist.sweep.pretrain`); every trial fine-tunes from it (or from
-``model.init_checkpoint``) with a fresh optimizer. The console shows compact progress
-(:mod:`hytver_dist.sweep.progress`); Ray's own output goes to ``<results_dir>/logs/ray.log``
-unless ``--verbose``.
+``python -m hytver_dist.sweep [--config sweeps/NAME.yaml] [--address auto] [--resume] ...``
+joins a running cluster when there is one, else starts an embedded local Ray. How a sweep
+runs: docs/architecture.md; flags: docs/cli.md; sweep files: docs/sweeps.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""One running sweep per experiment directory.
-
-``fcntl.flock`` on ``<storage>/<name>/.sweep.lock``, taken before the sweep looks for an
-existing experiment and held until it ends. Without it, two runs of the same command (two
-terminals, a scheduler's retry) both pass the "already exists" check, both write into the
-experiment and the report counts every seed twice. The kernel releases a flock when its holder
-dies, so a SIGKILLed sweep never blocks ``--resume``; local disks and NFSv4/EFS mounts honour it.
-URI storage (``s3://``, ``gs://``) has no such lock: :func:`sweep_lock` warns and proceeds.
+"""One running sweep per experiment directory: ``fcntl.flock`` on ``<storage>/<name>/.sweep.lock``,
+taken before the sweep looks for an existing experiment and held until it ends; the kernel
+releases it when its holder dies. URI storage has no such lock: :func:`sweep_lock` warns and
+proceeds. Details: docs/sweeps.md (One run per experiment).
 """
 
 from __future__ import annotations

@@ -1,23 +1,8 @@
 """Every use of Ray internals and every Ray environment setting of the sweep, in one place.
 
 Each private hook has a fallback to Ray's public behaviour, and ``tests/test_ray_compat.py``
-fails when this Ray version no longer has one (so an upgrade is noticed, not silently slower).
-
-A ``TorchTrainer`` without the per-run helpers the sweep does not use.
-
-Every Ray Train run starts a handful of processes besides its workers. On a small machine each
-one's start-up (a Python interpreter importing Ray) is CPU time the trials do not train, so the
-sweep's runs drop two of them:
-
-- the dataset manager actor, started for Ray Data datasets (the sweep passes none: its
-  workers read the cached volumes themselves);
-- the placement-group cleaner's once-a-second poll of the State API (served by the dashboard,
-  which pays for each poll too) becomes one every ``CLEANER_CHECK_INTERVAL_S``; the cleaner
-  still frees the worker group's resources of a run whose controller died (a trial stopped
-  early by ASHA), a few seconds later.
-
-Both hooks are Ray Train internals (Ray 2.60). When they move, :func:`torch_trainer_class`
-returns the plain ``TorchTrainer`` and runs start every helper, as Ray does by default.
+fails when this Ray version no longer has one. What the hooks drop and why:
+docs/architecture.md (Ray internals).
 """
 
 from __future__ import annotations

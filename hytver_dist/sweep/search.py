@@ -1,24 +1,8 @@
 """Ray Tune glue: the search space, search algorithm, scheduler, resources and concurrency of a
 sweep, built from its validated :class:`hytver_dist.sweep.config.SweepConfig`.
 
-Search-space design (why not ``tune.sample_from``): :func:`build_arms` expands the per-loss
-hyperparameters into *arms* (one loss + one concrete hyperparameter dict) and
-:func:`build_param_space` grid-searches ``seed group x arm`` (a seed group: the seeds one
-trial trains one after another, ``search.seeds_per_trial`` of them). Hyperparameters of one loss
-therefore never multiply the trials of another, grids inside a loss are exhaustive, and each
-random sample is drawn once (seeded by ``sample_seed`` and the loss name) and trained with
-*every* seed, so seeds are true replicates that the report can average. ``sample_from`` would
-need one closure per loss, could only sample (not grid), and would redraw hyperparameters per
-seed. Optuna cannot take a grid, so with ``search_alg: optuna`` the space is a define-by-run
-function (:func:`optuna_space`) that picks loss and seed as categoricals and only the chosen
-loss's hyperparameters. Both produce trial configs that :func:`trial_spec` reads::
-
-    {"seeds": [0, 1], "arm": {"id": "hytver-003", "loss": "hytver",
-                              "loss_params": {"alpha": 0.41}}}
-    {"seed": 0, "arm": {...}}     # Optuna: one seed per trial
-
-Ray is imported inside the functions that build Ray objects, so the rest is testable (and
-importable) without starting anything.
+The space grid-searches seed group x arm (one loss + one concrete hyperparameter dict); Ray is
+imported only where Ray objects are built. Design: docs/sweeps.md (``search``).
 """
 
 from __future__ import annotations
@@ -110,7 +94,7 @@ def count_trials(cfg: SweepConfig) -> int:
 
 
 def build_param_space(cfg: SweepConfig) -> dict[str, Any]:
-    """Ray Tune ``param_space``: ``grid_search`` over seed group x arm (module docstring).
+    """Ray Tune ``param_space``: ``grid_search`` over seed group x arm (docs/sweeps.md, ``search``).
 
     With ``search_alg: optuna`` it is ``{}``: the space lives in :func:`build_search_alg`
     (Optuna rejects grid_search, and a Tune space next to a define-by-run one is an error).

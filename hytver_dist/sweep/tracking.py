@@ -1,23 +1,8 @@
 """Experiment tracking of a sweep: MLflow runs and TensorBoard event files (``tracking:``).
 
-MLflow: a parent run for the sweep and, nested under it, one run per trial whose params are
-the trial's loss, its hyperparameters (the loss's defaults filled in) and its seed(s); every
-validation report is a metric point (step = iteration) and the test summary of its cases
-(``test_<metric>_mean`` / ``_median``) is logged when the trial's results are collected. The
-report's ``table1.csv``, ``summary.md`` and box plots become the parent run's artifacts. All of
-it is logged by the sweep's driver process (a Tune callback and the driver itself), so on a
-cluster only the head node needs to reach the tracking URI (a tracking server, or a database
-on storage the head mounts).
-
-Resume: the run IDs are stored in ``<results_dir>/mlflow/runs.json`` (trial id -> run id, and
-the parent's); a resumed sweep continues those runs, and a validation repeated after a restart
-from a checkpoint is not logged twice. The callback reads the store when Tune sets it up, so
-a resumed sweep (whose Tune callbacks are the ones pickled when the sweep started) follows
-the current ``tracking.mlflow`` settings.
-
-TensorBoard: Tune writes event files (tensorboardX, installed with ``ray[tune]``) into each
-trial's directory, synced to ``<storage>/<name>/<trial>``; ``tensorboard: false`` turns that
-off. The console prints the commands that open either.
+One parent MLflow run per sweep and one nested run per trial, all logged by the driver
+process; run IDs in ``<results_dir>/mlflow/runs.json`` so a resumed sweep continues them.
+What is logged: docs/sweeps.md (``tracking``); design: docs/architecture.md.
 """
 
 from __future__ import annotations
