@@ -13,7 +13,8 @@
 #   build           the extension with its CUDA kernels (check.cu compiles meanwhile)
 #   check           tests/cuda_standalone/check.cu: self-test against a double host reference,
 #                   then raw kernel timings (--bench)
-#   targets         the performance targets (pytest -k "$TARGETS_K" in $TARGETS_FILE)
+#   targets         the sigmoid and softmax performance targets (pytest -k "$TARGETS_K" in
+#                   $TARGETS_FILES)
 #                   -> $OUT/bench_targets_gpu.json
 #   pytest          the CUDA tests ($CUDA_TESTS), the error-path tests deselected
 #   errors          each error-path test ($ERROR_TESTS) in its own `python -X faulthandler`
@@ -42,7 +43,7 @@ DATA=${HYTVER_GPU_DATA:-$ROOT/.gpu_data/synth}
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/hytver_gpu_out}
 # The benchmark targets, by pytest -k expression (the file decides what they measure).
-TARGETS_FILE=benchmarks/test_bench_losses.py
+TARGETS_FILES=(benchmarks/test_bench_losses.py benchmarks/test_bench_softmax.py)
 TARGETS_K=${HYTVER_TARGETS_K:-target_ratios}
 TARGETS_ARGS=(--bench-devices=cuda --bench-sizes=all --bench-rounds=100)
 # The CUDA pytest step: whole files or node ids.
@@ -54,8 +55,8 @@ ERROR_TESTS=(tests/test_ops.py::test_errors_name_the_problem
   tests/test_ops.py::test_cuda_loss_op_errors_name_the_problem_in_a_subprocess
   tests/test_ops.py::test_cuda_invalid_target_stops_on_the_device)
 TRAIN_ITERATIONS=30
-# Steps in order, "name:cap:floor" in seconds (the floors sum to 320 of the 540).
-STEPS=(prepare:60:20 build:240:60 check:60:15 targets:120:45 pytest:200:60 errors:60:20
+# Steps in order, "name:cap:floor" in seconds (the floors sum to 335 of the 540).
+STEPS=(prepare:60:20 build:240:60 check:60:15 targets:180:60 pytest:200:60 errors:60:20
   memcheck_check:60:20 memcheck_torch:90:30 racecheck:60:20 train:90:30)
 
 # ------------------------------------------------------------------------------- refusals
@@ -224,7 +225,7 @@ else
 fi
 
 # ------------------------------------------------------------------- the benchmark targets
-TARGETS=("${PYTEST[@]}" "$TARGETS_FILE" -k "$TARGETS_K" --benchmark-enable --benchmark-only
+TARGETS=("${PYTEST[@]}" "${TARGETS_FILES[@]}" -k "$TARGETS_K" --benchmark-enable --benchmark-only
   --benchmark-columns=min,median,iqr,rounds "${TARGETS_ARGS[@]}")
 DESELECT=()
 for t in "${ERROR_TESTS[@]}"; do DESELECT+=(--deselect "$t"); done
@@ -233,7 +234,7 @@ if [ "$PREPARED" != 0 ] || [ "$BUILT" != 0 ]; then
   for n in targets pytest errors; do not_run $n "the prepare or build step failed"; done
 else
   if [ "$DRY" = 1 ]; then  # the selection must exist: collected on the CPU
-    pytest_step targets "${PYTEST[@]}" "$TARGETS_FILE" -k "$TARGETS_K" --bench-devices=cpu
+    pytest_step targets "${PYTEST[@]}" "${TARGETS_FILES[@]}" -k "$TARGETS_K" --bench-devices=cpu
   else
     pytest_step targets "${TARGETS[@]}" --benchmark-json="$OUT/bench_targets_gpu.json"
   fi

@@ -25,7 +25,7 @@ from hytver_dist.data.nnunet_prep import labels_to_original_grid, resample_label
 from hytver_dist.data.preprocess import _target_grid
 from hytver_dist.run.config import ConfigError, RunConfig
 from hytver_dist.run.evaluate import predict_labels, save_label_map
-from hytver_dist.run.prepare import prepare_data
+from hytver_dist.run.prepare import data_format, prepare_data
 from hytver_dist.run.train import RunSpec, build_loss, loss_target, model_kwargs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,8 +158,8 @@ def test_split_from_file_and_fold(tmp_path):
 
 def test_format_is_detected_and_can_be_forced(tmp_path):
     data_dir = write_dataset(tmp_path / "ds")
-    assert RunConfig.load(config(data_dir)).data.resolved_format() == "nnunet"
-    assert RunConfig.load(config(tmp_path)).data.resolved_format() == "msseg2"
+    assert data_format(RunConfig.load(config(data_dir)).data, data_dir) == "nnunet"
+    assert data_format(RunConfig.load(config(tmp_path)).data, tmp_path) == "msseg2"
     forced = RunConfig.load(config(tmp_path, data={"format": "nnunet"}))
     with pytest.raises(Exception, match="dataset.json"):
         prepare_data(forced.data, cache_dir=tmp_path / "cache")

@@ -199,13 +199,6 @@ class DataConfig(Section):
     preprocessing: PreprocessingConfig = PreprocessingConfig()
     split: SplitConfig = SplitConfig()
 
-    def resolved_format(self, path: str | Path | None = None) -> str:
-        """msseg2 or nnunet for the folder ``path`` (default data.path)."""
-        path = path if path is not None else self.path
-        if self.format != "auto" or path is None:
-            return "msseg2" if self.format == "auto" else self.format
-        return "nnunet" if (Path(path) / "dataset.json").is_file() else "msseg2"
-
     @field_validator("synthetic")
     @classmethod
     def _only_without_path(cls, v: SyntheticConfig | None,

@@ -23,7 +23,7 @@ from ..data import (
     split_cases,
     split_from_file,
 )
-from ..data.nnunet import CtStatistics, discover_nnunet
+from ..data.nnunet import CtStatistics, discover_nnunet, is_nnunet
 from ..data.nnunet_prep import (
     PreprocessedVolume,
     apply_ct_statistics,
@@ -154,6 +154,14 @@ def preprocess_config(data: DataConfig) -> PreprocessConfig:
     return PreprocessConfig(target_spacing=tuple(spacing) if spacing else None)
 
 
+def data_format(data: DataConfig, path: str | Path | None) -> str:
+    """msseg2 or nnunet for the folder ``path`` (``format: auto``: nnunet when it holds a
+    dataset.json; synthetic data, ``path`` None, is msseg2 unless the format says otherwise)."""
+    if data.format != "auto":
+        return data.format
+    return "nnunet" if path is not None and is_nnunet(path) else "msseg2"
+
+
 def prepare_data(data: DataConfig, *, data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None) -> PreparedData:
     """Discover (or generate), preprocess (cached) and split the cases of ``data``.
@@ -164,7 +172,7 @@ def prepare_data(data: DataConfig, *, data_dir: str | Path | None = None,
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     path = data_dir if data_dir is not None else data.path
-    if data.resolved_format(path) == "nnunet":
+    if data_format(data, path) == "nnunet":
         return _prepare_nnunet(data, path, cache)
     root = Path(path) if path is not None else synthetic_root(data, cache)
     files = {f.id: f for f in discover_cases(root, require_mask=True)}

@@ -432,12 +432,13 @@ def _short_error(error: BaseException | str) -> str:
 
 def _preflight(cfg: SweepConfig, data_dir: str | None, root: str) -> None:
     """Bad paths fail here, naming the path, before Ray starts or any trial is scheduled."""
+    from ..run.prepare import data_format
     from .preflight import check_data_dir, check_storage
 
     if data_dir is not None:
-        check_data_dir(data_dir, "--data", cfg.data.resolved_format(data_dir))
+        check_data_dir(data_dir, "--data", data_format(cfg.data, data_dir))
     else:
-        check_data_dir(cfg.data.path, "data.path", cfg.data.resolved_format())
+        check_data_dir(cfg.data.path, "data.path", data_format(cfg.data, cfg.data.path))
     check_storage(root)
 
 
