@@ -48,12 +48,14 @@ TARGETS_K=${HYTVER_TARGETS_K:-target_ratios}
 TARGETS_ARGS=(--bench-devices=cuda --bench-sizes=all --bench-rounds=100)
 # The CUDA pytest step: whole files or node ids.
 CUDA_TESTS=(tests/test_ops.py tests/test_losses_fused.py tests/test_cuda_compile.py
-  tests/test_inference.py::test_cuda_model_with_cpu_image)
+  tests/test_inference.py::test_cuda_model_with_cpu_image
+  tests/test_losses_softmax.py::test_cuda_matches_the_oracle
+  tests/test_losses_softmax.py::test_cuda_step_no_sync_few_launches_graph_capture)
 # Error-path tests (node ids, prefixes of parametrised ids): one process each.
-ERROR_TESTS=(tests/test_ops.py::test_errors_name_the_problem
-  tests/test_ops.py::test_loss_op_errors_name_the_problem
+ERROR_TESTS=(tests/test_ops.py::test_loss_op_errors_name_the_problem
   tests/test_ops.py::test_cuda_loss_op_errors_name_the_problem_in_a_subprocess
-  tests/test_ops.py::test_cuda_invalid_target_stops_on_the_device)
+  tests/test_ops.py::test_cuda_invalid_target_stops_on_the_device
+  tests/test_losses_softmax.py::test_cuda_invalid_target_is_a_device_assert_in_a_subprocess)
 TRAIN_ITERATIONS=30
 # Steps in order, "name:cap:floor" in seconds (the floors sum to 335 of the 540).
 STEPS=(prepare:60:20 build:240:60 check:60:15 targets:180:60 pytest:200:60 errors:60:20

@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh's own logic, on a CPU machine: its refusals, its time budget (a step
 not run is a FAIL) and, slow, a full dry run in which a benchmark selection that selects nothing
-fails the run."""
+fails the run; and that every test it names exists."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ def prepared(tmp_path: Path) -> dict[str, str]:
     (wheels / "pkg-1.0-py3-none-any.whl").touch()
     (wheels / "MANIFEST").write_text("# python 3.11\npkg-1.0-py3-none-any.whl\n")
     return {"HYTVER_GPU_WHEELS": str(wheels), "HYTVER_GPU_DATA": str(data)}
+
+
+def test_every_test_it_names_exists():
+    """The CUDA and error-path selections name tests that are collected (a renamed or deleted
+    test would otherwise fail only on the GPU host)."""
+    text = SCRIPT.read_text()
+    for name in ("CUDA_TESTS", "ERROR_TESTS"):  # one run each: a whole file hides its node ids
+        ids = text.split(f"\n{name}=(", 1)[1].split(")", 1)[0].split()
+        assert len(ids) >= 4 and all(i.startswith("tests/") for i in ids), ids
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
+                              "no:cacheprovider", "-o", "addopts=", *ids],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 0, name + out.stdout[-1500:] + out.stderr[-1500:]
 
 
 def test_without_a_gpu_it_exits_at_once_saying_so(tmp_path):
