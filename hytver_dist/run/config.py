@@ -372,18 +372,22 @@ def _error_line(source: str, err: Mapping[str, Any], root: type[BaseModel]) -> s
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
     path = (path + ctx.get("at", "")).lstrip(".") or "<top level>"
     if kind == "extra_forbidden":
-        model: Any = root  # the section that holds the unknown key
-        for part in loc[:-1]:
-            hint = getattr(model, "model_fields", {}).get(part)
-            model = next((k for k in (hint and (hint.annotation, *getattr(
-                hint.annotation, "__args__", ()))) or () if isinstance(k, type)
-                and issubclass(k, BaseModel)), None)
-        text = suggest(str(loc[-1]), list(getattr(model, "model_fields", ())), "key")
+        text = suggest(str(loc[-1]), _keys_at(root, loc[:-1]), "key")
     elif kind == "value_error":  # a ValueError of a validator: its own message
         text = str(ctx["error"])
     else:  # pydantic's message, with the value (this project's own messages show it already)
         text = err["msg"] + ("" if kind in ("config", "missing") else f"; got {err['input']!r}")
     return f"{source}: {path}: {text}"
+
+
+def _keys_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> list[str]:
+    """The keys of the section at ``loc`` below ``model`` (for "did you mean")."""
+    for part in loc:
+        field = model.model_fields.get(part) if model and isinstance(part, str) else None
+        kinds = (field.annotation, *getattr(field.annotation, "__args__", ())) if field else ()
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)),
+                     None)
+    return list(model.model_fields) if model else []
 
 
 def read_config_file(path_or_name: str | Path) -> tuple[str, Any]:

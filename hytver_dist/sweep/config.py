@@ -230,8 +230,9 @@ def _uri(v: str) -> str:  # a URI names its store by its scheme
 
 
 def _tag_value(v: Any) -> Any:  # MLflow tags are text: YAML's ``round: 2`` is written "2"
-    return (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(
-        v, (bool, int, float)) else v
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v) if isinstance(v, (int, float)) else v
 
 
 class MlflowConfig(Section):
