@@ -1,4 +1,5 @@
-"""MSSEG-2 data: validated loading, splits, preprocessing with an on-disk cache, patches.
+"""Datasets (MSSEG-2, nnU-Net v2 raw, synthetic): validated loading, splits, preprocessing with
+an on-disk cache, patches (docs/datasets.md).
 
 Typical use::
 
