@@ -250,10 +250,15 @@ def kernel_report(step, moved: int, step_ms: float, peak_gbps: float) -> tuple[d
     return info, line
 
 
-def finish_ratios(benchmark, case: BenchCase, info: dict, line: str, step, group: str,
-                  extra_info: dict) -> None:
-    """Record a target-ratio run (extra_info and the end-of-run report line) and time ``step``
-    once more as the test's own benchmark."""
+def finish_ratios(benchmark, request, case: BenchCase, info: dict, line: str, step,
+                  step_ms: float, moved: int, group: str, extra_info: dict) -> None:
+    """Record a target-ratio run (extra_info and the end-of-run report line; on CUDA with the
+    fused ``step``'s kernel time for its ``moved`` bytes, :func:`kernel_report`) and time
+    ``step`` once more as the test's own benchmark."""
+    if case.device == "cuda":
+        extra, text = kernel_report(step, moved, step_ms,
+                                    request.config.getoption("--bench-peak-gbps"))
+        info, line = {**info, **extra}, line + text
     benchmark.extra_info.update(info)
     report_line(line)
     run_bench(benchmark, case, step, group=group, extra_info=extra_info)

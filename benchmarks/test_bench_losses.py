@@ -27,7 +27,6 @@ import torch
 from conftest import (
     BenchCase,
     finish_ratios,
-    kernel_report,
     make_batch,
     ratio_line,
     run_bench,
@@ -190,11 +189,6 @@ def test_target_ratios(benchmark, bench_case, request):
             "rounds": bench_case.rounds, "fused_hytver_us": fused * 1e3,
             "step_bytes_per_second": moved / (fused / 1e3)}
     line = ratio_line("target ratios", bench_case, ms, ratios)
-    if bench_case.device == "cuda":
-        extra, text = kernel_report(steps[("hytver", "fused")], moved, fused,
-                                    request.config.getoption("--bench-peak-gbps"))
-        info.update(extra)
-        line += text
-    finish_ratios(benchmark, bench_case, info, line, steps[("hytver", "fused")],
-                  group="target ratios (fused hytver)",
+    finish_ratios(benchmark, request, bench_case, info, line, steps[("hytver", "fused")],
+                  fused, moved, group="target ratios (fused hytver)",
                   extra_info={"loss": "hytver", "provider": "fused", "mode": "full"})

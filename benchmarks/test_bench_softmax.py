@@ -26,7 +26,6 @@ import torch
 from conftest import (
     BenchCase,
     finish_ratios,
-    kernel_report,
     ratio_line,
     run_bench,
     sync,
@@ -149,12 +148,7 @@ def test_softmax_target_ratios(benchmark, soft_case, request):
     info = {"min_ms": {f"{n} {p}": v for (n, p), v in ms.items()}, "ratios": ratios,
             "rounds": soft_case.rounds}
     line = ratio_line("softmax target ratios", soft_case, ms, ratios)
-    if soft_case.device == "cuda":
-        moved = bytes_per_voxel(soft_case.shape[1]) * soft_case.numel // soft_case.shape[1]
-        extra, text = kernel_report(steps[("hytver", "fused")], moved, fused,
-                                    request.config.getoption("--bench-peak-gbps"))
-        info.update(extra)
-        line += text
-    finish_ratios(benchmark, soft_case, info, line, steps[("hytver", "fused")],
-                  group="softmax target ratios (fused hytver)",
+    moved = bytes_per_voxel(soft_case.shape[1]) * soft_case.numel // soft_case.shape[1]
+    finish_ratios(benchmark, request, soft_case, info, line, steps[("hytver", "fused")],
+                  fused, moved, group="softmax target ratios (fused hytver)",
                   extra_info={"loss": "hytver", "provider": "fused"})
