@@ -52,6 +52,11 @@ def finished(storage: Path, trial_id: str, dice: float, seeds=(0,)) -> dict:
             "best_iteration": 20}
 
 
+def trial_status(results: Path, trial: str) -> dict:
+    """The ``status.json`` that collect_results wrote for ``trial``."""
+    return json.loads((results / "trials" / trial / "status.json").read_text())
+
+
 def test_ok_failed_and_stopped_trials(tmp_path: Path):
     storage = tmp_path / "storage"
     grid = [
@@ -72,9 +77,9 @@ def test_ok_failed_and_stopped_trials(tmp_path: Path):
     assert list(cases.columns[:5]) == ["trial", "loss", "seed", "params", "case"]
     assert json.loads(cases["params"][0]) == {"alpha": 0.7}
     assert list(cases["case"]) == ["013", "015"] and cases["dice"][0] == 0.8
-    failed = json.loads((trials / "ce-seed0-a_00002" / "status.json").read_text())
+    failed = trial_status(tmp_path, "ce-seed0-a_00002")
     assert failed["status"] == "failed" and "syn005/flair.nii.gz" in failed["error"]
-    stopped = json.loads((trials / "focal-seed0-a_00003" / "status.json").read_text())
+    stopped = trial_status(tmp_path, "focal-seed0-a_00003")
     assert stopped["status"] == "stopped" and "iteration 6" in stopped["error"]
     assert not (trials / "focal-seed0-a_00003" / "cases.csv").exists()
 
@@ -94,8 +99,7 @@ def test_finished_trial_without_cases_file_is_failed(tmp_path: Path):
     grid = [FakeResult("/x/dice-seed0-c_00000", config("dice", 0),
                        {"trial_id": "c_00000", "done_training": 1, "val_dice": 0.5})]
     assert collect_results(grid, tmp_path, str(tmp_path / "storage")) == (0, 1)
-    status = json.loads((tmp_path / "trials" / "dice-seed0-c_00000" / "status.json")
-                        .read_text())
+    status = trial_status(tmp_path, "dice-seed0-c_00000")
     assert status["status"] == "failed" and "train-c_00000/cases.csv" in status["error"]
 
 
@@ -111,7 +115,7 @@ def test_trial_of_several_seeds_keeps_each_seeds_rows(tmp_path: Path):
     assert list(cases.columns[:5]) == ["trial", "loss", "seed", "params", "case"]
     assert sorted(zip(cases["seed"], cases["case"], strict=True)) == [(0, "013"), (0, "015"),
                                                                       (1, "013"), (1, "015")]
-    short = json.loads((tmp_path / "trials" / "ce-seed0_1-d_00001" / "status.json").read_text())
+    short = trial_status(tmp_path, "ce-seed0_1-d_00001")
     assert short["status"] == "failed" and "no rows for seed(s) 1" in short["error"]
     assert short["seed"] == "0_1"
     summary = build_report(tmp_path).read_text()  # the report takes both seeds of one trial
@@ -134,7 +138,7 @@ def test_a_seed_run_twice_is_counted_once(tmp_path: Path):
     with pytest.warns(UserWarning, match="'dice-seed0-f_00000' repeats 2 row"):
         assert collect_results(grid, tmp_path, str(storage)) == (3, 0)
     trials = tmp_path / "trials"
-    repeat = json.loads((trials / "dice-seed0-f_00000" / "status.json").read_text())
+    repeat = trial_status(tmp_path, "dice-seed0-f_00000")
     assert repeat["status"] == "duplicate" and "dice-seed0-e_00000" in repeat["note"]
     assert not (trials / "dice-seed0-f_00000" / "cases.csv").exists()
     summary = build_report(tmp_path).read_text()
@@ -149,8 +153,7 @@ def test_a_seed_run_twice_with_other_values_is_an_error_naming_both(tmp_path: Pa
     storage = tmp_path / "storage"
     grid = dice_seed0_twice(storage, 0.7, 0.6)
     assert collect_results(grid, tmp_path, str(storage)) == (1, 1)
-    status = json.loads((tmp_path / "trials" / "dice-seed0-f_00000" / "status.json")
-                        .read_text())
+    status = trial_status(tmp_path, "dice-seed0-f_00000")
     assert status["status"] == "failed"
     assert ("trials 'dice-seed0-e_00000' and 'dice-seed0-f_00000' both hold dice {} seed 0 "
             "case '013', with different values (dice: 0.7 vs 0.6)") in status["error"]
