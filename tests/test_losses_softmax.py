@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import monai.losses as monai
 import pytest
 import torch
 import torch.nn.functional as F
@@ -247,9 +248,6 @@ def test_ce_is_torch_cross_entropy(backend):
 
 # ------------------------------------------------------------------------------------------
 # MONAI
-
-
-monai = pytest.importorskip("monai.losses")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -9,22 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_helpers import tiny_run
 
 from hytver_dist.model import build_model
 from hytver_dist.run import pretrain, train, train_cli
 from hytver_dist.run.config import ConfigError, RunConfig
 from hytver_dist.run.prepare import prepare_data
 
-CONFIG = {
-    "name": "unit",
-    "data": {"synthetic": {"n_cases": 5, "seed": 0, "size": "tiny", "n_negative": 1},
-             "split": {"preset": "random", "n_test": 1, "n_val": 1, "seed": 0}},
-    "model": {"n_filters": 4},
-    "pretrain": {"loss": "dice_ce", "iterations": 2, "eval_every": 2, "lr": 1e-3},
-    "training": {"iterations": 2, "batch_size": 2, "patch_size": 32, "eval_every": 2,
-                 "checkpoint_every": 2, "val_patch_overlap": 0.0},
-    "search": {"losses": ["hytver"], "seeds": [0]},
-}
+CONFIG = {**tiny_run(iterations=2, eval_every=2, checkpoint_every=2),
+          "pretrain": {"loss": "dice_ce", "iterations": 2, "eval_every": 2, "lr": 1e-3}}
 
 
 def config(*overrides: str):
