@@ -168,6 +168,25 @@ def test_trial_runs_survive_a_driver_restart_without_duplicates(tmp_path):
     assert _history(client, run.info.run_id, "best_val_dice/seed1") == [(3, 0.25), (6, 0.25)]
     assert "time_this_iter_s" not in run.data.metrics  # Tune's own fields are not logged
     assert "val_lesion_f1/seed0" in run.data.metrics  # NaN (no lesion found) is a point too
+    # The loss's formula keywords only: the input form comes from the training settings.
+    assert "loss.activation" not in p and "loss.include_background" not in p
+
+    # A per-class test summary (a dataset of classes) is logged under valid metric names, once.
+    metrics = ["dice", "jaccard", "precision", "recall", "hd95", "asd", "assd", "hd95_vox",
+               "asd_vox", "lesion_f1", "lesion_sensitivity", "lesion_ppv", "fp_lesions",
+               "fp_volume_mm3"]
+    frame = pd.DataFrame([{"case": c, "class": k, "has_lesions": c == "001",
+                           **{m: 0.5 for m in metrics}}
+                          for c in ("001", "002") for k in ("edema", "core")])
+    trial_dir = results / "trials" / "hytver-seed0_1-a1"
+    trial_dir.mkdir(parents=True)
+    frame.to_csv(trial_dir / "cases.csv", index=False)
+    (trial_dir / "status.json").write_text(json.dumps({"trial": trial_dir.name, "status": "ok"}))
+    assert tracking.log_test_results(results) == 1
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert logged["test_edema/dice_mean"] == 0.5 and logged["test_n_cases"] == 4
+    assert "test_core/neg_fp_lesions_median" in logged
+    assert tracking.log_test_results(results) == 0  # logged once
 
 
 def test_tensorboard_false_keeps_tune_from_adding_its_logger():

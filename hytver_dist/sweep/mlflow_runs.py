@@ -44,9 +44,10 @@ def trial_params(spec: Any) -> dict[str, Any]:
     defaults filled in, so runs of one loss compare on the same columns)."""
     from ..losses import LOSSES
 
-    sig = inspect.signature(LOSSES[spec.loss].__init__).parameters
-    defaults = {n: p.default for n, p in sig.items()
-                if n not in ("self", "backend") and p.default is not inspect.Parameter.empty}
+    cls = LOSSES[spec.loss]
+    sig = inspect.signature(cls.__init__).parameters  # the formula's keywords, not the input form
+    defaults = {n: sig[n].default for n in cls.hyperparameters()
+                if n != "backend" and sig[n].default is not inspect.Parameter.empty}
     return {"loss": spec.loss, "arm": spec.arm_id, "seeds": spec.seed_label,
             **{f"loss.{k}": v for k, v in {**defaults, **spec.params}.items()}}
 

@@ -29,7 +29,7 @@ from .mlflow_runs import (
 )
 
 EXTRA = "tracking"
-TEST_MARKER = "test_dice_mean"  # present on a trial's run once its test summary is logged
+TEST_MARKER = "test_n_cases"  # present on a trial's run once its test summary is logged
 
 
 # ----------------------------------------------------------------------------- before Ray
@@ -189,8 +189,9 @@ def log_test_results(results_dir: Path) -> int:
         frame = pd.read_csv(cases, dtype={"case": str})
         summary = summarize(frame)
         values = {"test_n_cases": float(len(frame))}
-        for name, row in summary.iterrows():
-            key = str(name).replace("negatives: ", "neg_")
+        for name, row in summary.iterrows():  # name: a metric, or (class, metric) per class
+            key = "/".join(map(str, name if isinstance(name, tuple) else (name,)))
+            key = key.replace("negatives: ", "neg_")
             for stat in ("mean", "median"):
                 values[f"test_{key}_{stat}"] = float(row[stat])
         log_metrics(mc, run_id, values, step=0)
