@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 _ISA_ENV = "HYTVER_CPU_ISA"
-ACTIVATIONS = ("sigmoid", "softmax")
 
 _EXT_ERROR: BaseException | None = None
 try:
@@ -161,7 +160,7 @@ def _save_for_backward(logits: torch.Tensor) -> bool:
 
 def functorch_active() -> bool:
     """True inside a torch.func transform (grad, vmap, jacrev, ...). The fused ops do not work
-    there: the autograd.Function behind ``register_autograd`` has no functorch rules."""
+    there: their autograd kernel (``csrc/autograd.cpp``) has no functorch rules."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(active()) if active is not None else False
 

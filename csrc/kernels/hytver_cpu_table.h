@@ -44,8 +44,8 @@ struct Args {
   // m = (x >= 0 ? -q : p), the smaller of p and q with the sign bit telling which, so that the
   // backward gets p and q without exp or division, and needs no new gradient buffer.
   float* saved = nullptr;
-  // Forwards: when set, invalid[c] = 1 if chunk c has a target value outside [0, 1] (the exp
-  // sums: other than 0 and 1), else 0.
+  // Forwards: when set, invalid[c] = the worst Invalid code of chunk c's target values
+  // (kValid when every value is fine).
   double* invalid = nullptr;
   // Softmax kernels: logits (B, C, n) (float32 or float64), target a label map (B, n) of type
   // yt (U8 or I64; labels = true) or dense (B, C, n) (F32, F64, U8); g and partials hold C * K

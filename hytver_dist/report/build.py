@@ -30,11 +30,11 @@ from .stats import (
 )
 
 SWEEP_FACTS_FILE = "sweep.json"
+"""In a sweep's results directory: wall times and trial slots, which the report turns into
+the utilisation line (written by the sweep)."""
 CURVES_FILE = "curves.csv"
 """Beside each trial's ``cases.csv``: its validation history (trial, loss, params, seed,
 iteration, train_loss, val_dice), which the report draws as learning curves."""
-"""In a sweep's results directory: wall times and trial slots, which the report turns into
-the utilisation line (written by the sweep)."""
 
 ID_COLUMNS = ["trial", "loss", "seed", "params", "case", "has_lesions"]
 METRICS = [

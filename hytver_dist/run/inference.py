@@ -11,14 +11,13 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from ..losses._inputs import check_activation
+
 
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
-
-
-ACTIVATIONS = ("sigmoid", "softmax")
 
 
 def sliding_window_probabilities(model: nn.Module, image: torch.Tensor, patch: int = 80,
@@ -32,11 +31,9 @@ def predicted_labels(probs: torch.Tensor, activation: str) -> torch.Tensor:
     """Hard predictions from :func:`sliding_window_predict`'s (K, D, H, W) probabilities:
     sigmoid -> uint8 (K, D, H, W) masks (probability > 0.5 per channel); softmax -> a uint8
     (D, H, W) label map (the most probable class, 0 = background)."""
-    if activation == "sigmoid":
+    if check_activation(activation) == "sigmoid":
         return (probs > 0.5).to(torch.uint8)
-    if activation == "softmax":
-        return probs.argmax(dim=0).to(torch.uint8)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return probs.argmax(dim=0).to(torch.uint8)
 
 
 def foreground(probs: torch.Tensor, activation: str) -> torch.Tensor:
@@ -67,8 +64,7 @@ def sliding_window_predict(model: nn.Module, image: torch.Tensor, patch: int = 8
     ``(B, C, patch, patch, patch)`` to ``(B, K, patch, patch, patch)`` logits. A model without
     parameters runs on ``image``'s device.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_activation(activation)
     if channels is not None and activation != "sigmoid":
         raise ValueError("channels selects sigmoid outputs only; softmax needs every class")
     if image.dim() != 4:

@@ -14,7 +14,8 @@ CLEANER_CHECK_INTERVAL_S = 5.0
 
 
 def torch_trainer_class() -> type:
-    """``TorchTrainer``, or its subclass without the helpers above where Ray has the hooks."""
+    """``TorchTrainer``, or, where Ray has the hooks, its subclass without the dataset manager
+    and with the slower placement-group cleaner poll (docs/architecture.md, Ray internals)."""
     from ray.train.torch import TorchTrainer
 
     try:
