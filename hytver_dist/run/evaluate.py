@@ -28,7 +28,7 @@ from ..model import CheckpointError, build_model, load_checkpoint
 from .config import ConfigError, ModelConfig, RunConfig, TrainingConfig, add_override_argument
 from .inference import sliding_window_predict, sliding_window_probabilities
 from .prepare import DatasetInfo, PreparedData, prepare_data
-from .train import case_image, class_masks, hard_prediction, patch_edge
+from .train import case_image, class_masks, hard_prediction, loss_activation, patch_edge
 
 
 def predict_case(model: nn.Module, case: PreprocessedCase, training: TrainingConfig, *,
@@ -241,12 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = payload["spec"]
     extra = {"loss": spec["loss"], "seed": spec["seed"],
              "params": json.dumps(spec["loss_params"], sort_keys=True)}
-    from .train import RunSpec, output_activation
-
-    run_spec = RunSpec.from_config(cfg, spec["loss"], spec["seed"], spec["loss_params"])
     cases = evaluate_model(model, data, cfg.training, part=args.part, overlap=args.overlap,
                            predictions_dir=out / "predictions", extra=extra,
-                           activation=output_activation(run_spec, data.dataset))
+                           activation=loss_activation(cfg.training, data.dataset))
     cases.to_csv(out / "cases.csv", index=False)
     summary = summarize(cases)
     summary.to_csv(out / "summary.csv")

@@ -26,7 +26,7 @@ from ..metrics import label_lesions, min_lesion_size_voxels
 from .config import RunConfig
 from .evaluate import predict_labels, save_label_map
 from .prepare import DatasetInfo, preprocess_config
-from .train import RunSpec, output_activation
+from .train import loss_activation
 
 CSV_NAME = "predictions.csv"
 _FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
@@ -70,9 +70,7 @@ def predict_nnunet(model: nn.Module, payload: dict[str, Any], cfg: RunConfig, sc
     """Label maps of the cases in ``scans`` as ``<out>/<case>.nii.gz`` and a table of each
     class's (or region's) predicted lesions and volume, also ``<out>/predictions.csv``."""
     info = DatasetInfo.from_dict(payload["dataset"])
-    spec = payload["spec"]
-    activation = output_activation(RunSpec.from_config(cfg, spec["loss"], spec["seed"],
-                                                       spec["loss_params"]), info)
+    activation = loss_activation(cfg.training, info)
     cases = channel_files(Path(scans), info.in_channels)
     config = preprocess_config(cfg.data)
     rows = []

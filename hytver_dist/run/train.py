@@ -133,29 +133,13 @@ def loss_activation(training: TrainingConfig, dataset: DatasetInfo) -> str:
 
 
 def build_loss(spec: RunSpec, dataset: DatasetInfo) -> nn.Module:
-    """The run's loss, reading the outputs as the dataset asks (sigmoid or softmax)."""
-    from ..losses import LOSSES
-
+    """The run's loss, reading the outputs as the dataset asks (:func:`loss_activation`)."""
     kwargs: dict[str, Any] = {"backend": spec.training.backend, **spec.loss_params}
-    act = loss_activation(spec.training, dataset)
-    cls = LOSSES.get(spec.loss)
-    # The input form (activation, include_background) is apart from the formula's keywords.
-    accepted = (*cls.hyperparameters(), *getattr(cls, "INPUT_OPTIONS", ())) if cls else ()
-    if spec.training.loss_activation == "auto" and "activation" not in accepted:
-        act = "sigmoid"  # a loss with only a sigmoid form: one 0/1 channel per class
-    if act == "softmax":
-        if "activation" not in accepted:
-            raise ValueError(f"loss {spec.loss!r} has no softmax form here; set "
-                             "training.loss_activation: sigmoid")
-        kwargs["activation"] = act
+    if loss_activation(spec.training, dataset) == "softmax":  # every loss has a softmax form
+        kwargs["activation"] = "softmax"
         if spec.training.include_background is not None:  # a softmax setting only
             kwargs["include_background"] = spec.training.include_background
     return get_loss(spec.loss, **kwargs)
-
-
-def output_activation(spec: RunSpec, dataset: DatasetInfo) -> str:
-    """How the trained outputs are read (the loss's activation: sigmoid or softmax)."""
-    return getattr(build_loss(spec, dataset), "activation", "sigmoid")
 
 
 def loss_target(mask: torch.Tensor, dataset: DatasetInfo, activation: str) -> torch.Tensor:

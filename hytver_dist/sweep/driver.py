@@ -107,7 +107,7 @@ def _train_one_seed(config: dict[str, Any], cfg: RunConfig, data: Any, seed: int
 
     from ..model import build_model
     from ..run.evaluate import evaluate_model
-    from ..run.train import RunSpec, model_kwargs, output_activation, train_loop
+    from ..run.train import RunSpec, loss_activation, model_kwargs, train_loop
 
     spec = RunSpec.from_config(cfg, config["loss"], seed, config["loss_params"])
     ctx = ray.train.get_context()
@@ -140,7 +140,7 @@ def _train_one_seed(config: dict[str, Any], cfg: RunConfig, data: Any, seed: int
         data.split.train, data.split.val, tuple(mine), data.split.meta))
     rows = _gather(world, evaluate_model(
         model, subset, spec.training,
-        activation=output_activation(spec, data.dataset)).to_dict("records"))
+        activation=loss_activation(spec.training, data.dataset)).to_dict("records"))
     rows = [r for part in rows for r in part]
     if rank == 0:
         order = {c.id: i for i, c in enumerate(test)}
