@@ -18,11 +18,12 @@ from hytver_dist.data.nnunet import (
     discover_nnunet,
     is_nnunet,
     load_nnunet_case,
-    normalize,
     read_dataset_json,
     region_masks,
     regions_to_label_map,
 )
+from hytver_dist.data.nnunet_prep import apply_ct_statistics, preprocess_nnunet
+from hytver_dist.data.preprocess import PreprocessConfig
 from hytver_dist.data.synth import generate_nnunet_dataset, lesion_depth_labels, main
 
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
@@ -193,14 +194,18 @@ def test_ct_normalisation_uses_training_foreground_statistics():
     assert stats.lower == pytest.approx(lo) and stats.upper == pytest.approx(hi)
     clipped = np.clip(fg, lo, hi)
     assert stats.mean == pytest.approx(clipped.mean()) and stats.std == pytest.approx(clipped.std())
-    image = np.stack([a, b]).astype(np.float32)
-    out = normalize(image, ["CT", "T1"], {0: stats})
+    # The pipeline: preprocessing z-scores the non-CT channel per case and leaves CT as it is;
+    # the training set's statistics clip and z-score CT afterwards.
+    case = NnunetCase("x", np.stack([a, b]).astype(np.float32), label, np.eye(4),
+                      (1.0, 1.0, 1.0))
+    vol = preprocess_nnunet(case, ["CT", "T1"], PreprocessConfig(target_spacing=None))
+    assert vol.image[0].max() == pytest.approx(5000) and vol.image[0].min() == -1000
+    assert vol.image[1].mean() == pytest.approx(0, abs=1e-5)
+    assert vol.image[1].std() == pytest.approx(1, 1e-4)
+    out = apply_ct_statistics(vol, {0: stats}).image
     assert out[0].max() == pytest.approx((hi - stats.mean) / stats.std, rel=1e-5)
     assert out[0].min() == pytest.approx((lo - stats.mean) / stats.std, rel=1e-5)
-    # The non-CT channel is z-scored per case.
-    assert out[1].mean() == pytest.approx(0, abs=1e-5) and out[1].std() == pytest.approx(1, 1e-4)
-    with pytest.raises(ValueError, match="channel 0 is CT"):
-        normalize(image, ["CT", "T1"])
+    assert np.array_equal(out[1], vol.image[1])
     with pytest.raises(DataError, match="no foreground voxel"):
         ct_statistics([case_with(a, np.zeros_like(label))], channel=0)
 

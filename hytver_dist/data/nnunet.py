@@ -275,24 +275,7 @@ def ct_statistics(cases: Sequence[NnunetCase], channel: int,
                         float(max(clipped.std(), 1e-8)))
 
 
-def normalize(image: np.ndarray, channel_names: Sequence[str],
-              ct: dict[int, CtStatistics] | None = None) -> np.ndarray:
-    """nnU-Net's normalisation of a (channels, X, Y, Z) image: ``CT`` channels clipped and
-    z-scored with the training set's ``ct`` statistics, every other channel z-scored per case."""
-    out = np.empty_like(image, dtype=np.float32)
-    for c, name in enumerate(channel_names):
-        x = image[c].astype(np.float32)
-        if name.upper() == "CT":
-            if ct is None or c not in ct:
-                raise ValueError(f"channel {c} is CT: pass its training-set statistics (ct)")
-            s = ct[c]
-            out[c] = (np.clip(x, s.lower, s.upper) - s.mean) / s.std
-        else:
-            out[c] = (x - x.mean()) / max(float(x.std()), 1e-8)
-    return out
-
-
 __all__ = ["CT_PERCENTILES", "DATASET_JSON", "SUPPORTED_ENDINGS", "CtStatistics",
            "DatasetJson", "NnunetCase", "NnunetCaseFiles", "NnunetDataset", "ct_statistics",
-           "discover_nnunet", "is_nnunet", "load_nnunet_case", "normalize", "read_dataset_json",
+           "discover_nnunet", "is_nnunet", "load_nnunet_case", "read_dataset_json",
            "region_masks", "regions_to_label_map"]
