@@ -182,11 +182,12 @@ def load_weights_only(source: str, data: bytes | None = None) -> Any:
         raise CheckpointError(f"{source}: unreadable checkpoint ({exc})") from None
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], data: bytes | None = None) -> dict[str, Any]:
     """A training checkpoint (``checkpoint.pt``, ``best_model.pt``) as a dict, loaded by
-    :func:`load_weights_only` (a pickled object is refused with :class:`CheckpointError`)."""
+    :func:`load_weights_only` from the file or its bytes ``data`` (a pickled object is refused
+    with :class:`CheckpointError`)."""
     source = os.fspath(path)
-    payload = load_weights_only(source)
+    payload = load_weights_only(source, data)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{source}: expected a dict, got {type(payload).__name__}")
     return payload

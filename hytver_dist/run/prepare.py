@@ -15,7 +15,6 @@ from typing import Any
 
 from ..data import (
     PreprocessConfig,
-    PreprocessedCase,
     Split,
     coactseg_split,
     discover_cases,
@@ -25,15 +24,13 @@ from ..data import (
 )
 from ..data.nnunet import CtStatistics, discover_nnunet, is_nnunet
 from ..data.nnunet_prep import (
-    PreprocessedVolume,
     apply_ct_statistics,
     load_preprocessed_nnunet,
     training_ct_statistics,
 )
+from ..data.sampling import AnyCase
 from ..files import publish_dir
 from .config import DataConfig
-
-AnyCase = PreprocessedCase | PreprocessedVolume
 
 
 @dataclass(frozen=True)
@@ -75,6 +72,11 @@ class DatasetInfo:
             return list(zip(self.outputs, self.region_values, strict=True))
         return [(self.outputs[0], 1)]
 
+
+    def checkpoint_entry(self) -> dict[str, Any]:
+        """What a checkpoint of a model trained on this dataset stores about it: ``dataset``
+        (prediction on new scans needs it) for every format but MSSEG-2's."""
+        return {} if self.format == "msseg2" else {"dataset": self.to_dict()}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (stored with a model trained on it, for prediction on new scans)."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..files import exists, is_uri, read_bytes
-from ..model import CheckpointError, load_weights_only, save_atomic
+from ..model import load_checkpoint, save_atomic
 from .config import RunConfig
 from .prepare import PreparedData
 from .train import RunSpec, model_kwargs, train_loop
@@ -90,10 +90,7 @@ def load_state(uri: str) -> dict[str, Any]:
     data = read_bytes(uri)
     if data is None:
         raise FileNotFoundError(f"{uri}: no pretrained model there")
-    payload = load_weights_only(uri, data)
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"{uri}: expected a dict, got {type(payload).__name__}")
-    return payload
+    return load_checkpoint(uri, data)
 
 
 def open_init(init: str | None) -> str | dict[str, Any] | None:

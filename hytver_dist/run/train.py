@@ -391,9 +391,7 @@ def train_loop(spec: RunSpec, data: PreparedData, device: torch.device | str, *,
                        "torch_rng": torch.get_rng_state(),
                        "cuda_rng": (torch.cuda.get_rng_state(device)
                                     if device.type == "cuda" else None),
-                       "spec": spec.to_dict()}
-            if dataset.format != "msseg2":  # what prediction on new scans needs to know
-                payload["dataset"] = dataset.to_dict()
+                       "spec": spec.to_dict(), **dataset.checkpoint_entry()}
         if report is not None:
             report(row, payload)
     if bar is not None:

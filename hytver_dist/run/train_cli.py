@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(result.init_report)
     best = {"model": result.best_state, "spec": spec.to_dict(),
             "best_val_dice": result.best_metric, "best_iteration": result.best_iteration,
-            "split": data.split.as_dict()}
-    if data.dataset.format != "msseg2":  # what prediction on new scans needs to know
-        best["dataset"] = data.dataset.to_dict()
+            "split": data.split.as_dict(), **data.dataset.checkpoint_entry()}
     save_atomic(best, out / "best_model.pt")
     print(f"done in {time.perf_counter() - start:.1f} s: best val_dice {result.best_metric:.4f} "
           f"at iteration {result.best_iteration}; {out / 'best_model.pt'}")
