@@ -587,40 +587,46 @@ def _run_locked(cfg: SweepConfig, root: str, experiment: str, results_dir: Path,
                               "pass --resume to continue it, or change name/storage")
     sweep_start = time.perf_counter()
     log_path = results_dir / "logs" / "ray.log"
-    with ray_output_to(log_path, verbose > 0) as out:
-        tracked = tracking.start(cfg, results_dir, experiment, resume and exists)
-        info = connect(address, cfg, num_cpus)
-        try:
-            summary_info = _run_tuner(cfg, info, out, root, experiment, results_dir, init,
-                                      data_dir, cache_dir, resume and exists, retry_errored,
-                                      callbacks, verbose, log_path, tracked)
-        finally:
-            ray.shutdown()
-    unfinished, ok = summary_info["unfinished"], summary_info["ok"]
-    summary_info["total_wall_s"] = time.perf_counter() - sweep_start
-    summary_info["resumed"] = resume
-    write_sweep_facts(results_dir, summary_info)
-    if unfinished or ok == 0 or not cfg.report.enabled:
-        tracking.finish(results_dir, "KILLED" if unfinished else "FAILED" if ok == 0
-                        else "FINISHED")
-    if unfinished:
-        raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of "
-                               f"{count_trials(cfg)} trials unfinished; its state is saved: "
-                               "rerun the same command with --resume to continue it")
-    if ok == 0:
-        raise SweepFailed(_failure_summary(cfg, results_dir))
+    status, report = "FAILED", None  # the MLflow parent run's end, should anything below raise
+    try:
+        with ray_output_to(log_path, verbose > 0) as out:
+            tracked = tracking.start(cfg, results_dir, experiment, resume and exists)
+            info = connect(address, cfg, num_cpus)
+            try:
+                summary_info = _run_tuner(cfg, info, out, root, experiment, results_dir, init,
+                                          data_dir, cache_dir, resume and exists,
+                                          retry_errored, callbacks, verbose, log_path, tracked)
+            finally:
+                ray.shutdown()
+        unfinished, ok = summary_info["unfinished"], summary_info["ok"]
+        summary_info["total_wall_s"] = time.perf_counter() - sweep_start
+        summary_info["resumed"] = resume
+        write_sweep_facts(results_dir, summary_info)
+        if unfinished:
+            status = "KILLED"  # resumable
+            raise SweepInterrupted(f"sweep {cfg.name!r} interrupted with {unfinished} of "
+                                   f"{count_trials(cfg)} trials unfinished; its state is "
+                                   "saved: rerun the same command with --resume to continue it")
+        if ok == 0:
+            raise SweepFailed(_failure_summary(cfg, results_dir))
+        if cfg.report.enabled:
+            from ..report import build_report
+
+            report = Path(cfg.report.out_dir or results_dir / "report")
+            summary = build_report(results_dir, report,
+                                   reference_loss=cfg.report.reference_loss,
+                                   confidence=cfg.report.confidence)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.finish(results_dir, status, report if status == "FINISHED" else None)
     if not cfg.report.enabled:
         return None
-    from ..report import build_report
-
-    report_dir = cfg.report.out_dir or results_dir / "report"
-    summary = build_report(results_dir, report_dir,
-                           reference_loss=cfg.report.reference_loss,
-                           confidence=cfg.report.confidence)
-    tracking.finish(results_dir, "FINISHED", Path(report_dir))
     statuses = [json.loads(p.read_text())
                 for p in sorted((results_dir / "trials").glob("*/status.json"))]
-    print(final_summary(statuses, summary, Path(report_dir) / "table1.csv"))
+    print(final_summary(statuses, summary, report / "table1.csv"))
     return summary
 
 
