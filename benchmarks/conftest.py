@@ -21,6 +21,7 @@ benchmarks by default), add ``--benchmark-json=PATH`` to save.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import pytest
@@ -117,8 +118,8 @@ def pytest_collection_modifyitems(config, items):
     if "cuda" in _devices(config.getoption("--bench-devices")) and not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="no CUDA device")
         for item in items:
-            case = getattr(item, "callspec", None)
-            if case is not None and getattr(case.params.get("bench_case"), "device", "") == "cuda":
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            if any(isinstance(v, BenchCase) and v.device == "cuda" for v in params.values()):
                 item.add_marker(skip)
 
 
@@ -223,6 +224,46 @@ def device_bandwidth(name: str, override_gbps: float = 0.0) -> float | None:
         return override_gbps * 1e9
     hits = [k for k in DEVICE_BANDWIDTH if k.lower() in name.lower()]
     return DEVICE_BANDWIDTH[max(hits, key=len)] if hits else None
+
+
+def _timer(device: str):
+    """Seconds of one call of a step: CUDA events on a GPU, perf_counter on the CPU."""
+    if device != "cuda":
+        def cpu_time(step):
+            t0 = time.perf_counter()
+            step()
+            return time.perf_counter() - t0
+        return cpu_time
+
+    def gpu_time(step):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    return gpu_time
+
+
+def round_robin_ms(steps: dict, case: BenchCase) -> dict:
+    """Each step's minimum time in ms over ``case.rounds`` rounds, the steps timed round-robin
+    (one untimed + one timed call of each per round, so that a shared machine's slow spells hit
+    them all alike), after two warm-up calls each (compilation, first-touch allocation)."""
+    for step in steps.values():
+        step()
+        step()
+    sync(case.device)
+    timer = _timer(case.device)
+    times: dict = {key: [] for key in steps}
+    for _ in range(case.rounds):
+        for key, step in steps.items():
+            # An untimed step of the same provider first: in training a loss step follows the
+            # same loss's previous step, and the allocator state that leaves (whether its large
+            # buffers still sit in the heap or must be faulted in anew) belongs to the
+            # provider, not to whichever provider the round-robin ran before it.
+            step()
+            times[key].append(timer(step))
+    return {key: min(v) * 1e3 for key, v in times.items()}
 
 
 def ratio_line(title: str, case: BenchCase, ms: dict, ratios: dict) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 import pytest
 import torch
@@ -29,8 +28,8 @@ from conftest import (
     finish_ratios,
     make_batch,
     ratio_line,
+    round_robin_ms,
     run_bench,
-    sync,
 )
 
 from hytver_dist import ops
@@ -130,25 +129,6 @@ RATIO_STEPS = (("hytver", "fused"), ("hytver", "compiled"), ("hytver", "referenc
 BYTES_PER_VOXEL = 14
 
 
-def _timer(device: str):
-    """Seconds of one call of a step: CUDA events on a GPU, perf_counter on the CPU."""
-    if device != "cuda":
-        def cpu_time(step):
-            t0 = time.perf_counter()
-            step()
-            return time.perf_counter() - t0
-        return cpu_time
-
-    def gpu_time(step):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    return gpu_time
-
-
 def test_target_ratios(benchmark, bench_case, request):
     """The targets above, timed round-robin: one (untimed + timed) pair of full steps of each
     provider per round, so that a shared machine's slow spells hit them all alike; ratios of
@@ -162,21 +142,7 @@ def test_target_ratios(benchmark, bench_case, request):
     steps = {key: _full_step(loss_fn(key[0].rstrip("3"), key[1]),
                              *((x3, y3) if key[0] == "hytver3" else (x, y)))
              for key in RATIO_STEPS}
-    for step in steps.values():  # compilation and first-touch allocation out of the timing
-        step()
-        step()
-    sync(bench_case.device)
-    timer = _timer(bench_case.device)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    for _ in range(bench_case.rounds):
-        for key, step in steps.items():
-            # An untimed step of the same provider first: in training a loss step follows the
-            # same loss's previous step, and the allocator state that leaves (whether its large
-            # buffers still sit in the heap or must be faulted in anew) belongs to the
-            # provider, not to whichever provider the round-robin ran before it.
-            step()
-            times[key].append(timer(step))
-    ms = {key: min(v) * 1e3 for key, v in times.items()}
+    ms = round_robin_ms(steps, bench_case)
     fused = ms[("hytver", "fused")]
     ratios = {
         "reference / fused hytver": ms[("hytver", "reference")] / fused,

@@ -19,16 +19,16 @@ no host code) next to the step time, and the fraction of the device's memory ban
 from __future__ import annotations
 
 import functools
-import time
 
 import pytest
 import torch
 from conftest import (
     BenchCase,
+    _devices,
     finish_ratios,
     ratio_line,
+    round_robin_ms,
     run_bench,
-    sync,
 )
 
 from hytver_dist import ops
@@ -41,19 +41,12 @@ def bytes_per_voxel(classes: int) -> int:
     return classes * (4 + 4 + 4) + 2
 
 
-def _devices(config) -> list[str]:
-    spec = config.getoption("--bench-devices")
-    if spec == "auto":
-        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return [d.strip() for d in spec.split(",") if d.strip()]
-
-
 def pytest_generate_tests(metafunc):
     if "soft_case" in metafunc.fixturenames:
         rounds = metafunc.config.getoption("--bench-rounds")
         cases = [BenchCase(d, SHAPES[d], torch.float32,
                            rounds=rounds or (30 if d == "cuda" else 10))
-                 for d in _devices(metafunc.config)]
+                 for d in _devices(metafunc.config.getoption("--bench-devices"))]
         metafunc.parametrize("soft_case", cases, ids=[c.id for c in cases])
 
 
@@ -124,20 +117,7 @@ def test_softmax_target_ratios(benchmark, soft_case, request):
     x, labels, dense = make_inputs(soft_case)
     steps = {key: full_step(provider_fn(*key), x, dense if key[1] == "sigmoid" else labels)
              for key in STEPS}
-    for step in steps.values():  # compilation and first-touch allocation out of the timing
-        step()
-        step()
-    sync(soft_case.device)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    for _ in range(soft_case.rounds):
-        for key, step in steps.items():
-            step()  # untimed: the allocator state a training step leaves belongs to this provider
-            sync(soft_case.device)
-            t0 = time.perf_counter()
-            step()
-            sync(soft_case.device)
-            times[key].append(time.perf_counter() - t0)
-    ms = {key: min(v) * 1e3 for key, v in times.items()}
+    ms = round_robin_ms(steps, soft_case)
     fused = ms[("hytver", "fused")]
     ratios = {
         "compiled / fused hytver": ms[("hytver", "compiled")] / fused,
