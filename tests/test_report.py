@@ -367,16 +367,18 @@ def test_learning_curves_mean_over_seeds_with_the_spread(tmp_path, monkeypatch):
                          ).to_csv(root / "trials" / name / "curves.csv", index=False)
     curves = report_build.load_curves(root)
     assert sorted(curves["method"].unique()) == ["dice", "hytver"] and len(curves) == 12
-    drawn = {}
+    bands = report_build.curve_bands(curves).set_index(["method", "iteration"])
+    assert bands.loc[("dice", 20)].tolist() == pytest.approx([0.35, 0.3, 0.4, 2])
+    drawn = []
 
     def spy(frame, path):
-        drawn["mean"] = frame.groupby(["method", "iteration"])["val_dice"].mean().to_dict()
+        drawn.append(len(frame))
         return real(frame, path)
 
     real = report_build.learning_curves_plot
     monkeypatch.setattr(report_build, "learning_curves_plot", spy)
     summary = build_report(root)
-    assert drawn["mean"][("dice", 20)] == pytest.approx(0.35)
+    assert drawn == [12] and real(curves, tmp_path / "again.png") == 2  # both methods drawn
     png = root / "report" / "learning_curves.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     assert "![Validation Dice during training](learning_curves.png)" in summary.read_text()

@@ -514,6 +514,14 @@ def load_curves(results_dir: Path) -> pd.DataFrame:
     return curves
 
 
+def curve_bands(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per method and iteration: the mean validation Dice over seeds, the lowest and highest
+    seed's (``low``, ``high``) and the number of seeds (``seeds``)."""
+    grouped = curves.groupby(["method", "iteration"])
+    return grouped["val_dice"].agg(mean="mean", low="min", high="max").join(
+        grouped["seed"].nunique().rename("seeds")).reset_index()
+
+
 def learning_curves_plot(curves: pd.DataFrame, path: Path) -> int:
     """Validation Dice against iteration per method: the mean over seeds, and the band between
     the lowest and the highest seed. Returns the number of methods drawn."""
@@ -524,12 +532,12 @@ def learning_curves_plot(curves: pd.DataFrame, path: Path) -> int:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     methods = _method_order(curves) if not curves.empty else []
+    bands = curve_bands(curves) if methods else None
     for method in methods:
-        by_it = curves[curves["method"] == method].groupby("iteration")["val_dice"]
-        mean, low, high = by_it.mean(), by_it.min(), by_it.max()
-        (line,) = ax.plot(mean.index, mean.to_numpy(), label=method, linewidth=1.2)
-        if curves.loc[curves["method"] == method, "seed"].nunique() > 1:
-            ax.fill_between(mean.index, low.to_numpy(), high.to_numpy(), alpha=0.15,
+        band = bands[bands["method"] == method]
+        (line,) = ax.plot(band["iteration"], band["mean"], label=method, linewidth=1.2)
+        if band["seeds"].max() > 1:
+            ax.fill_between(band["iteration"], band["low"], band["high"], alpha=0.15,
                             color=line.get_color(), linewidth=0)
     if not methods:
         ax.text(0.5, 0.5, "no validation history", ha="center", va="center",
