@@ -65,8 +65,9 @@ def test_lock_is_released_after_the_block_and_refused_inside_it(tmp_path: Path):
         pass
 
 
-def test_uri_storage_warns_and_runs(tmp_path: Path):
+def test_uri_storage_warns_and_runs(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a URI taken for a relative local path would land here
     with pytest.warns(UserWarning, match="URI storage, where nothing stops a second run"), \
             sweep_lock("s3://bucket/sweeps/one", "one"):
         pass
-    assert not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())  # no lock file written anywhere local
