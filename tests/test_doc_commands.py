@@ -178,11 +178,16 @@ def doc_section(tool: str) -> str:
     return text[start: end if end != -1 else len(text)]
 
 
+def undocumented(flags: set[str], section: str) -> list[str]:
+    """The flags that ``section`` of docs/cli.md does not name."""
+    return sorted(f for f in flags if not re.search(rf"`{re.escape(f)}[` ,]", section))
+
+
 @pytest.mark.parametrize("tool", sorted(CLIS))
 def test_every_flag_of_the_tool_is_documented(tool, monkeypatch):
     flags = cli_flags(cli_parser(CLIS[tool], monkeypatch))
     section = doc_section(tool)
-    missing = sorted(f for f in flags if not re.search(rf"`{re.escape(f)}[` ,]", section))
+    missing = undocumented(flags, section)
     assert missing == [], f"docs/cli.md, python -m hytver_dist.{tool}: undocumented {missing}"
     # and nothing documented that the tool does not take
     documented = set(re.findall(r"^\| `(-{1,2}[a-z][a-z0-9-]*|[A-Z_]+)", section, re.M))
@@ -195,8 +200,7 @@ def test_every_flag_of_the_tool_is_documented(tool, monkeypatch):
 def test_the_flag_check_sees_an_undocumented_flag(monkeypatch):
     parser = cli_parser(CLIS["report"], monkeypatch)
     parser.add_argument("--not-in-the-docs")
-    assert "--not-in-the-docs" in cli_flags(parser)
-    assert "`--not-in-the-docs" not in doc_section("report")
+    assert undocumented(cli_flags(parser), doc_section("report")) == ["--not-in-the-docs"]
 
 
 # ---------------------------------------------------------------- links between the documents
