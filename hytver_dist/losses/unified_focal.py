@@ -72,21 +72,15 @@ class _UnifiedFocal(SigmoidLoss):
         """The region term from t = 1 - mTI of every (sample, class), (B, C)."""
         raise NotImplementedError
 
-    def _modulated(self, classes: int) -> list[bool]:
-        """Which classes' CE terms carry the factor (1 - p_c)^gamma."""
-        raise NotImplementedError
-
     def _reference_softmax(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         p = torch.softmax(x, 1).clamp(EPS, 1 - EPS)
         tp, fn, fp = spatial_sum(y * p), spatial_sum(y * (1 - p)), spatial_sum((1 - y) * p)
         region = self._region_softmax(1 - modified_tversky(tp, fn, fp, self.delta))
-        mod = torch.tensor(self._modulated(x.shape[1]), device=x.device)
-        mod = mod.reshape(1, -1, *([1] * (x.dim() - 2)))
-        modulation = torch.where(mod, (1 - p).pow(self.gamma), 1.0)
-        # -log of the clamped probability (the reference code's form)
-        nlp = -torch.log(p)
-        focal = ((1 - self.delta) * y[:, :1] * modulation[:, :1] * nlp[:, :1]).sum(1) + (
-            self.delta * y[:, 1:] * modulation[:, 1:] * nlp[:, 1:]).sum(1)
+        nlp = -torch.log(p)  # of the clamped probability (the reference code's form)
+        # The background's CE term always carries (1 - p_bg)^gamma, the classes' as in L_F.
+        bg = (1 - self.delta) * y[:, :1] * (1 - p[:, :1]).pow(self.gamma) * nlp[:, :1]
+        fg = self.delta * y[:, 1:] * self._fg_modulation(1 - p[:, 1:]) * nlp[:, 1:]
+        focal = bg.sum(1) + fg.sum(1)
         return self.weight * region + (1 - self.weight) * focal.mean()
 
 
@@ -111,9 +105,6 @@ class SymmetricUnifiedFocalLoss(_UnifiedFocal):
     def _region_softmax(self, t: torch.Tensor) -> torch.Tensor:
         return focal_power(included(t, self.include_background), 1 - self.gamma).mean()
 
-    def _modulated(self, classes: int) -> list[bool]:
-        return [True] * classes
-
 
 class AsymmetricUnifiedFocalLoss(_UnifiedFocal):
     """Asymmetric unified focal loss: ``L = weight*L_aFT + (1-weight)*L_aF``.
@@ -137,9 +128,6 @@ class AsymmetricUnifiedFocalLoss(_UnifiedFocal):
     def _region_softmax(self, t: torch.Tensor) -> torch.Tensor:
         t = torch.cat([t[:, :1], focal_power(t[:, 1:], 1 - self.gamma)], 1)
         return included(t, self.include_background).mean()
-
-    def _modulated(self, classes: int) -> list[bool]:
-        return [True] + [False] * (classes - 1)
 
 
 class DicePPLoss(SigmoidLoss):
