@@ -7,18 +7,16 @@ skipping when it is missing.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import pytest
 import torch
+from loss_helpers import needs_ext
 
 from hytver_dist import ops
 from hytver_dist.losses import LOSSES, get_loss
 
-pytestmark = pytest.mark.skipif(
-    not ops.is_available() and not os.environ.get("HYTVER_REQUIRE_EXT"),
-    reason="C++ extension not built (set HYTVER_REQUIRE_EXT=1 to make this a failure)")
+pytestmark = needs_ext
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SCOPED = [n for n in LOSSES if "per_sample" in LOSSES[n].hyperparameters()]

@@ -16,14 +16,19 @@ import monai.losses as monai
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_helpers import assert_device_assert, capture_loss_step, cuda_ready, step_kernels
+from loss_helpers import (
+    BACKENDS,
+    assert_device_assert,
+    capture_loss_step,
+    cuda_ready,
+    needs_ext,
+    step_kernels,
+)
 
-from hytver_dist import ops
 from hytver_dist.losses import LOSSES, get_loss
 
 cuda = pytest.mark.cuda
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-BACKENDS = ["reference"] + (["fused"] if ops.is_available() else [])
 EPS = 1e-7
 
 # Non-default hyperparameters (a swapped pair changes the value).
@@ -338,23 +343,23 @@ def test_bad_inputs_raise_value_errors_naming_the_problem(backend, name):
         get_loss(name, activation="relu")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["hytver", "dice_ce", "asymmetric_unified_focal"])
-def test_half_logits_are_computed_in_float32(name):
+def test_half_logits_are_computed_in_float32(name, backend):
     x = logits((2, 3, 8, 7), seed=16)
     lab = labels((2, 3, 8, 7), seed=16)
     for dtype in (torch.bfloat16, torch.float16):
         xh = x.to(dtype)
-        for backend in BACKENDS:
-            loss = get_loss(name, backend=backend, activation="softmax")
-            value, grad = value_and_grad(loss, xh, lab)
-            want, gwant = value_and_grad(loss, xh.double(), lab)
-            assert value.dtype == torch.float32 and grad.dtype == dtype
-            torch.testing.assert_close(value.double(), want, rtol=1e-5, atol=1e-7)
-            torch.testing.assert_close(grad.double(), gwant, rtol=2e-2, atol=2e-3 * float(
-                gwant.abs().max()))
+        loss = get_loss(name, backend=backend, activation="softmax")
+        value, grad = value_and_grad(loss, xh, lab)
+        want, gwant = value_and_grad(loss, xh.double(), lab)
+        assert value.dtype == torch.float32 and grad.dtype == dtype
+        torch.testing.assert_close(value.double(), want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(grad.double(), gwant, rtol=2e-2, atol=2e-3 * float(
+            gwant.abs().max()))
 
 
-@pytest.mark.skipif(not ops.is_available(), reason="C++ extension not built")
+@needs_ext
 @pytest.mark.parametrize("name", ["hytver", "dice_pp", "weighted_ce"])
 def test_fused_softmax_compiles_fullgraph(name):
     """torch.compile(fullgraph=True) traces the fused softmax op (a label map and one-hot),
@@ -371,7 +376,7 @@ def test_fused_softmax_compiles_fullgraph(name):
         torch.testing.assert_close(grad, gwant, rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.skipif(not ops.is_available(), reason="C++ extension not built")
+@needs_ext
 def test_fused_softmax_is_one_op_call(monkeypatch):
     """A label map goes to the op as it is (no one-hot tensor is made)."""
     calls = []

@@ -9,11 +9,11 @@ of the single-channel loss of each channel (:func:`channel_mean`)."""
 from __future__ import annotations
 
 import itertools
-import os
 import zlib
 
 import pytest
 import torch
+from loss_helpers import BACKENDS, needs_ext
 
 from hytver_dist import ops
 from hytver_dist.losses import LOSSES, get_loss
@@ -216,11 +216,6 @@ CASES = [
                                                           (1, 3))
     for per_sample in ((False, True) if name in SCOPED else (False,))
 ]
-# Without the extension (and without HYTVER_REQUIRE_EXT=1, which makes that a failure), the
-# fused cases cannot run.
-needs_ext = pytest.mark.skipif(not ops.is_available() and not os.environ.get("HYTVER_REQUIRE_EXT"),
-                               reason="C++ extension not built")
-BACKENDS = ["reference", pytest.param("fused", marks=needs_ext)]
 
 
 @pytest.mark.parametrize("channels", [1, 3])

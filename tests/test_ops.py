@@ -19,13 +19,13 @@ from loss_helpers import (
     assert_device_assert,
     capture_loss_step,
     cuda_ready,
+    needs_ext,
     run_cuda_subprocess,
     step_kernels,
 )
 
 from hytver_dist import ops
 
-requires_ext = pytest.mark.skipif(not ops.is_available(), reason="hytver_dist._C is not built")
 cuda = pytest.mark.cuda
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -134,7 +134,7 @@ def make_labels(shape, classes, seed=0, device="cpu", dtype=torch.uint8):
 # the kernel table
 
 
-@requires_ext
+@needs_ext
 def test_kernel_table_matches_the_loss_classes():
     """The C++ table of loss kinds (names, hyperparameter counts, sums, hard-label flag) is the
     loss classes' metadata: the one place a loss declares what the kernels need."""
@@ -154,7 +154,7 @@ def test_kernel_table_matches_the_loss_classes():
 # dtypes, extremes, layouts
 
 
-@requires_ext
+@needs_ext
 @pytest.mark.parametrize("xdtype,rel", [(torch.bfloat16, 2.0**-7), (torch.float16, 2.0**-10)])
 @pytest.mark.parametrize("tdtype", [torch.float32, torch.uint8])
 @pytest.mark.parametrize("kind", ["hytver", "dice_pp"])
@@ -169,7 +169,7 @@ def test_low_precision_logits(xdtype, rel, tdtype, kind):
     assert_grad_close(gx, gref, rel, floor=1e-3)
 
 
-@requires_ext
+@needs_ext
 @pytest.mark.parametrize("big", [100.0, 1000.0])
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 def test_extreme_logits_are_exact(big, activation):
@@ -189,7 +189,7 @@ def test_extreme_logits_are_exact(big, activation):
         torch.testing.assert_close(gx.double(), gref, rtol=1e-5, atol=1e-7)
 
 
-@requires_ext
+@needs_ext
 def test_noncontiguous_inputs():
     x, y = make_inputs((3, 2, 9, 14), tdtype=torch.float32)
     xt, yt = x.transpose(2, 3), y.transpose(2, 3)
@@ -206,7 +206,7 @@ def test_noncontiguous_inputs():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-@requires_ext
+@needs_ext
 @pytest.mark.parametrize("kind", ["hytver", "dice_pp", "focal"])
 def test_gamma_two_matches_general_path(kind):
     """The gamma == 2 kernels (powers as products) agree with the exp path (gamma just above
@@ -229,7 +229,7 @@ def test_gamma_two_matches_general_path(kind):
 # ISA paths, threads
 
 
-@requires_ext
+@needs_ext
 def test_every_cpu_isa_path():
     isas = ops.supported_cpu_isas()
     assert isas[0] == "base"
@@ -249,7 +249,7 @@ def test_every_cpu_isa_path():
                                  2.0**-7)
 
 
-@requires_ext
+@needs_ext
 def test_cpu_isa_env_errors():
     x, y = torch.zeros(1, 1, 3), torch.zeros(1, 1, 3)
     with ops.use_cpu_isa("sse9"):
@@ -264,7 +264,7 @@ def test_cpu_isa_env_errors():
         assert ops.cpu_isa() == ops.supported_cpu_isas()[-1]
 
 
-@requires_ext
+@needs_ext
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_bitwise_equal_for_1_and_2_threads(xdtype):
     """Fixed chunks and a fixed reduction order: the losses and their gradients are bitwise the
@@ -297,7 +297,7 @@ def test_bitwise_equal_for_1_and_2_threads(xdtype):
 # the loss op
 
 
-@requires_ext
+@needs_ext
 @pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("per_sample", [False, True])
@@ -309,7 +309,7 @@ def test_loss_op_float32_matches_float64(kind, channels, per_sample):
     assert_loss_op_close(kind, KIND_PARAMS[kind], x.float(), y, per_sample, 5e-5)
 
 
-@requires_ext
+@needs_ext
 def test_loss_op_is_the_mean_over_channels():
     """C channels = the mean over channels of the single-channel op, value and gradient."""
     x, y = make_inputs((2, 3, 7, 6, 5), seed=67)
@@ -332,7 +332,7 @@ SAVING_CASES = [
 ]
 
 
-@requires_ext
+@needs_ext
 @pytest.mark.parametrize("xdtype,tdtype,kind", SAVING_CASES)
 def test_loss_saving_variant_matches_plain_op(xdtype, tdtype, kind):
     """The CPU training path (the forward keeps per-voxel values, the backward writes the float32
@@ -351,7 +351,7 @@ def test_loss_saving_variant_matches_plain_op(xdtype, tdtype, kind):
         assert_grad_close(grad, want_grad.float(), 2.0**-7, floor=1e-3)
 
 
-@requires_ext
+@needs_ext
 @pytest.mark.parametrize("kind", ["hytver", "dice_ce", "weighted_ce", "logcosh_dice"])
 @pytest.mark.parametrize("target", ["labels", "one-hot"])
 def test_softmax_saving_variant_matches_plain_op(kind, target):
@@ -375,7 +375,7 @@ def test_softmax_saving_variant_matches_plain_op(kind, target):
         torch.ops.hytver.loss(x, y, "dice_pp", [2.0], False, True, "softmax")
 
 
-@requires_ext
+@needs_ext
 def test_saving_path_survives_retain_graph():
     """The first backward turns the saved values into the gradient; a second backward of the
     same graph recomputes from the logits and gives the same gradient."""
@@ -392,7 +392,7 @@ def test_saving_path_survives_retain_graph():
         assert first.data_ptr() != second.data_ptr()
 
 
-@requires_ext
+@needs_ext
 def test_training_path_uses_saving_variant():
     """ops.loss saves exactly when a CPU backward will follow (sigmoid; not for float64 logits,
     exponent kinds only on float32 logits): the backward then writes into the saved values."""
@@ -414,7 +414,7 @@ def test_training_path_uses_saving_variant():
     assert names.count("hytver::loss_backward") == 2
 
 
-@requires_ext
+@needs_ext
 def test_loss_op_zero_denominators_give_nan_not_an_exception():
     """IEEE semantics in the algebra: smooth = 0 with an empty group divides 0 by 0."""
     x = torch.full((2, 1, 3, 3), -2000.0, dtype=torch.float64)  # p == 0 exactly
@@ -424,7 +424,7 @@ def test_loss_op_zero_denominators_give_nan_not_an_exception():
         assert math.isnan(value.item()) and torch.isnan(coef).any()
 
 
-@requires_ext
+@needs_ext
 def test_loss_op_nonfinite_logits_propagate():
     x, y = make_inputs((2, 1, 4, 5), seed=3)
     x[0, 0, 0, 0] = float("nan")
@@ -500,7 +500,7 @@ def softmax_target_error_cases(device):
     ]
 
 
-@requires_ext
+@needs_ext
 def test_loss_op_errors_name_the_problem():
     for fn, match in loss_op_error_cases("cpu") + softmax_target_error_cases("cpu"):
         with pytest.raises(ValueError, match=match):
@@ -596,7 +596,7 @@ def opcheck_saving_cases():
     ]
 
 
-@requires_ext
+@needs_ext
 def test_opcheck():
     for op, args in opcheck_cases() + opcheck_saving_cases():
         torch.library.opcheck(op, args)
@@ -605,7 +605,7 @@ def test_opcheck():
             torch.library.opcheck(op, a)
 
 
-@requires_ext
+@needs_ext
 @pytest.mark.parametrize("kind", sorted(KIND_PARAMS))
 def test_gradcheck_loss_op(kind):
     """gradcheck of the loss op (forward, its coefficients and the backward) in float64, C = 3,
@@ -637,7 +637,7 @@ def _compiled_loss(x, y):
     return fused + softmax + ops.loss(x, labels, "focal", [0.25, 2.0], True, "softmax")
 
 
-@requires_ext
+@needs_ext
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
     x, y = make_inputs((2, 2, 9, 11, 7), tdtype=torch.uint8, seed=37)
