@@ -365,7 +365,13 @@ def test_learning_curves_mean_over_seeds_with_the_spread(tmp_path, monkeypatch):
                           "iteration": [10, 20, 30], "train_loss": [0.9, 0.7, 0.5],
                           "val_dice": [0.1 + seed * 0.1, 0.3 + seed * 0.1, 0.5 + seed * 0.1]}
                          ).to_csv(root / "trials" / name / "curves.csv", index=False)
-    curves = report_build.load_curves(root)
+    # A failed trial's history is left out, as its rows are.
+    failed = root / "trials" / "ce_s0"
+    write_trial(root, "ce_s0", make_rows("ce", 0, "ce_s0"),
+                {"trial": "ce_s0", "loss": "ce", "seed": 0, "status": "failed"})
+    pd.read_csv(root / "trials" / "dice_s0" / "curves.csv").assign(
+        trial="ce_s0", loss="ce").to_csv(failed / "curves.csv", index=False)
+    curves = report_build.load_curves(root, report_build.load_results(root).cases)
     assert sorted(curves["method"].unique()) == ["dice", "hytver"] and len(curves) == 12
     bands = report_build.curve_bands(curves).set_index(["method", "iteration"])
     assert bands.loc[("dice", 20)].tolist() == pytest.approx([0.35, 0.3, 0.4, 2])

@@ -500,17 +500,20 @@ def box_plot(cases: pd.DataFrame, metric: str, label: str, path: Path) -> int:
     return len(methods)
 
 
-def load_curves(results_dir: Path) -> pd.DataFrame:
-    """Every trial's ``curves.csv`` with a ``method`` column (empty when there are none)."""
+def load_curves(results_dir: Path, cases: pd.DataFrame) -> pd.DataFrame:
+    """The ``curves.csv`` of the trials whose rows ``cases`` holds (failed, stopped and
+    duplicate trials are left out, as in the tables), each with its ``method`` label from
+    ``cases``; empty when there are none."""
+    method = cases.drop_duplicates("trial").set_index("trial")["method"]
     frames = [pd.read_csv(p, dtype={"params": str})
-              for p in sorted((results_dir / "trials").glob(f"*/{CURVES_FILE}"))]
+              for p in sorted((results_dir / "trials").glob(f"*/{CURVES_FILE}"))
+              if p.parent.name in method.index]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return pd.DataFrame(columns=["trial", "loss", "params", "seed", "iteration",
                                      "val_dice", "method"])
     curves = pd.concat(frames, ignore_index=True)
-    curves["params"] = [_canonical_params(p, results_dir) for p in curves["params"]]
-    curves["method"] = _method_labels(curves)
+    curves["method"] = curves["trial"].map(method)
     return curves
 
 
@@ -645,7 +648,7 @@ def build_report(
         name = f"box_{metric}.png"
         box_plot(cases, metric, label, out / name)
         figures.append((label, name))
-    curves = load_curves(Path(results_dir))
+    curves = load_curves(Path(results_dir), res.cases)
     if not curves.empty:
         learning_curves_plot(curves, out / "learning_curves.png")
         figures.append(("Validation Dice during training", "learning_curves.png"))
