@@ -196,9 +196,10 @@ class NnunetCase:
     spacing: tuple[float, float, float]
 
 
-def load_nnunet_case(dataset: NnunetDataset, files: NnunetCaseFiles) -> NnunetCase:
+def load_nnunet_case(dataset: NnunetDataset | None, files: NnunetCaseFiles) -> NnunetCase:
     """Read every channel and the label map; shapes and affines must agree, and the label
-    map may only hold values ``dataset.json`` declares."""
+    map may only hold values ``dataset.json`` declares (``dataset`` may be None for a case
+    without a label map: a scan to predict)."""
     volumes, ref, ref_shape, ref_affine = [], files.images[0], None, None
     for path in files.images:
         data, affine = read_volume(path)
@@ -214,6 +215,8 @@ def load_nnunet_case(dataset: NnunetDataset, files: NnunetCaseFiles) -> NnunetCa
         label = np.rint(raw)
         if np.abs(raw - label).max(initial=0.0) > 1e-3:
             raise DataError("label map holds non-integer values", files.label)
+        if dataset is None:
+            raise ValueError(f"{files.label}: a label map needs its dataset (dataset.json)")
         found = {int(v) for v in np.unique(label)}
         undeclared = sorted(found - dataset.label_values)
         if undeclared:

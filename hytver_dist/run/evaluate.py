@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import metrics
+from .. import files, metrics
 from ..data import DataError, PreprocessedCase, load_case, save_mask, to_original_grid
 from ..metrics import surface
 from ..model import CheckpointError, build_model, load_checkpoint
@@ -174,6 +174,17 @@ def summarize(cases: pd.DataFrame) -> pd.DataFrame:
     for col in ("fp_lesions", "fp_volume_mm3"):
         out.loc[f"negatives: {col}"] = [neg[col].mean(), neg[col].median(), neg[col].count()]
     return out
+
+
+PREDICTIONS_CSV = "predictions.csv"
+
+
+def save_predictions_table(rows: list[dict[str, Any]], columns: list[str], out: Path
+                           ) -> pd.DataFrame:
+    """The prediction CLIs' table as ``<out>/predictions.csv`` (a local path or a URI)."""
+    table = pd.DataFrame(rows, columns=columns)
+    files.write_text(out / PREDICTIONS_CSV, table.to_csv(index=False))
+    return table
 
 
 def load_trained(path: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

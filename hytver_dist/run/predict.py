@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import re
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import files
 from ..data import (
     CaseFiles,
     DataError,
@@ -32,13 +30,19 @@ from ..data import (
 from ..metrics import label_lesions, min_lesion_size_voxels
 from ..model import CheckpointError
 from .config import ConfigError, RunConfig, add_override_argument
-from .evaluate import load_trained, predict_case, run_config, save_prediction
+from .evaluate import (
+    PREDICTIONS_CSV,
+    load_trained,
+    predict_case,
+    run_config,
+    save_prediction,
+    save_predictions_table,
+)
 from .prepare import preprocess_config
 
 # The network input built from a case's two scans (hytver_dist.run.train.case_image):
 # baseline, follow-up and their difference.
 INPUT_CHANNELS = 3
-CSV_NAME = "predictions.csv"
 # nnU-Net's imagesTs layout: one folder of <case>_<channel>.nii.gz; channel 0000 is the
 # baseline and 0001 the follow-up (MSSEG-2's time points 1 and 2).
 NNUNET_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii\.gz$")
@@ -124,11 +128,9 @@ def predict_cases(model: nn.Module, cases: list[CaseFiles], cfg: RunConfig, out:
             path = save_prediction(mask, pre, out)
             rows.append({**lesion_row(case.id, mask, scan.spacing), "mask": path.name})
     finally:
-        table = pd.DataFrame(rows, columns=["case", "lesions", "lesion_volume_mm3",
-                                            "predicted_voxels", "predicted_volume_mm3", "mask"])
-        text = io.StringIO()
-        table.to_csv(text, index=False)
-        files.write_text(out / CSV_NAME, text.getvalue())
+        table = save_predictions_table(rows, ["case", "lesions", "lesion_volume_mm3",
+                                              "predicted_voxels", "predicted_volume_mm3",
+                                              "mask"], out)
     return table
 
 
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    print(f"\n{len(table)} cases -> {args.out / CSV_NAME}, masks in {args.out}")
+    print(f"\n{len(table)} cases -> {args.out / PREDICTIONS_CSV}, masks in {args.out}")
     return 0
 
 

@@ -8,7 +8,6 @@ needed here. ``python -m hytver_dist.predict`` comes here when the checkpoint ho
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,15 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .. import files
-from ..data import DataError, read_volume
-from ..data.io import _check_same_grid
-from ..data.nnunet import SUPPORTED_ENDINGS, NnunetCase
+from ..data import DataError
+from ..data.nnunet import SUPPORTED_ENDINGS, NnunetCaseFiles, load_nnunet_case
 from ..data.nnunet_prep import apply_ct_statistics, preprocess_nnunet
 from ..metrics import label_lesions, min_lesion_size_voxels
 from .config import RunConfig
-from .evaluate import predict_labels, save_label_map
+from .evaluate import predict_labels, save_label_map, save_predictions_table
 from .prepare import DatasetInfo, preprocess_config
-from .train import loss_activation
+from .train import class_masks, loss_activation
 
-CSV_NAME = "predictions.csv"
 _FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\.nii\.gz|\.nii)$")
 
 
@@ -52,19 +48,6 @@ def channel_files(root: Path, n_channels: int) -> dict[str, list[Path]]:
     return out
 
 
-def _load(case: str, paths: list[Path]) -> NnunetCase:
-    volumes, ref_shape, ref_affine = [], None, None
-    for path in paths:
-        data, affine = read_volume(path)
-        if ref_shape is None:
-            ref_shape, ref_affine = data.shape, affine
-        else:
-            _check_same_grid(path, data.shape, affine, paths[0], ref_shape, ref_affine)
-        volumes.append(data)
-    spacing = tuple(float(v) for v in np.sqrt((np.asarray(ref_affine)[:3, :3] ** 2).sum(0)))
-    return NnunetCase(case, np.stack(volumes), None, ref_affine, spacing)  # type: ignore[arg-type]
-
-
 def predict_nnunet(model: nn.Module, payload: dict[str, Any], cfg: RunConfig, scans: Path,
                    out: Path, *, overlap: float | None = None) -> pd.DataFrame:
     """Label maps of the cases in ``scans`` as ``<out>/<case>.nii.gz`` and a table of each
@@ -76,24 +59,21 @@ def predict_nnunet(model: nn.Module, payload: dict[str, Any], cfg: RunConfig, sc
     rows = []
     try:
         for case, paths in cases.items():
-            scan = _load(case, paths)
+            scan = load_nnunet_case(None, NnunetCaseFiles(case, tuple(paths), None))
             pre = apply_ct_statistics(preprocess_nnunet(scan, info.channel_names, config),
                                       info.ct)
             _, labels = predict_labels(model, pre, cfg.training, info, activation,
                                        overlap=overlap)
             path = save_label_map(labels, pre, out)
             voxel_mm3 = float(np.prod(scan.spacing))
-            for name, sel in info.classes:
-                mask = np.isin(labels, sel) if isinstance(sel, tuple) else labels == sel
+            for name, sel in info.classes:  # labels: the painted label map
+                mask = class_masks(labels, sel, info, is_prediction=False)
                 _, n = label_lesions(mask, 6, min_lesion_size_voxels(scan.spacing))
                 rows.append({"case": case, "class": name, "lesions": n,
                              "predicted_voxels": int(mask.sum()),
                              "predicted_volume_mm3": float(mask.sum()) * voxel_mm3,
                              "mask": path.name})
     finally:
-        table = pd.DataFrame(rows, columns=["case", "class", "lesions", "predicted_voxels",
-                                            "predicted_volume_mm3", "mask"])
-        text = io.StringIO()
-        table.to_csv(text, index=False)
-        files.write_text(out / CSV_NAME, text.getvalue())
+        table = save_predictions_table(rows, ["case", "class", "lesions", "predicted_voxels",
+                                              "predicted_volume_mm3", "mask"], out)
     return table
