@@ -8,6 +8,7 @@ distributed data parallel (each rank samples its own patches) and shards validat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -142,6 +143,16 @@ def build_loss(spec: RunSpec, dataset: DatasetInfo) -> nn.Module:
     return get_loss(spec.loss, **kwargs)
 
 
+@functools.lru_cache(maxsize=8)
+def _region_table(regions: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
+    """bool (256, R): whether label value v belongs to region r (built once per device, not
+    per training step)."""
+    table = torch.zeros(256, len(regions), dtype=torch.bool)
+    for r, values in enumerate(regions):
+        table[list(values), r] = True
+    return table.to(device)
+
+
 def loss_target(mask: torch.Tensor, dataset: DatasetInfo, activation: str) -> torch.Tensor:
     """The loss's target from a batch of label-map patches (B, 1, *spatial): MSSEG-2 the
     0/1 mask itself; regions one 0/1 channel per region; classes under softmax the label map
@@ -149,9 +160,9 @@ def loss_target(mask: torch.Tensor, dataset: DatasetInfo, activation: str) -> to
     if dataset.kind == "binary":
         return mask
     labels = mask.to(torch.long)
-    if dataset.kind == "regions":
-        return torch.cat([torch.isin(labels, torch.tensor(v, device=labels.device))
-                          for v in dataset.region_values], dim=1).float()
+    if dataset.kind == "regions":  # a (256, R) lookup from label value to region channels
+        member = _region_table(dataset.region_values, labels.device)[labels[:, 0]]
+        return member.movedim(-1, 1).float()
     if activation == "softmax":
         return labels
     return torch.cat([labels == c for c in range(dataset.out_channels)], dim=1).float()
