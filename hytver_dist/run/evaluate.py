@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,26 @@ def save_label_map(labels: np.ndarray, case: Any, directory: Path) -> Path:
     return path
 
 
+def _scores(pred_native: np.ndarray, gt_native: np.ndarray, spacing: Sequence[float],
+            pred_vox: np.ndarray, gt_vox: np.ndarray) -> dict[str, float]:
+    """Every metric of :func:`hytver_dist.metrics.evaluate_case` on the native grid in mm, the
+    surface distances in voxels of the preprocessed grid (``*_vox``: the paper's Table I units
+    when that grid is 0.5 x 0.75 x 0.75 mm; all four from one grid, never mixed) and both
+    grids' diagonals (the report's distance penalty of an empty prediction)."""
+    scores = metrics.evaluate_case(pred_native, gt_native, spacing=spacing, voxel_units=False)
+    vox = surface.summarize(pred_vox, gt_vox, (1.0, 1.0, 1.0))
+    scores.update({f"{k}_vox": v for k, v in vox.items()})
+    scores["diagonal_mm"] = float(np.linalg.norm(np.multiply(gt_native.shape, spacing)))
+    scores["diagonal_vox"] = float(np.linalg.norm(pred_vox.shape))
+    return scores
+
+
 def _evaluate_classes(model: nn.Module, data: PreparedData, training: TrainingConfig,
                       part: str, overlap: float | None, predictions_dir: Path | None,
                       extra: dict[str, Any] | None, activation: str) -> pd.DataFrame:
     """:func:`evaluate_model` for datasets of classes or regions: one row per (case, class)."""
+    import nibabel as nib
+
     from ..data import read_volume
 
     ds, rows = data.dataset, []
@@ -100,21 +117,16 @@ def _evaluate_classes(model: nn.Module, data: PreparedData, training: TrainingCo
                                              overlap=overlap)
         raw, affine = read_volume(data.files[case.id].label)
         gt_native = np.rint(raw).astype(np.uint8)
-        spacing = tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+        spacing = tuple(float(v) for v in nib.affines.voxel_sizes(affine))
         if predictions_dir is not None:
             save_label_map(native_labels, case, predictions_dir)
         gt_pre = np.asarray(case.mask)
         for i, (name, sel) in enumerate(ds.classes):
             # Regions are scored as regions: the painted label map's regions on the input grid.
-            p = class_masks(native_labels, sel, ds, is_prediction=False)
             g = class_masks(gt_native, sel, ds, is_prediction=False)
-            scores = metrics.evaluate_case(p, g, spacing=spacing, voxel_units=False)
-            pv = class_masks(pred, sel, ds, is_prediction=True, index=i)
-            gv = class_masks(gt_pre, sel, ds, is_prediction=False)
-            vox = surface.summarize(pv, gv, (1.0, 1.0, 1.0))
-            scores.update({f"{k}_vox": v for k, v in vox.items()})
-            scores["diagonal_mm"] = float(np.linalg.norm(np.multiply(g.shape, spacing)))
-            scores["diagonal_vox"] = float(np.linalg.norm(pv.shape))
+            scores = _scores(class_masks(native_labels, sel, ds, is_prediction=False), g,
+                             spacing, class_masks(pred, sel, ds, is_prediction=True, index=i),
+                             class_masks(gt_pre, sel, ds, is_prediction=False))
             row = {"case": case.id, "class": name, "has_lesions": bool(g.any()), **scores}
             rows.append({**(extra or {}), **row})
     return pd.DataFrame(rows)
@@ -141,16 +153,8 @@ def evaluate_model(model: nn.Module, data: PreparedData, training: TrainingConfi
                                          threshold=threshold)
         native = load_case(data.files[case.id], require_mask=True)
         gt_native = np.asarray(native.mask) > 0
-        scores = metrics.evaluate_case(pred_native, gt_native, spacing=native.spacing,
-                                       voxel_units=False)  # *_vox: preprocessed grid, below
-        # Voxel units on the preprocessed grid (the paper's Table I units when that grid is
-        # 0.5 x 0.75 x 0.75 mm), all four together so one row never mixes grids.
-        vox = surface.summarize(pred, np.asarray(case.mask) > 0, (1.0, 1.0, 1.0))
-        scores.update({f"{k}_vox": v for k, v in vox.items()})
-        # The distance penalty of an empty prediction (the report's Table I): image diagonals.
-        scores["diagonal_mm"] = float(np.linalg.norm(np.multiply(gt_native.shape,
-                                                                 native.spacing)))
-        scores["diagonal_vox"] = float(np.linalg.norm(pred.shape))
+        scores = _scores(pred_native, gt_native, native.spacing, pred,
+                         np.asarray(case.mask) > 0)
         if predictions_dir is not None:
             save_prediction(pred_native, case, predictions_dir)
         row = {"case": case.id, "has_lesions": bool(gt_native.any())}
