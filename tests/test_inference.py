@@ -18,8 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hytver_dist.run.inference import (
-    foreground,
-    predicted_labels,
     sliding_window_predict,
     sliding_window_probabilities,
 )
@@ -379,18 +377,12 @@ def test_softmax_probabilities_and_labels_of_a_pointwise_model(overlap: float) -
     # A pointwise model gives every window the same value: the average is the softmax itself.
     assert probs.shape == (3, 9, 11, 10)
     torch.testing.assert_close(probs, torch.softmax(image, 0), rtol=1e-5, atol=1e-6)
-    labels = predicted_labels(probs, "softmax")
-    assert labels.dtype == torch.uint8 and torch.equal(labels, image.argmax(0).to(torch.uint8))
-    assert torch.equal(foreground(probs, "softmax"), image.argmax(0) > 0)
 
 
 def test_sigmoid_channels_each_get_their_probability() -> None:
     image = torch.randn(2, 9, 9, 9)
     probs = sliding_window_predict(Pointwise(), image, patch=8, overlap=0.5)
     torch.testing.assert_close(probs, torch.sigmoid(image), rtol=1e-5, atol=1e-6)
-    masks = predicted_labels(probs, "sigmoid")
-    assert torch.equal(masks, (image > 0).to(torch.uint8))
-    assert torch.equal(foreground(probs, "sigmoid"), (image > 0).any(0))
     first = sliding_window_probabilities(Pointwise(), image, patch=8, overlap=0.5)
     torch.testing.assert_close(first, probs[0])
 
@@ -405,5 +397,3 @@ def test_softmax_and_activation_errors() -> None:
     with pytest.raises(ValueError, match="channels selects sigmoid outputs only"):
         sliding_window_predict(Pointwise(), torch.zeros(2, 8, 8, 8), patch=8,
                                activation="softmax", channels=1)
-    with pytest.raises(ValueError, match="activation must be one of"):
-        predicted_labels(torch.zeros(2, 3, 3, 3), "tanh")

@@ -27,22 +27,6 @@ def sliding_window_probabilities(model: nn.Module, image: torch.Tensor, patch: i
     return sliding_window_predict(model, image, patch, overlap, batch_size, channels=1)[0]
 
 
-def predicted_labels(probs: torch.Tensor, activation: str) -> torch.Tensor:
-    """Hard predictions from :func:`sliding_window_predict`'s (K, D, H, W) probabilities:
-    sigmoid -> uint8 (K, D, H, W) masks (probability > 0.5 per channel); softmax -> a uint8
-    (D, H, W) label map (the most probable class, 0 = background)."""
-    if check_activation(activation) == "sigmoid":
-        return (probs > 0.5).to(torch.uint8)
-    return probs.argmax(dim=0).to(torch.uint8)
-
-
-def foreground(probs: torch.Tensor, activation: str) -> torch.Tensor:
-    """bool (D, H, W): voxels predicted as any foreground (any sigmoid channel above 0.5, or
-    a softmax class other than 0)."""
-    labels = predicted_labels(probs, activation)
-    return labels.any(dim=0) if activation == "sigmoid" else labels > 0
-
-
 @torch.no_grad()
 def sliding_window_predict(model: nn.Module, image: torch.Tensor, patch: int = 80,
                            overlap: float = 0.75, batch_size: int = 4, *,

@@ -27,7 +27,7 @@ from ..data import PatchConfig, PatchSampler, PreprocessedCase
 from ..losses import get_loss
 from ..model import build_model, load_pretrained
 from .config import ModelConfig, RunConfig, TrainingConfig
-from .inference import foreground, sliding_window_predict
+from .inference import sliding_window_predict
 from .prepare import MSSEG2, AnyCase, DatasetInfo, PreparedData
 
 # (metrics, checkpoint payload or None) -> None; called on every rank at each evaluation.
@@ -232,20 +232,18 @@ def multiclass_scores(pred: np.ndarray, case: AnyCase, dataset: DatasetInfo) -> 
 def validate(model: nn.Module, cases: list[AnyCase], training: TrainingConfig,
              device: torch.device, activation: str = "sigmoid",
              dataset: DatasetInfo = MSSEG2) -> dict[str, float]:
-    """Mean validation scores over ``cases`` (sharded over ranks when distributed); a voxel is
-    foreground when any sigmoid channel, or the most probable softmax class, says so.
-    Datasets of several classes or regions score the mean over their foreground classes."""
+    """Mean validation scores over ``cases`` (sharded over ranks when distributed) of the
+    predictions :func:`hard_prediction` makes. Datasets of several classes or regions score
+    the mean over their foreground classes."""
     rank, world = _world()
     patch = patch_edge(training)
     mine = []
     for case in cases[rank::world]:
         probs = sliding_window_predict(model, case_image(case), patch=patch,
                                        overlap=training.val_patch_overlap, activation=activation)
-        if dataset.kind == "binary":
-            mine.append(validation_scores(foreground(probs, activation).numpy(), case))
-        else:
-            mine.append(multiclass_scores(hard_prediction(probs, dataset, activation), case,
-                                            dataset))
+        pred = hard_prediction(probs, dataset, activation)
+        mine.append(validation_scores(pred, case) if dataset.kind == "binary"
+                    else multiclass_scores(pred, case, dataset))
     rows = mine
     if world > 1:
         gathered: list[list[dict[str, float]]] = [[] for _ in range(world)]
