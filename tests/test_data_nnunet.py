@@ -175,11 +175,6 @@ def test_regions_round_trip(tmp_path):
     assert np.array_equal(regions_to_label_map(masks, ds), lab)
 
 
-def case_with(image, label):
-    return NnunetCase("x", np.asarray(image, np.float32)[None], np.asarray(label, np.uint8),
-                      np.eye(4), (1.0, 1.0, 1.0))
-
-
 def test_ct_normalisation_uses_training_foreground_statistics():
     rng = np.random.default_rng(1)
     label = np.zeros((20, 20, 20), np.uint8)
@@ -188,7 +183,7 @@ def test_ct_normalisation_uses_training_foreground_statistics():
     a[label == 0] = -1000  # air outside the organ must not enter the statistics
     a[7, 7, 7] = 5000  # an outlier inside is clipped away
     b = rng.normal(60, 5, label.shape)
-    stats = ct_statistics([case_with(a, label), case_with(b, label)], channel=0)
+    stats = ct_statistics([(a, label), (b, label)], channel=0)
     fg = np.concatenate([a[label > 0], b[label > 0]])
     lo, hi = np.percentile(fg, [0.5, 99.5])
     assert stats.lower == pytest.approx(lo) and stats.upper == pytest.approx(hi)
@@ -207,14 +202,14 @@ def test_ct_normalisation_uses_training_foreground_statistics():
     assert out[0].min() == pytest.approx((lo - stats.mean) / stats.std, rel=1e-5)
     assert np.array_equal(out[1], vol.image[1])
     with pytest.raises(DataError, match="no foreground voxel"):
-        ct_statistics([case_with(a, np.zeros_like(label))], channel=0)
+        ct_statistics([(a, np.zeros_like(label))], channel=0)
 
 
 def test_ct_statistics_sample_large_foregrounds_reproducibly():
     label = np.ones((30, 30, 30), np.uint8)  # 27,000 voxels > 10,000 sampled per case
     img = np.random.default_rng(2).normal(0, 1, label.shape)
-    s1 = ct_statistics([case_with(img, label)], 0)
-    assert s1 == ct_statistics([case_with(img, label)], 0) and isinstance(s1, CtStatistics)
+    s1 = ct_statistics([(img, label)], 0)
+    assert s1 == ct_statistics([(img, label)], 0) and isinstance(s1, CtStatistics)
 
 
 def test_lesion_depth_labels_nest():

@@ -7,7 +7,7 @@ classes or regions. Every problem is a :class:`DataError` naming the case's file
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -255,16 +255,17 @@ class CtStatistics:
     std: float
 
 
-def ct_statistics(cases: Sequence[NnunetCase], channel: int,
+def ct_statistics(volumes: Iterable[tuple[np.ndarray, np.ndarray | None]], channel: int,
                   seed: int = 0) -> CtStatistics:
-    """The clipping percentiles and the mean/std of the clipped foreground intensities of
-    ``channel`` over ``cases`` (training cases only: nothing of the test set leaks in)."""
+    """The clipping percentiles and the mean/std of the clipped foreground intensities of one
+    CT ``channel`` (named in errors) over its ``volumes``, (image of that channel, label map)
+    pairs of the training cases only: nothing of the test set leaks in."""
     rng = np.random.default_rng(seed)
     samples = []
-    for case in cases:
-        if case.label is None:
+    for image, label in volumes:
+        if label is None:
             continue
-        values = case.image[channel][case.label > 0]
+        values = image[label > 0]
         if values.size > CT_SAMPLES_PER_CASE:
             values = rng.choice(values, CT_SAMPLES_PER_CASE, replace=False)
         samples.append(values)

@@ -222,9 +222,7 @@ def training_ct_statistics(cases: Sequence[PreprocessedVolume],
     out = {}
     for c, name in enumerate(channel_names):
         if is_ct(name):
-            as_cases = [NnunetCase(v.id, np.asarray(v.image), v.mask, v.meta.affine,
-                                   v.meta.spacing) for v in cases]
-            out[c] = ct_statistics(as_cases, c)
+            out[c] = ct_statistics(((np.asarray(v.image[c]), v.mask) for v in cases), c)
     return out
 
 
