@@ -103,9 +103,14 @@ CLASS_COLUMN = "class"
 MEAN_CLASS = "mean over foreground classes"
 
 
+def _with_class(df: pd.DataFrame, key: list[str]) -> list[str]:
+    """``key``, and the class column where ``df`` has per-class rows."""
+    return key + ([CLASS_COLUMN] if CLASS_COLUMN in df.columns else [])
+
+
 def _keys(df: pd.DataFrame) -> list[str]:
     """Columns naming one row: (trial, seed, case), and the class when there is one."""
-    return ["trial", "seed", "case"] + ([CLASS_COLUMN] if CLASS_COLUMN in df.columns else [])
+    return _with_class(df, ["trial", "seed", "case"])
 
 
 def _read_cases(path: Path) -> pd.DataFrame:
@@ -146,8 +151,9 @@ def unrepeated_rows(kept: list[pd.DataFrame], frame: pd.DataFrame,
         return frame, None
     for note in notes:
         warnings.warn(note, stacklevel=3)
-    seen = pd.MultiIndex.from_frame(before[ROW_KEY])
-    new = ~pd.MultiIndex.from_frame(frame[ROW_KEY]).isin(seen)
+    key = _with_class(frame, ROW_KEY)
+    seen = pd.MultiIndex.from_frame(before[key])
+    new = ~pd.MultiIndex.from_frame(frame[key]).isin(seen)
     return frame[new].reset_index(drop=True), "; ".join(notes)
 
 
@@ -231,8 +237,7 @@ def drop_repeated_rows(cases: pd.DataFrame, where: object) -> tuple[pd.DataFrame
     Rows of two trials with equal values: the first trial's are kept and a note (one per pair
     of trials) says so. Different values: ValueError naming both trials and ``where``.
     """
-    # Per-class rows: one per (..., case, class).
-    row_key = ROW_KEY + ([CLASS_COLUMN] if CLASS_COLUMN in cases.columns else [])
+    row_key = _with_class(cases, ROW_KEY)  # per-class rows: one per (..., case, class)
     repeated = cases.duplicated(row_key, keep=False)
     if not repeated.any():
         return cases, []
