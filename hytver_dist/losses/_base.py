@@ -99,7 +99,7 @@ class SegmentationLoss(nn.Module):
 
     def _forward_softmax(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target, labels = prepare_softmax_inputs(logits, target)
-        if self._fused_applies(logits, target, labels):
+        if self._fused_applies(logits, target):
             y = target if labels else fused_target(target, logits)
             return ops.loss(logits, y, self.kind, self.fused_params(), self.per_sample,
                             "softmax", self.include_background)
@@ -116,15 +116,15 @@ class SegmentationLoss(nn.Module):
         """The hyperparameters in the fused op's order (:attr:`fused_param_names`)."""
         return [float(getattr(self, n)) for n in self.fused_param_names]
 
-    def _fused_applies(self, logits: torch.Tensor, target: torch.Tensor,
-                       labels: bool = False) -> bool:
+    def _fused_applies(self, logits: torch.Tensor, target: torch.Tensor) -> bool:
         if not use_fused(self.backend, logits):
             return False
-        if labels or not self.needs_hard_labels or not target.is_floating_point():
+        if self.activation == "softmax":
+            return True  # soft targets are refused either way: by the op as by the reference
+        if not self.needs_hard_labels or not target.is_floating_point():
             return True  # integer labels are hard; values outside {0, 1} fail in the op
         if logits.device.type == "cpu" and not torch.compiler.is_compiling():
-            # host memory: a cheap check; soft labels take the reference (sigmoid) or are
-            # refused there (softmax)
+            # host memory: a cheap check; soft labels take the reference
             return is_hard(target)
         # A float target on a GPU or under torch.compile: checking it would synchronise or break
         # the graph. "auto" takes the reference (exact for any labels); "fused" the op, which

@@ -173,6 +173,9 @@ def check_softmax_target_values(target: torch.Tensor, labels: bool, classes: int
             torch._assert_async(((t >= 0) & (t <= 1)).all(), "target values must lie in [0, 1]")
             torch._assert_async(((t.sum(1) - 1).abs() <= 1e-4).all(),
                                 "target channels must sum to 1 at every voxel")
+            if hard:
+                torch._assert_async(((t == 0) | (t == 1)).all(),
+                                    "this loss needs hard labels (one-hot in {0, 1})")
         return
     if torch.compiler.is_compiling():
         return
