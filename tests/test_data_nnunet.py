@@ -19,7 +19,6 @@ from hytver_dist.data.nnunet import (
     is_nnunet,
     load_nnunet_case,
     read_dataset_json,
-    region_masks,
     regions_to_label_map,
 )
 from hytver_dist.data.nnunet_prep import apply_ct_statistics, preprocess_nnunet
@@ -169,10 +168,10 @@ def test_regions_round_trip(tmp_path):
     ds = discover_nnunet(root)
     assert ds.is_regions and ds.output_names == ["whole", "core", "centre"]
     lab = np.array([0, 1, 2, 3, 3, 1], np.uint8).reshape(1, 1, 6)
-    masks = region_masks(lab, ds)
-    assert masks.tolist() == [[[[0, 1, 1, 1, 1, 1]]], [[[0, 0, 1, 1, 1, 0]]],
-                              [[[0, 0, 0, 1, 1, 0]]]]
-    assert np.array_equal(regions_to_label_map(masks, ds), lab)
+    masks = np.stack([np.isin(lab, values) for _, values in ds.regions()])
+    assert masks.astype(int).tolist() == [[[[0, 1, 1, 1, 1, 1]]], [[[0, 0, 1, 1, 1, 0]]],
+                                          [[[0, 0, 0, 1, 1, 0]]]]
+    assert np.array_equal(regions_to_label_map(masks, ds.meta.regions_class_order), lab)
 
 
 def test_ct_normalisation_uses_training_foreground_statistics():

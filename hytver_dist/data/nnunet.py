@@ -7,7 +7,7 @@ classes or regions. Every problem is a :class:`DataError` naming the case's file
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -230,15 +230,10 @@ def load_nnunet_case(dataset: NnunetDataset | None, files: NnunetCaseFiles) -> N
                       spacing)  # type: ignore[arg-type]
 
 
-def region_masks(label: np.ndarray, dataset: NnunetDataset) -> np.ndarray:
-    """uint8 (R, X, Y, Z): one binary mask per region of a regions dataset."""
-    return np.stack([np.isin(label, values) for _, values in dataset.regions()]).astype(np.uint8)
-
-
-def regions_to_label_map(masks: np.ndarray, dataset: NnunetDataset) -> np.ndarray:
-    """A label map from region masks, painted in ``regions_class_order`` (nnU-Net's rule: a
-    later region overwrites an earlier one)."""
-    order = dataset.meta.regions_class_order or []
+def regions_to_label_map(masks: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """A label map from region masks (R, X, Y, Z), painted with the values ``order``
+    (dataset.json's ``regions_class_order``; nnU-Net's rule: a later region overwrites an
+    earlier one)."""
     out = np.zeros(masks.shape[1:], dtype=np.uint8)
     for mask, value in zip(masks.astype(bool), order, strict=True):
         out[mask] = value
@@ -282,4 +277,4 @@ def ct_statistics(volumes: Iterable[tuple[np.ndarray, np.ndarray | None]], chann
 __all__ = ["CT_PERCENTILES", "DATASET_JSON", "SUPPORTED_ENDINGS", "CtStatistics",
            "DatasetJson", "NnunetCase", "NnunetCaseFiles", "NnunetDataset", "ct_statistics",
            "discover_nnunet", "is_nnunet", "load_nnunet_case", "read_dataset_json",
-           "region_masks", "regions_to_label_map"]
+           "regions_to_label_map"]

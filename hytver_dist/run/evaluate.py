@@ -61,6 +61,7 @@ def predict_labels(model: nn.Module, case: Any, training: TrainingConfig,
     label map, then (D, H, W)); regions: (R, D, H, W) masks above 0.5, each mapped back so
     its lesions survive, painted into a label map in ``regions_class_order`` on the input
     grid."""
+    from ..data.nnunet import regions_to_label_map
     from ..data.nnunet_prep import labels_to_original_grid
 
     overlap = training.val_patch_overlap if overlap is None else overlap
@@ -70,10 +71,7 @@ def predict_labels(model: nn.Module, case: Any, training: TrainingConfig,
     if dataset.kind == "labels":
         return pred, labels_to_original_grid(pred, case.meta)
     native = np.stack([to_original_grid(m, case.meta, is_mask=True) for m in pred])
-    out = np.zeros(native.shape[1:], np.uint8)
-    for mask, value in zip(native.astype(bool), dataset.regions_class_order, strict=True):
-        out[mask] = value  # nnU-Net's rule: a later region overwrites an earlier one
-    return pred, out
+    return pred, regions_to_label_map(native, dataset.regions_class_order)
 
 
 def save_label_map(labels: np.ndarray, case: Any, directory: Path) -> Path:
