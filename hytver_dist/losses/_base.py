@@ -83,9 +83,7 @@ class SegmentationLoss(nn.Module):
     def reference(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss in plain PyTorch ops, voxel by voxel (autograd gives the gradient)."""
         if self.activation == "softmax":
-            logits, target, labels = prepare_softmax_inputs(logits, target)
-            check_softmax_target_values(target, labels, logits.shape[1], self.needs_hard_labels)
-            return self._softmax_reference(logits, target, labels)
+            return self._checked_softmax_reference(*prepare_softmax_inputs(logits, target))
         logits, target = prepare_inputs(logits, target)
         return self._reference(*as_float_pair(logits, target))
 
@@ -103,11 +101,13 @@ class SegmentationLoss(nn.Module):
             y = target if labels else fused_target(target, logits)
             return ops.loss(logits, y, self.kind, self.fused_params(), self.per_sample,
                             "softmax", self.include_background)
-        check_softmax_target_values(target, labels, logits.shape[1], self.needs_hard_labels)
-        return self._softmax_reference(logits, target, labels)
+        return self._checked_softmax_reference(logits, target, labels)
 
-    def _softmax_reference(self, logits: torch.Tensor, target: torch.Tensor,
-                           labels: bool) -> torch.Tensor:
+    def _checked_softmax_reference(self, logits: torch.Tensor, target: torch.Tensor,
+                                   labels: bool) -> torch.Tensor:
+        """The target's values checked, then :meth:`_reference_softmax` in the compute dtype
+        on a one-hot (or the soft) target."""
+        check_softmax_target_values(target, labels, logits.shape[1], self.needs_hard_labels)
         x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         y = one_hot(target, x.shape[1], x.dtype) if labels else target.to(x.dtype)
         return self._reference_softmax(x, y)
