@@ -147,7 +147,7 @@ def test_fullgraph_compile_traces_the_fused_op(name, channels):
     backward, and gives the eager fused values."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
-    torch._dynamo.reset()  # every loss compiles SigmoidLoss.forward: no recompile limit here
+    torch._dynamo.reset()  # every loss compiles SegmentationLoss.forward: no recompile limit here
     x, y = inputs((2, channels, 6, 7, 8), torch.float32)
     y = y.to(torch.uint8)
     loss = get_loss(name, backend="fused")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import SigmoidLoss
+from ._base import SegmentationLoss
 from ._inputs import check_range
 from ._reference import (
     bce,
@@ -20,7 +20,7 @@ from ._reference import (
 from .cross_entropy import FocalLoss
 
 
-class DiceCELoss(SigmoidLoss):
+class DiceCELoss(SegmentationLoss):
     """``L = lambda_dice*L_dice + lambda_ce*L_ce`` (:class:`DiceLoss` + :class:`CELoss`).
 
     Defaults: ``lambda_dice=1``, ``lambda_ce=1``, ``smooth=1``, ``per_sample=False`` (applies
@@ -50,7 +50,7 @@ class DiceCELoss(SigmoidLoss):
         return self.lambda_dice * dice + self.lambda_ce * categorical(x, y, 1.0, 1.0)
 
 
-class FocalDiceLoss(SigmoidLoss):
+class FocalDiceLoss(SegmentationLoss):
     """``L = lambda_dice*L_dice + lambda_focal*L_focal`` (:class:`DiceLoss` + :class:`FocalLoss`).
 
     Defaults: ``lambda_dice=1``, ``lambda_focal=1``, focal ``alpha=0.25``, ``gamma=2``,
@@ -88,7 +88,7 @@ class FocalDiceLoss(SigmoidLoss):
         return self.lambda_dice * dice + self.lambda_focal * self.focal._reference_softmax(x, y)
 
 
-class ComboLoss(SigmoidLoss):
+class ComboLoss(SegmentationLoss):
     """Combo loss: ``L = gamma*mCE(beta) + (1-gamma)*L_dice`` with
     ``mCE(beta) = mean_i [beta*y*softplus(-x) + (1-beta)*(1-y)*softplus(x)]``.
 
@@ -121,7 +121,7 @@ class ComboLoss(SigmoidLoss):
                 + (1 - self.gamma) * dice)
 
 
-class HyTverLoss(SigmoidLoss):
+class HyTverLoss(SegmentationLoss):
     """HyTver: ``L = gamma*mCE(beta) + (1-gamma)*(1 - TI(alpha))``.
 
     ``TI = (TP + s) / (TP + alpha*FN + (1-alpha)*FP + s)`` (alpha weights false negatives),

@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._base import SigmoidLoss
+from ._base import SegmentationLoss
 from ._inputs import check_range
 from ._reference import bce, categorical, class_weights
 
 
-class CELoss(SigmoidLoss):
+class CELoss(SegmentationLoss):
     """Binary cross-entropy on logits: ``L = mean_i [softplus(x_i) - x_i*y_i]``.
 
     No hyperparameters. Equals ``torch.nn.BCEWithLogitsLoss()`` (and the 2-class
@@ -32,7 +32,7 @@ class CELoss(SigmoidLoss):
         return categorical(x, y, 1.0, 1.0)
 
 
-class WeightedCELoss(SigmoidLoss):
+class WeightedCELoss(SegmentationLoss):
     """Class-weighted cross-entropy: ``L = sum_i w_i*l_i / sum_i w_i`` with
     ``w_i*l_i = w_fg*y_i*softplus(-x_i) + w_bg*(1-y_i)*softplus(x_i)``,
     ``w_i = w_fg*y_i + w_bg*(1-y_i)``.
@@ -65,7 +65,7 @@ class WeightedCELoss(SigmoidLoss):
         return (w * -torch.log_softmax(x, 1)).sum() / w.sum()
 
 
-class FocalLoss(SigmoidLoss):
+class FocalLoss(SegmentationLoss):
     """Focal loss: ``L = mean_i [ -a_t * (1-p_t)^gamma * log(p_t) ]``, p_t = p if y=1 else 1-p,
     ``a_t = alpha*y + (1-alpha)*(1-y)``.
 

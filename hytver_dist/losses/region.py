@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import SigmoidLoss
+from ._base import SegmentationLoss
 from ._inputs import check_range
 from ._reference import (
     dice_coefficient,
@@ -22,7 +22,7 @@ from ._reference import (
 )
 
 
-class DiceLoss(SigmoidLoss):
+class DiceLoss(SegmentationLoss):
     """Soft Dice loss: ``L = 1 - (2*TP + s) / (S_p + S_y + s)``.
 
     Defaults: ``smooth=1`` (numerator and denominator), ``per_sample=False`` (one global group
@@ -49,7 +49,7 @@ class DiceLoss(SigmoidLoss):
         return softmax_dice_loss(x, y, self.smooth, self.per_sample, self.include_background)
 
 
-class TverskyLoss(SigmoidLoss):
+class TverskyLoss(SegmentationLoss):
     """Tversky loss: ``L = 1 - TI``, ``TI = (TP + s) / (TP + alpha*FN + (1-alpha)*FP + s)``.
 
     Defaults: ``alpha=0.7`` (weight of false negatives, the HyTver paper's notation; alpha >
@@ -80,7 +80,7 @@ class TverskyLoss(SigmoidLoss):
         return (1 - tversky_index(tp, fp, fn, self.alpha, self.smooth)).mean()
 
 
-class FocalTverskyLoss(SigmoidLoss):
+class FocalTverskyLoss(SegmentationLoss):
     """Focal Tversky loss: ``L = (1 - TI)^gamma`` with TI as in :class:`TverskyLoss`.
 
     Defaults: ``alpha=0.7`` (FN weight), ``gamma=0.75``, ``smooth=1``, ``per_sample=False``

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import SigmoidLoss
+from ._base import SegmentationLoss
 from ._inputs import check_range
 from ._reference import focal_power, included, spatial_sum
 
@@ -36,7 +36,7 @@ def modified_tversky(tp: torch.Tensor, fn: torch.Tensor, fp: torch.Tensor,
     return (tp + EPS) / (tp + delta * fn + (1 - delta) * fp + EPS)
 
 
-class _UnifiedFocal(SigmoidLoss):
+class _UnifiedFocal(SegmentationLoss):
     fused_param_names = ("weight", "delta", "gamma")
     needs_hard_labels = True
 
@@ -130,7 +130,7 @@ class AsymmetricUnifiedFocalLoss(_UnifiedFocal):
         return included(t, self.include_background).mean()
 
 
-class DicePPLoss(SigmoidLoss):
+class DicePPLoss(SegmentationLoss):
     """DSC++ loss: per sample b and class c in {bg, fg}, ``tp = sum y_c*p_c``,
     ``fn = sum (y_c*(1-p_c))^gamma``, ``fp = sum ((1-y_c)*p_c)^gamma`` (exponent per voxel,
     inside the sum), ``DSC++ = (2*tp + eps) / (2*tp + fn + fp + eps)``;
