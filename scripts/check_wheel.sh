@@ -7,24 +7,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 WORK=$(mktemp -d -t hytver-wheel.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+LOG=$(mktemp -t hytver-wheel-log.XXXXXX)  # kept when a step fails
+trap 'rc=$?; rm -rf "$WORK"; [ "$rc" -ne 0 ] || rm -f "$LOG"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 TORCH_SPEC=${HYTVER_TORCH:-$(.venv/bin/python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])')}
 INDEX=()
 [ -n "${HYTVER_TORCH_INDEX:-}" ] && INDEX=(--index-url "$HYTVER_TORCH_INDEX")
+source scripts/lib.sh  # step
 
-quiet() {  # quiet MESSAGE COMMAND...: the command's output goes to a log, shown on failure
-  local msg=$1
-  shift
-  echo "$msg ..."
-  "$@" >"$WORK/step.log" 2>&1 || { tail -n 40 "$WORK/step.log" >&2; exit 1; }
-}
-quiet "wheel (compiles the kernels)" \
+step "wheel (compiles the kernels)" \
   .venv/bin/python -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" "$REPO"
 WHEEL=$(ls "$WORK"/dist/hytver_dist-*.whl)
-quiet "fresh environment with $TORCH_SPEC and numpy" .venv/bin/python -m venv "$WORK/venv"
-quiet "  installing them" "$WORK/venv/bin/python" -m pip install -q "${INDEX[@]}" "$TORCH_SPEC" numpy
-quiet "install $(basename "$WHEEL") with its own requirements" \
+step "fresh environment" .venv/bin/python -m venv "$WORK/venv"
+step "$TORCH_SPEC and numpy into it" \
+  "$WORK/venv/bin/python" -m pip install -q ${INDEX[@]+"${INDEX[@]}"} "$TORCH_SPEC" numpy
+step "install $(basename "$WHEEL") with its own requirements" \
   "$WORK/venv/bin/python" -m pip install -q "$WHEEL"
 cd "$WORK"  # not the repository: the installed package must be the one imported
 "$WORK/venv/bin/python" - 2> >(grep -v '^USDT:' >&2) <<'PY'

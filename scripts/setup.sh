@@ -15,19 +15,7 @@ VENV=${HYTVER_VENV:-.venv}
 LOG=${HYTVER_SETUP_LOG:-$(mktemp -t hytver-setup.XXXXXX)}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
-step() {  # step MESSAGE COMMAND...: run quietly; on failure show the end of the log and stop
-  local msg=$1 rc=0
-  shift
-  printf '%s ... ' "$msg"
-  "$@" >>"$LOG" 2>&1 || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    echo "FAILED (exit $rc)"
-    tail -n 40 "$LOG" >&2
-    echo "full log: $LOG" >&2
-    exit "$rc"
-  fi
-  echo ok
-}
+source scripts/lib.sh  # step
 pip_install() { "$VENV/bin/python" -m pip install -q "$@"; }
 TORCH_INDEX=()  # torch's index, when given (the package and its other dependencies: pip's own)
 FROM=""
